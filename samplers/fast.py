@@ -1,0 +1,268 @@
+"""Few-step samplers of the probability-flow ODE: multistep DPM-Solver++ (orders 1-3) and DDIM.
+
+Both work in the half log-SNR ``lambda_t = log(alpha_t / sigma_t) = ½ sde.log_snr(t)`` with the data
+prediction ``x0(x, t) = (x + sigma_t^2 score(x, t)) / alpha_t``, in which the probability-flow ODE of
+any linear SDE (VP, sub-VP, VE, cosine-VP) has the exact solution (Lu et al. 2022b, "DPM-Solver++",
+eq. 8)
+
+    x_t = (sigma_t / sigma_s) x_s + sigma_t ∫_{lambda_s}^{lambda_t} e^lambda x0(x_lambda, lambda) dlambda.
+
+The solvers replace ``x0`` by a polynomial in ``lambda`` through the last ``order`` predictions, so
+only ``marginal_coeffs``, ``log_snr`` and ``inverse_log_snr`` of the SDE are needed. Order 1 is DDIM
+(Song, Meng & Ermon 2021); ``ddim_sample`` adds DDIM's stochastic ``eta``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, NamedTuple
+
+import torch
+
+from samplers.common import (ScoreFn, CountingScore, batch_time, check_eps, check_positive_int,
+                             initial_noise, progress)
+from sde_lib import SDE
+from sde_lib.utils import check_choice
+
+ORDERS = (1, 2, 3)
+METHODS = ("multistep",)
+# EDM's rho (Karras et al. 2022, eq. 5), applied to sigma_t / alpha_t = exp(-lambda_t).
+KARRAS_RHO = 7.0
+# Lu et al. 2022b, Sec. 5 / App.: lower orders at the final steps stabilise runs of fewer than 15 steps.
+LOWER_ORDER_FINAL_BELOW = 15
+# Measured by bench/samplers.py on exact mixture scores (VP, VE): see the module docstring there.
+DEFAULT_SKIP_TYPE = "karras"
+
+
+class TimeGrid(NamedTuple):
+    """The solver's grid ``t_0 = T > ... > t_steps = eps`` with its coefficients, as Python floats
+    (computed once in float64, so the loop needs no device tensors or host syncs)."""
+    t: List[float]
+    alpha: List[float]
+    sigma: List[float]
+    lam: List[float]  # lambda_t = log(alpha_t / sigma_t)
+
+
+# ----- time-step spacing -------------------------------------------------------------------------
+def _half_log_snr(sde: SDE, t: torch.Tensor) -> torch.Tensor:
+    return 0.5 * sde.log_snr(t)
+
+
+def _logsnr_spacing(sde: SDE, steps: int, eps: float) -> torch.Tensor:
+    """Uniform in ``lambda`` (Lu et al. 2022a, DPM-Solver, Sec. 3.3)."""
+    ends = torch.tensor([sde.T, eps], dtype=torch.float64)
+    lam_T, lam_0 = _half_log_snr(sde, ends).tolist()
+    return sde.inverse_log_snr(2.0 * torch.linspace(lam_T, lam_0, steps + 1, dtype=torch.float64))
+
+
+def _time_uniform_spacing(sde: SDE, steps: int, eps: float) -> torch.Tensor:
+    """Uniform in ``t`` (DDIM's "uniform" skip)."""
+    return torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
+
+
+def _time_quadratic_spacing(sde: SDE, steps: int, eps: float) -> torch.Tensor:
+    """Uniform in ``sqrt(t)`` (DDIM's "quad" skip; Song, Meng & Ermon 2021, App. D.2)."""
+    return torch.linspace(math.sqrt(sde.T), math.sqrt(eps), steps + 1, dtype=torch.float64) ** 2
+
+
+def _karras_spacing(sde: SDE, steps: int, eps: float) -> torch.Tensor:
+    """Uniform in ``(sigma_t / alpha_t)^(1/rho)`` (Karras et al. 2022, EDM, eq. 5)."""
+    ends = torch.tensor([sde.T, eps], dtype=torch.float64)
+    r_T, r_0 = (-_half_log_snr(sde, ends) / KARRAS_RHO).exp().tolist()  # (sigma/alpha)^(1/rho)
+    ramp = torch.linspace(r_T, r_0, steps + 1, dtype=torch.float64)
+    return sde.inverse_log_snr(-2.0 * KARRAS_RHO * ramp.log())
+
+
+SPACINGS: Dict[str, Callable[[SDE, int, float], torch.Tensor]] = {
+    "logSNR": _logsnr_spacing,
+    "time_uniform": _time_uniform_spacing,
+    "time_quadratic": _time_quadratic_spacing,
+    "karras": _karras_spacing,
+}
+SKIP_TYPES = tuple(SPACINGS)
+
+
+def get_time_steps(sde: SDE, steps: int, eps: float = 1e-3, skip_type: str = DEFAULT_SKIP_TYPE) -> torch.Tensor:
+    """The ``steps + 1`` solver times from ``T`` down to ``eps`` (float64, CPU, strictly decreasing)."""
+    check_positive_int("steps", steps, 1)
+    eps = check_eps(sde, eps)
+    check_choice("skip_type", skip_type, SKIP_TYPES)
+    t = SPACINGS[skip_type](sde, steps, eps)
+    t[0], t[-1] = sde.T, eps  # pin the ends against round-off of inverse_log_snr
+    return t
+
+
+def _time_grid(sde: SDE, steps: int, eps: float, skip_type: str) -> TimeGrid:
+    t = get_time_steps(sde, steps, eps, skip_type)
+    alpha, sigma = sde.marginal_coeffs(t)
+    lam = _half_log_snr(sde, t)
+    if not bool((lam[1:] > lam[:-1]).all()):
+        raise ValueError(f"steps={steps} is too many for eps={eps}: the {skip_type!r} grid repeats a log-SNR")
+    return TimeGrid(t.tolist(), alpha.tolist(), sigma.tolist(), lam.tolist())
+
+
+# ----- one step ----------------------------------------------------------------------------------
+def _data_prediction(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, i: int) -> torch.Tensor:
+    """``x0 = (x + sigma^2 score) / alpha`` at grid point ``i`` (Tweedie; Lu et al. 2022b, Sec. 3)."""
+    s = score(x, batch_time(grid.t[i], x))
+    if not torch.is_tensor(s) or s.shape != x.shape:
+        raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got "
+                         f"{tuple(s.shape) if torch.is_tensor(s) else type(s).__name__}")
+    return (x + grid.sigma[i] ** 2 * s) / grid.alpha[i]
+
+
+def _step_size(grid: TimeGrid, i: int) -> float:
+    return grid.lam[i + 1] - grid.lam[i]
+
+
+def _update_1(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) -> torch.Tensor:
+    """DPM-Solver++(1) = DDIM: ``x_t = (sigma_t/sigma_s) x_s - alpha_t expm1(-h) x0_s`` (Lu et al. 2022b, eq. 9)."""
+    phi_1 = math.expm1(-_step_size(grid, i))
+    return (grid.sigma[i + 1] / grid.sigma[i]) * x - (grid.alpha[i + 1] * phi_1) * m[-1]
+
+
+def _update_2(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) -> torch.Tensor:
+    """Multistep DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): ``D1 = (x0_i - x0_{i-1}) / r0``."""
+    h = _step_size(grid, i)
+    r0 = (grid.lam[i] - grid.lam[i - 1]) / h
+    phi_1 = math.expm1(-h)
+    d1 = (m[-1] - m[-2]) / r0
+    a = grid.alpha[i + 1] * phi_1
+    return (grid.sigma[i + 1] / grid.sigma[i]) * x - a * m[-1] - (0.5 * a) * d1
+
+
+def _update_3(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) -> torch.Tensor:
+    """Multistep DPM-Solver++(3M): first and second divided differences of ``x0`` in ``lambda``,
+    integrated against ``e^lambda`` with ``phi_2 = phi_1/h + 1``, ``phi_3 = phi_2/h - ½``
+    (Lu et al. 2022b, App. B; the multistep third-order update of their reference code)."""
+    h = _step_size(grid, i)
+    r0 = (grid.lam[i] - grid.lam[i - 1]) / h
+    r1 = (grid.lam[i - 1] - grid.lam[i - 2]) / h
+    d1_0 = (m[-1] - m[-2]) / r0
+    d1_1 = (m[-2] - m[-3]) / r1
+    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+    d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 x0''; the reference code omits the 2 (then only 2nd order)
+    phi_1 = math.expm1(-h)
+    phi_2 = phi_1 / h + 1.0
+    phi_3 = phi_2 / h - 0.5
+    a = grid.alpha[i + 1]
+    return ((grid.sigma[i + 1] / grid.sigma[i]) * x - (a * phi_1) * m[-1]
+            + (a * phi_2) * d1 - (a * phi_3) * d2)
+
+
+_UPDATES = {1: _update_1, 2: _update_2, 3: _update_3}
+
+
+def _step_order(i: int, steps: int, order: int, lower_order_final: bool) -> int:
+    """Order of step ``i``: warm up with the predictions available (``i + 1``); with few steps drop to
+    order 1 at the last step and 2 at the one before (Lu et al. 2022b, Sec. 5)."""
+    k = min(order, i + 1)
+    if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
+        k = min(k, steps - i)
+    return k
+
+
+# ----- the drivers -------------------------------------------------------------------------------
+def _multistep(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, order: int, lower_order_final: bool,
+               show: bool) -> torch.Tensor:
+    """Multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2): one score evaluation per step."""
+    steps = len(grid.t) - 1
+    history: List[torch.Tensor] = []
+    for i in progress(range(steps), show, "dpm-solver++", total=steps):
+        history = (history + [_data_prediction(score, x, grid, i)])[-order:]
+        x = _UPDATES[_step_order(i, steps, order, lower_order_final)](x, history, grid, i)
+    return x
+
+
+def _ddim_noisy_update(x: torch.Tensor, x0: torch.Tensor, grid: TimeGrid, i: int, eta: float,
+                       generator: torch.Generator | None) -> torch.Tensor:
+    """DDIM with ``sigma(eta)^2 = eta^2 sigma_t^2 (1 - e^{-2h})`` = ``eta^2`` times the DDPM posterior
+    variance (Song, Meng & Ermon 2021, eqs. 12 and 16, in ``(alpha, sigma)`` form):
+    ``x_t = alpha_t x0 + sqrt(sigma_t^2 - sigma(eta)^2) eps_hat + sigma(eta) z``."""
+    sigma_s, sigma_t, alpha_s, alpha_t = grid.sigma[i], grid.sigma[i + 1], grid.alpha[i], grid.alpha[i + 1]
+    noise_std = eta * sigma_t * math.sqrt(-math.expm1(-2.0 * _step_size(grid, i)))
+    keep = math.sqrt(max(sigma_t ** 2 - noise_std ** 2, 0.0)) / sigma_s  # weight of eps_hat / sigma_s
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return keep * x + (alpha_t - alpha_s * keep) * x0 + noise_std * z
+
+
+def _ddim_loop(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, eta: float,
+               generator: torch.Generator | None, show: bool) -> torch.Tensor:
+    steps = len(grid.t) - 1
+    for i in progress(range(steps), show, "ddim", total=steps):
+        x0 = _data_prediction(score, x, grid, i)
+        x = _update_1(x, [x0], grid, i) if eta == 0.0 else _ddim_noisy_update(x, x0, grid, i, eta, generator)
+    return x
+
+
+# ----- argument checks ---------------------------------------------------------------------------
+def _check_order(order) -> int:
+    if isinstance(order, bool) or not isinstance(order, int) or order not in ORDERS:
+        raise ValueError(f"order must be one of {list(ORDERS)}, got {order!r}")
+    return order
+
+
+def _check_eta(eta) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
+    return float(eta)
+
+
+def _check_dtype(dtype) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
+
+
+def _start(sde: SDE, score_fn: ScoreFn, shape, steps: int, eps: float, skip_type: str, z, device,
+           generator, dtype):
+    """Shared set-up: checks, the counting score, the initial ``x_T`` and the grid."""
+    check_positive_int("steps", steps, 1)
+    _check_dtype(dtype)
+    score = CountingScore(score_fn)
+    x = initial_noise(sde, shape, z=z, device=device, generator=generator, dtype=dtype)
+    return score, x, _time_grid(sde, steps, eps, skip_type)
+
+
+def _finish(score: CountingScore, x: torch.Tensor, grid: TimeGrid, denoise: bool):
+    """With ``denoise``, the output is the data prediction at ``eps`` (one more score evaluation)."""
+    if denoise:
+        x = _data_prediction(score, x, grid, len(grid.t) - 1)
+    return x, score.nfe
+
+
+@torch.no_grad()
+def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int = 2, eps: float = 1e-3,
+                denoise: bool = True, z: torch.Tensor | None = None, device=None,
+                generator: torch.Generator | None = None, skip_type: str = DEFAULT_SKIP_TYPE,
+                method: str = "multistep", dtype: torch.dtype | None = None, progress: bool = False,
+                lower_order_final: bool = True):
+    """Solve the probability-flow ODE from ``T`` to ``eps`` with multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2).
+
+    ``steps`` score evaluations on a ``skip_type`` grid (``"karras"``, ``"logSNR"``, ``"time_uniform"``,
+    ``"time_quadratic"``); ``order`` 1 is DDIM, 2 and 3 the 2M/3M multistep solvers, warmed up with lower
+    orders (so ``steps < order`` runs at order ``steps``) and, when ``lower_order_final`` and
+    ``steps < 15``, lowered at the last two steps. ``z`` is the latent at ``T`` (else drawn from the prior
+    with ``generator``). With ``denoise`` the result is the data prediction ``E[x_0 | x_eps]`` at ``eps``,
+    which costs one more evaluation. Returns ``(x, nfe)``.
+    """
+    order = _check_order(order)
+    check_choice("method", method, METHODS)
+    score, x, grid = _start(sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
+    x = _multistep(score, x, grid, order, bool(lower_order_final), progress)
+    return _finish(score, x, grid, denoise)
+
+
+@torch.no_grad()
+def ddim_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 50, eta: float = 0.0, eps: float = 1e-3,
+                denoise: bool = True, z: torch.Tensor | None = None, device=None,
+                generator: torch.Generator | None = None, skip_type: str = DEFAULT_SKIP_TYPE,
+                dtype: torch.dtype | None = None, progress: bool = False):
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) on any linear SDE, ``steps`` score evaluations.
+
+    ``eta = 0`` is the deterministic sampler (identical to ``fast_sample(order=1)`` with the same grid);
+    ``eta = 1`` adds the DDPM posterior variance at every step (ancestral sampling on the coarse grid).
+    The step noise comes from ``generator``. Returns ``(x, nfe)``.
+    """
+    eta = _check_eta(eta)
+    score, x, grid = _start(sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
+    x = _ddim_loop(score, x, grid, eta, generator, progress)
+    return _finish(score, x, grid, denoise)

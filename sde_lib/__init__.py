@@ -1,0 +1,21 @@
+"""Forward processes: VP (DDPM), sub-VP, VE (SMLD/NCSN) and cosine-VP SDEs, plus exact Gaussian mixtures."""
+from sde_lib.base import SDE, ReverseSDE
+from sde_lib.mixture import GaussianMixture
+from sde_lib.utils import Registry, append_dims
+from sde_lib.ve import VESDE
+from sde_lib.vp import CosineVPSDE, VPSDE, subVPSDE
+
+SDES: Registry = Registry("sde")
+SDES.register("vpsde", VPSDE)
+SDES.register("subvpsde", subVPSDE)
+SDES.register("vesde", VESDE)
+SDES.register("cosine_vpsde", CosineVPSDE)
+
+
+def get_sde(name: str, **kwargs) -> SDE:
+    """Build a registered SDE by name, e.g. ``get_sde("vpsde", beta_min=0.1, beta_max=20.0, N=1000)``."""
+    return SDES.get(name)(**kwargs)
+
+
+__all__ = ["SDE", "ReverseSDE", "VPSDE", "subVPSDE", "VESDE", "CosineVPSDE", "GaussianMixture",
+           "SDES", "get_sde", "Registry", "append_dims"]

@@ -1,0 +1,111 @@
+"""Denoising score-matching losses, returned per sample (the training step reduces them).
+
+All three are ``E ||sigma s_theta(x_t, t) + z||^2`` in different clothes:
+- ``dsm_loss``: continuous time, ``t ~ U(eps, T)`` (Song et al. 2021, eq. 7), optionally with the
+  likelihood weighting ``lambda(t) = g(t)^2`` and its importance sampling (Song, Durkan, Murray &
+  Ermon 2021, "Maximum likelihood training of score-based diffusion models", Thm. 1 and Sec. 5).
+- ``ddpm_loss``: DDPM's ``L_simple = ||eps - eps_theta(sqrt(alpha_bar_i) x_0 + sqrt(1 - alpha_bar_i) eps, i)||^2``
+  over integer timesteps (Ho et al. 2020, eq. 14).
+- ``smld_loss``: SMLD's ``sigma_i^2``-weighted loss over the geometric noise levels (Song & Ermon 2019, eq. 6).
+``score_fn(x, t)`` comes from ``models.get_score_fn`` (``continuous=False`` for the discrete losses).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from sde_lib import SDE
+from sde_lib.utils import Registry, append_dims, check_choice
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+REDUCTIONS = ("mean", "sum")
+LOSSES: Registry = Registry("loss")
+
+
+def _reduce(sq_err: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Per-sample reduction: mean over dims, or ``½ sum`` (the ½ of Song et al. 2021, eq. 7)."""
+    flat = sq_err.reshape(sq_err.shape[0], -1)
+    return flat.mean(dim=1) if reduce == "mean" else 0.5 * flat.sum(dim=1)
+
+
+def _noise(x0: torch.Tensor, z: torch.Tensor | None, generator) -> torch.Tensor:
+    if z is None:
+        return torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if z.shape != x0.shape:
+        raise ValueError(f"z must have the shape of x0 {tuple(x0.shape)}, got {tuple(z.shape)}")
+    return z
+
+
+def _check_eps(sde: SDE, eps: float) -> None:
+    if not isinstance(eps, (int, float)) or not 0.0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps!r}")
+
+
+@LOSSES.register("dsm")
+def dsm_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "mean",
+             likelihood_weighting: bool = False, importance_sampling: bool = False, eps: float = 1e-5,
+             generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+             z: torch.Tensor | None = None) -> torch.Tensor:
+    """Continuous denoising score matching; shape ``(B,)``.
+
+    Unweighted (``lambda = sigma_t^2``): ``||sigma_t s + z||^2``. With ``likelihood_weighting``
+    (``lambda = g^2``): ``g(t)^2 ||s + z / sigma_t||^2``, an upper bound on the NLL up to constants.
+    With ``importance_sampling`` too, ``t ~ p(t) ∝ g^2 / sigma^2`` and the term is
+    ``Z / (T - eps) ||sigma_t s + z||^2``: the same expectation with lower variance.
+    """
+    check_choice("reduce", reduce, REDUCTIONS)
+    _check_eps(sde, eps)
+    if importance_sampling and not likelihood_weighting:
+        raise ValueError("importance_sampling=True requires likelihood_weighting=True")
+    B = x0.shape[0]
+    weight = None
+    if t is None and importance_sampling:
+        t, total = sde.sample_importance_time(B, eps, generator=generator, device=x0.device, dtype=x0.dtype)
+        weight = torch.full((B,), total / (sde.T - eps), device=x0.device, dtype=x0.dtype)
+    elif t is None:
+        t = torch.rand(B, generator=generator, device=x0.device, dtype=x0.dtype) * (sde.T - eps) + eps
+    z = _noise(x0, z, generator)
+    mean, std = sde.marginal_prob(x0, t)
+    score = score_fn(mean + append_dims(std, x0.ndim) * z, t)
+    per_sample = _reduce((append_dims(std, x0.ndim) * score + z) ** 2, reduce)
+    if likelihood_weighting and weight is None:
+        # g^2 ||s + z/sigma||^2 = (g^2 / sigma^2) ||sigma s + z||^2
+        weight = (sde.diffusion_coeff(t) / std) ** 2
+    return per_sample if weight is None else weight * per_sample
+
+
+def _discrete_dsm(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, reduce: str, generator,
+                  index: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
+    """``||sigma_i s(x_i, t_i) + z||^2`` at uniform random levels ``i`` of the discrete chain."""
+    check_choice("reduce", reduce, REDUCTIONS)
+    B = x0.shape[0]
+    if index is None:
+        index = torch.randint(0, sde.N, (B,), generator=generator, device=x0.device)
+    z = _noise(x0, z, generator)
+    alpha, sigma = sde.discrete_marginal(index, x0)
+    xt = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * z
+    t = index.to(x0.dtype) * (sde.T / max(sde.N - 1, 1))  # the grid time of level i
+    score = score_fn(xt, t)
+    return _reduce((append_dims(sigma, x0.ndim) * score + z) ** 2, reduce)
+
+
+@LOSSES.register("ddpm")
+def ddpm_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "mean",
+              generator: torch.Generator | None = None, index: torch.Tensor | None = None,
+              z: torch.Tensor | None = None) -> torch.Tensor:
+    """DDPM's ``L_simple``: with ``eps_theta = -sqrt(1 - alpha_bar_i) s``, ``||eps - eps_theta||^2 = ||sigma_i s + eps||^2``."""
+    return _discrete_dsm(sde, score_fn, x0, reduce, generator, index, z)
+
+
+@LOSSES.register("smld")
+def smld_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "sum",
+              generator: torch.Generator | None = None, index: torch.Tensor | None = None,
+              z: torch.Tensor | None = None) -> torch.Tensor:
+    """SMLD/NCSN: ``sigma_i^2 ||s + z / sigma_i||^2 = ||sigma_i s + z||^2`` (½ sum by default, as NCSN)."""
+    return _discrete_dsm(sde, score_fn, x0, reduce, generator, index, z)
+
+
+def get_loss_fn(name: str) -> Callable[..., torch.Tensor]:
+    """``"dsm"``, ``"ddpm"`` or ``"smld"``."""
+    return LOSSES.get(name)
