@@ -3,7 +3,7 @@
 Both work in the half log-SNR ``lambda_t = log(alpha_t / sigma_t) = ½ sde.log_snr(t)`` with the data
 prediction ``x0(x, t) = (x + sigma_t^2 score(x, t)) / alpha_t``, in which the probability-flow ODE of
 any linear SDE (VP, sub-VP, VE, cosine-VP) has the exact solution (Lu et al. 2022b, "DPM-Solver++",
-eq. 8)
+Sec. 4: the diffusion ODE for the data-prediction model)
 
     x_t = (sigma_t / sigma_s) x_s + sigma_t ∫_{lambda_s}^{lambda_t} e^lambda x0(x_lambda, lambda) dlambda.
 
@@ -19,18 +19,22 @@ from typing import Callable, Dict, List, NamedTuple
 import torch
 
 from samplers.common import (ScoreFn, CountingScore, batch_time, check_eps, check_positive_int,
-                             initial_noise, progress)
+                             initial_noise, progress, tweedie_denoise)
 from sde_lib import SDE
 from sde_lib.utils import check_choice
 
 ORDERS = (1, 2, 3)
 METHODS = ("multistep",)
-# EDM's rho (Karras et al. 2022, eq. 5), applied to sigma_t / alpha_t = exp(-lambda_t).
+# EDM's rho (Karras et al. 2022, eq. 5), applied to sigma_t / alpha_t = exp(-lambda_t) or its inverse.
 KARRAS_RHO = 7.0
-# Lu et al. 2022b, Sec. 5 / App.: lower orders at the final steps stabilise runs of fewer than 15 steps.
+# Lu et al. 2022b (DPM-Solver++) and their `lower_order_final`: lower orders at the final steps
+# stabilise runs of fewer than 15 steps.
 LOWER_ORDER_FINAL_BELOW = 15
-# Measured by bench/samplers.py on exact mixture scores (VP, VE): see the module docstring there.
-DEFAULT_SKIP_TYPE = "karras"
+# Measured on exact mixture scores (bench/samplers.py; numbers in its docstring): at 10-20 steps of
+# order 2-3 "inverse_karras" is the most accurate grid. For DDIM "time_quadratic" is within 10% of the
+# best (time_uniform) at eta = 0 and has the smallest bias at eta = 1 on VP and subVP.
+DEFAULT_SKIP_TYPE = "inverse_karras"
+DDIM_SKIP_TYPE = "time_quadratic"
 
 
 class TimeGrid(NamedTuple):
@@ -60,16 +64,28 @@ def _time_uniform_spacing(sde: SDE, steps: int, eps: float) -> torch.Tensor:
 
 
 def _time_quadratic_spacing(sde: SDE, steps: int, eps: float) -> torch.Tensor:
-    """Uniform in ``sqrt(t)`` (DDIM's "quad" skip; Song, Meng & Ermon 2021, App. D.2)."""
+    """Uniform in ``sqrt(t)`` (DDIM's "quadratic" sub-sequence; Song, Meng & Ermon 2021, App. D)."""
     return torch.linspace(math.sqrt(sde.T), math.sqrt(eps), steps + 1, dtype=torch.float64) ** 2
 
 
-def _karras_spacing(sde: SDE, steps: int, eps: float) -> torch.Tensor:
-    """Uniform in ``(sigma_t / alpha_t)^(1/rho)`` (Karras et al. 2022, EDM, eq. 5)."""
+def _power_spacing(sde: SDE, steps: int, eps: float, power: float) -> torch.Tensor:
+    """Uniform in ``exp(power * lambda_t) = (alpha_t / sigma_t)^power``."""
     ends = torch.tensor([sde.T, eps], dtype=torch.float64)
-    r_T, r_0 = (-_half_log_snr(sde, ends) / KARRAS_RHO).exp().tolist()  # (sigma/alpha)^(1/rho)
-    ramp = torch.linspace(r_T, r_0, steps + 1, dtype=torch.float64)
-    return sde.inverse_log_snr(-2.0 * KARRAS_RHO * ramp.log())
+    u_T, u_0 = (power * _half_log_snr(sde, ends)).exp().tolist()
+    ramp = torch.linspace(u_T, u_0, steps + 1, dtype=torch.float64)
+    return sde.inverse_log_snr(2.0 / power * ramp.log())
+
+
+def _karras_spacing(sde: SDE, steps: int, eps: float) -> torch.Tensor:
+    """Uniform in ``(sigma_t / alpha_t)^(1/rho)`` (Karras et al. 2022, EDM, eq. 5): relative to
+    ``logSNR``, shorter steps at high noise and longer ones near ``eps``."""
+    return _power_spacing(sde, steps, eps, -1.0 / KARRAS_RHO)
+
+
+def _inverse_karras_spacing(sde: SDE, steps: int, eps: float) -> torch.Tensor:
+    """EDM's warp mirrored, uniform in ``(alpha_t / sigma_t)^(1/rho)``: relative to ``logSNR``, longer
+    steps at high noise and shorter ones near ``eps``, where mixture-like data change fastest."""
+    return _power_spacing(sde, steps, eps, 1.0 / KARRAS_RHO)
 
 
 SPACINGS: Dict[str, Callable[[SDE, int, float], torch.Tensor]] = {
@@ -77,6 +93,7 @@ SPACINGS: Dict[str, Callable[[SDE, int, float], torch.Tensor]] = {
     "time_uniform": _time_uniform_spacing,
     "time_quadratic": _time_quadratic_spacing,
     "karras": _karras_spacing,
+    "inverse_karras": _inverse_karras_spacing,
 }
 SKIP_TYPES = tuple(SPACINGS)
 
@@ -102,7 +119,7 @@ def _time_grid(sde: SDE, steps: int, eps: float, skip_type: str) -> TimeGrid:
 
 # ----- one step ----------------------------------------------------------------------------------
 def _data_prediction(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, i: int) -> torch.Tensor:
-    """``x0 = (x + sigma^2 score) / alpha`` at grid point ``i`` (Tweedie; Lu et al. 2022b, Sec. 3)."""
+    """``x0 = (x + sigma^2 score) / alpha`` at grid point ``i`` (Tweedie's formula; DPM-Solver++'s data prediction)."""
     s = score(x, batch_time(grid.t[i], x))
     if not torch.is_tensor(s) or s.shape != x.shape:
         raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got "
@@ -115,7 +132,7 @@ def _step_size(grid: TimeGrid, i: int) -> float:
 
 
 def _update_1(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) -> torch.Tensor:
-    """DPM-Solver++(1) = DDIM: ``x_t = (sigma_t/sigma_s) x_s - alpha_t expm1(-h) x0_s`` (Lu et al. 2022b, eq. 9)."""
+    """DPM-Solver++(1) = DDIM: ``x_t = (sigma_t/sigma_s) x_s - alpha_t expm1(-h) x0_s`` (Lu et al. 2022b, Sec. 4)."""
     phi_1 = math.expm1(-_step_size(grid, i))
     return (grid.sigma[i + 1] / grid.sigma[i]) * x - (grid.alpha[i + 1] * phi_1) * m[-1]
 
@@ -131,16 +148,19 @@ def _update_2(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) ->
 
 
 def _update_3(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) -> torch.Tensor:
-    """Multistep DPM-Solver++(3M): first and second divided differences of ``x0`` in ``lambda``,
-    integrated against ``e^lambda`` with ``phi_2 = phi_1/h + 1``, ``phi_3 = phi_2/h - ½``
-    (Lu et al. 2022b, App. B; the multistep third-order update of their reference code)."""
+    """Multistep DPM-Solver++(3M): the Taylor terms ``h x0'`` and ``h^2 x0''`` from divided differences
+    of the last three predictions in ``lambda``, integrated against ``e^lambda`` with
+    ``phi_2 = phi_1/h + 1``, ``phi_3 = phi_2/h - ½`` (Lu et al. 2022b; exact when ``x0`` is quadratic
+    in ``lambda``)."""
     h = _step_size(grid, i)
     r0 = (grid.lam[i] - grid.lam[i - 1]) / h
     r1 = (grid.lam[i - 1] - grid.lam[i - 2]) / h
     d1_0 = (m[-1] - m[-2]) / r0
     d1_1 = (m[-2] - m[-3]) / r1
     d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-    d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 x0''; the reference code omits the 2 (then only 2nd order)
+    # d2 ~ h^2 x0''. LuChengTHU/dpm-solver's multistep update omits this 2, which leaves the x0'' term at
+    # half weight and the solver second order (slightly better below ~25 steps, worse above).
+    d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)
     phi_1 = math.expm1(-h)
     phi_2 = phi_1 / h + 1.0
     phi_3 = phi_2 / h - 0.5
@@ -154,7 +174,7 @@ _UPDATES = {1: _update_1, 2: _update_2, 3: _update_3}
 
 def _step_order(i: int, steps: int, order: int, lower_order_final: bool) -> int:
     """Order of step ``i``: warm up with the predictions available (``i + 1``); with few steps drop to
-    order 1 at the last step and 2 at the one before (Lu et al. 2022b, Sec. 5)."""
+    order 1 at the last step and 2 at the one before (Lu et al. 2022b's ``lower_order_final``)."""
     k = min(order, i + 1)
     if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
         k = min(k, steps - i)
@@ -215,17 +235,17 @@ def _check_dtype(dtype) -> None:
 def _start(sde: SDE, score_fn: ScoreFn, shape, steps: int, eps: float, skip_type: str, z, device,
            generator, dtype):
     """Shared set-up: checks, the counting score, the initial ``x_T`` and the grid."""
-    check_positive_int("steps", steps, 1)
     _check_dtype(dtype)
+    grid = _time_grid(sde, steps, eps, skip_type)
     score = CountingScore(score_fn)
     x = initial_noise(sde, shape, z=z, device=device, generator=generator, dtype=dtype)
-    return score, x, _time_grid(sde, steps, eps, skip_type)
+    return score, x, grid
 
 
-def _finish(score: CountingScore, x: torch.Tensor, grid: TimeGrid, denoise: bool):
+def _finish(sde: SDE, score: CountingScore, x: torch.Tensor, eps: float, denoise: bool):
     """With ``denoise``, the output is the data prediction at ``eps`` (one more score evaluation)."""
     if denoise:
-        x = _data_prediction(score, x, grid, len(grid.t) - 1)
+        x = tweedie_denoise(sde, score, x, batch_time(eps, x))
     return x, score.nfe
 
 
@@ -237,32 +257,34 @@ def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int 
                 lower_order_final: bool = True):
     """Solve the probability-flow ODE from ``T`` to ``eps`` with multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2).
 
-    ``steps`` score evaluations on a ``skip_type`` grid (``"karras"``, ``"logSNR"``, ``"time_uniform"``,
-    ``"time_quadratic"``); ``order`` 1 is DDIM, 2 and 3 the 2M/3M multistep solvers, warmed up with lower
-    orders (so ``steps < order`` runs at order ``steps``) and, when ``lower_order_final`` and
-    ``steps < 15``, lowered at the last two steps. ``z`` is the latent at ``T`` (else drawn from the prior
-    with ``generator``). With ``denoise`` the result is the data prediction ``E[x_0 | x_eps]`` at ``eps``,
-    which costs one more evaluation. Returns ``(x, nfe)``.
+    ``steps`` score evaluations on a ``skip_type`` grid (one of ``SKIP_TYPES``: ``"inverse_karras"``, the
+    default and the most accurate measured, ``"logSNR"``, ``"time_uniform"``, ``"time_quadratic"``,
+    ``"karras"``). ``order`` 1 is DDIM, 2 and 3 the 2M/3M multistep solvers, warmed up with lower orders
+    (so ``steps < order`` runs at order ``steps``) and, when ``lower_order_final`` and ``steps < 15``,
+    lowered at the last two steps. ``z`` is the latent at ``T`` (else drawn from the prior with
+    ``generator``). With ``denoise`` the result is the data prediction ``E[x_0 | x_eps]`` at ``eps``,
+    which costs one more evaluation: ``nfe = steps + denoise``. Returns ``(x, nfe)``.
     """
     order = _check_order(order)
     check_choice("method", method, METHODS)
     score, x, grid = _start(sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
     x = _multistep(score, x, grid, order, bool(lower_order_final), progress)
-    return _finish(score, x, grid, denoise)
+    return _finish(sde, score, x, grid.t[-1], denoise)
 
 
 @torch.no_grad()
 def ddim_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 50, eta: float = 0.0, eps: float = 1e-3,
                 denoise: bool = True, z: torch.Tensor | None = None, device=None,
-                generator: torch.Generator | None = None, skip_type: str = DEFAULT_SKIP_TYPE,
+                generator: torch.Generator | None = None, skip_type: str = DDIM_SKIP_TYPE,
                 dtype: torch.dtype | None = None, progress: bool = False):
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on any linear SDE, ``steps`` score evaluations.
 
-    ``eta = 0`` is the deterministic sampler (identical to ``fast_sample(order=1)`` with the same grid);
+    ``eta = 0`` is the deterministic sampler, identical to ``fast_sample(order=1)`` on the same grid
+    (note the defaults differ: DDIM's is ``"time_quadratic"``, see ``DDIM_SKIP_TYPE``);
     ``eta = 1`` adds the DDPM posterior variance at every step (ancestral sampling on the coarse grid).
-    The step noise comes from ``generator``. Returns ``(x, nfe)``.
+    The step noise comes from ``generator``; ``nfe = steps + denoise``. Returns ``(x, nfe)``.
     """
     eta = _check_eta(eta)
     score, x, grid = _start(sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
     x = _ddim_loop(score, x, grid, eta, generator, progress)
-    return _finish(score, x, grid, denoise)
+    return _finish(sde, score, x, grid.t[-1], denoise)

@@ -61,6 +61,12 @@ class ShardedBatchLoader:
         """Global batches per epoch: floor(N / G) with drop_last, else N / G on average."""
         return self.num_items // self.global_batch_size
 
+    @property
+    def local_rows(self) -> slice:
+        """This rank's rows ``[r·b, (r+1)·b)`` of a global batch."""
+        start = self.rank * self.local_batch_size
+        return slice(start, start + self.local_batch_size)
+
     def permutation(self, epoch: int) -> torch.Tensor:
         """The shuffled order of all N items in ``epoch`` (CPU LongTensor), identical on every rank."""
         if self._cached is None or self._cached[0] != epoch:
@@ -85,8 +91,7 @@ class ShardedBatchLoader:
         return self
 
     def __next__(self):
-        start = self.rank * self.local_batch_size
-        idx = self.next_global_indices()[start:start + self.local_batch_size]
+        idx = self.next_global_indices()[self.local_rows]
         x = self.data[idx.to(self.data.device)]
         x = x.to(self.device) if self.device is not None else x
         if self.labels is None:

@@ -8,6 +8,10 @@ All three are ``E ||sigma s_theta(x_t, t) + z||^2`` in different clothes:
   over integer timesteps (Ho et al. 2020, eq. 14).
 - ``smld_loss``: SMLD's ``sigma_i^2``-weighted loss over the geometric noise levels (Song & Ermon 2019, eq. 6).
 ``score_fn(x, t)`` comes from ``models.get_score_fn`` (``continuous=False`` for the discrete losses).
+
+Each loss draws its own noise when not given it; ``get_noise_fn(name)`` draws the same noise for a
+whole batch up front (what the multi-process trainer uses to give every sample of the global batch the
+same noise whatever the number of ranks).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from sde_lib.utils import Registry, append_dims, check_choice
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 REDUCTIONS = ("mean", "sum")
 LOSSES: Registry = Registry("loss")
+NOISE: Registry = Registry("loss noise")
 
 
 def _reduce(sq_err: torch.Tensor, reduce: str) -> torch.Tensor:
@@ -42,29 +47,38 @@ def _check_eps(sde: SDE, eps: float) -> None:
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps!r}")
 
 
+def dsm_times(sde: SDE, n: int, *, eps: float, importance_sampling: bool, generator=None, device=None,
+              dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``t ~ U(eps, T)`` with no weight, or ``t ~ p(t) ∝ g^2 / sigma^2`` with its constant weight
+    ``Z / (T - eps)`` (Song, Durkan, Murray & Ermon 2021, Sec. 5)."""
+    if not importance_sampling:
+        return torch.rand(n, generator=generator, device=device, dtype=dtype) * (sde.T - eps) + eps, None
+    t, total = sde.sample_importance_time(n, eps, generator=generator, device=device, dtype=dtype)
+    return t, torch.full((n,), total / (sde.T - eps), device=device, dtype=dtype)
+
+
 @LOSSES.register("dsm")
 def dsm_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "mean",
              likelihood_weighting: bool = False, importance_sampling: bool = False, eps: float = 1e-5,
              generator: torch.Generator | None = None, t: torch.Tensor | None = None,
-             z: torch.Tensor | None = None) -> torch.Tensor:
+             z: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Continuous denoising score matching; shape ``(B,)``.
 
     Unweighted (``lambda = sigma_t^2``): ``||sigma_t s + z||^2``. With ``likelihood_weighting``
     (``lambda = g^2``): ``g(t)^2 ||s + z / sigma_t||^2``, an upper bound on the NLL up to constants.
     With ``importance_sampling`` too, ``t ~ p(t) ∝ g^2 / sigma^2`` and the term is
     ``Z / (T - eps) ||sigma_t s + z||^2``: the same expectation with lower variance.
+    Given ``t`` (and ``z``), nothing is drawn; ``weight`` (B,) then replaces the weighting (pass the one
+    ``dsm_noise`` returns for importance-sampled times).
     """
     check_choice("reduce", reduce, REDUCTIONS)
     _check_eps(sde, eps)
     if importance_sampling and not likelihood_weighting:
         raise ValueError("importance_sampling=True requires likelihood_weighting=True")
-    B = x0.shape[0]
-    weight = None
-    if t is None and importance_sampling:
-        t, total = sde.sample_importance_time(B, eps, generator=generator, device=x0.device, dtype=x0.dtype)
-        weight = torch.full((B,), total / (sde.T - eps), device=x0.device, dtype=x0.dtype)
-    elif t is None:
-        t = torch.rand(B, generator=generator, device=x0.device, dtype=x0.dtype) * (sde.T - eps) + eps
+    if t is None:
+        t, drawn_weight = dsm_times(sde, x0.shape[0], eps=eps, importance_sampling=importance_sampling,
+                                    generator=generator, device=x0.device, dtype=x0.dtype)
+        weight = drawn_weight if weight is None else weight
     z = _noise(x0, z, generator)
     mean, std = sde.marginal_prob(x0, t)
     score = score_fn(mean + append_dims(std, x0.ndim) * z, t)
@@ -75,13 +89,30 @@ def dsm_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "me
     return per_sample if weight is None else weight * per_sample
 
 
+@NOISE.register("dsm")
+def dsm_noise(sde: SDE, shape: tuple, *, importance_sampling: bool = False, eps: float = 1e-5,
+              generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> dict:
+    """The ``t``, ``z`` (and importance ``weight``) ``dsm_loss`` would draw for a batch of ``shape``,
+    in the same order: row i of every tensor belongs to sample i."""
+    _check_eps(sde, eps)
+    t, weight = dsm_times(sde, shape[0], eps=eps, importance_sampling=importance_sampling,
+                          generator=generator, device=device, dtype=dtype)
+    noise = {"t": t, "z": torch.randn(shape, generator=generator, device=device, dtype=dtype)}
+    return noise if weight is None else {**noise, "weight": weight}
+
+
+def _levels(sde: SDE, n: int, generator, device) -> torch.Tensor:
+    """Uniform random levels ``i`` of the discrete chain."""
+    return torch.randint(0, sde.N, (n,), generator=generator, device=device)
+
+
 def _discrete_dsm(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, reduce: str, generator,
                   index: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
     """``||sigma_i s(x_i, t_i) + z||^2`` at uniform random levels ``i`` of the discrete chain."""
     check_choice("reduce", reduce, REDUCTIONS)
     B = x0.shape[0]
     if index is None:
-        index = torch.randint(0, sde.N, (B,), generator=generator, device=x0.device)
+        index = _levels(sde, B, generator, x0.device)
     z = _noise(x0, z, generator)
     alpha, sigma = sde.discrete_marginal(index, x0)
     xt = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * z
@@ -104,6 +135,20 @@ def smld_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "s
               z: torch.Tensor | None = None) -> torch.Tensor:
     """SMLD/NCSN: ``sigma_i^2 ||s + z / sigma_i||^2 = ||sigma_i s + z||^2`` (½ sum by default, as NCSN)."""
     return _discrete_dsm(sde, score_fn, x0, reduce, generator, index, z)
+
+
+@NOISE.register("ddpm")
+@NOISE.register("smld")
+def discrete_noise(sde: SDE, shape: tuple, *, generator: torch.Generator | None = None, device=None,
+                   dtype=torch.float32) -> dict:
+    """The ``index`` and ``z`` ``ddpm_loss`` / ``smld_loss`` would draw for a batch of ``shape``."""
+    return {"index": _levels(sde, shape[0], generator, device),
+            "z": torch.randn(shape, generator=generator, device=device, dtype=dtype)}
+
+
+def get_noise_fn(name: str) -> Callable[..., dict]:
+    """The noise drawer of loss ``name``: ``noise_fn(sde, shape, generator=, device=, dtype=, ...)``."""
+    return NOISE.get(name)
 
 
 def get_loss_fn(name: str) -> Callable[..., torch.Tensor]:

@@ -1,0 +1,1 @@
+"""cifar10 experiment configurations."""

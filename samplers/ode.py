@@ -1,0 +1,167 @@
+"""Probability-flow ODE sampling and encoding (Song et al. 2021, eq. 13 and App. D).
+
+``dx/dt = f(x, t) - ½ g(t)^2 ∇x log p_t(x)`` shares its marginals with the SDE, so integrating it
+from ``T`` to ``eps`` maps prior noise to data (``ode_sample``) and back (``ode_encode``).
+
+Solvers: adaptive ``dopri5`` / ``bosh3`` / ``adaptive_heun`` and fixed-step ``euler`` / ``midpoint`` /
+``rk4`` (``steps`` steps) from torchdiffeq, on the input's device and dtype; ``rk45`` is SciPy's
+``solve_ivp(method="RK45")``, the reference's solver, kept for parity: it is the only path that
+round-trips through NumPy (and the CPU) at every function evaluation.
+"""
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import numpy as np
+import scipy.integrate
+import torch
+from torchdiffeq import odeint
+from tqdm.auto import tqdm
+
+from samplers.common import (
+    CountingScore, ScoreFn, batch_time, check_eps, check_positive_int, check_tolerance, initial_noise,
+    tweedie_denoise,
+)
+from sde_lib import SDE
+from sde_lib.utils import check_finite
+
+ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun")
+FIXED_METHODS = ("euler", "midpoint", "rk4")
+SCIPY_METHODS = ("rk45",)
+METHODS = ADAPTIVE_METHODS + FIXED_METHODS + SCIPY_METHODS
+
+OdeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_solver(method: str, rtol: float, atol: float, steps: int | None) -> None:
+    """``method`` known; tolerances positive; ``steps`` given (>= 1) exactly for fixed-step methods."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    check_tolerance("rtol", rtol)
+    check_tolerance("atol", atol)
+    if method in FIXED_METHODS:
+        if steps is None:
+            raise ValueError(f"steps is required for the fixed-step method {method!r}: an integer >= 1")
+        check_positive_int("steps", steps)
+    elif steps is not None:
+        raise ValueError(f"steps applies only to the fixed-step methods {list(FIXED_METHODS)}, "
+                         f"not to {method!r}; got steps={steps!r}")
+
+
+def probability_flow_drift(sde: SDE, score_fn: ScoreFn) -> OdeFn:
+    """``func(t, x)`` with a scalar tensor ``t``: the probability-flow drift (Song et al. 2021, eq. 13)."""
+    rsde = sde.reverse(score_fn, probability_flow=True)
+
+    def func(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return rsde.sde(x, time_like(t, x))[0]
+
+    return func
+
+
+def time_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A solver's scalar time as the ``(B,)`` tensor the SDE expects, on ``x``'s device and dtype."""
+    return t.reshape(()).to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+
+
+def integrate(func: OdeFn, y0: torch.Tensor, t0: float, t1: float, method: str = "dopri5",
+              rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
+              show_progress: bool = False, desc: str = "ODE") -> torch.Tensor:
+    """``y(t1)`` for ``dy/dt = func(t, y)``, ``y(t0) = y0``, with the named solver (checked by the caller)."""
+    func = _ProgressFn(func, t0, t1, desc) if show_progress else func
+    try:
+        if method in SCIPY_METHODS:
+            return _solve_ivp(func, y0, t0, t1, rtol, atol)
+        if method in FIXED_METHODS:
+            grid = torch.linspace(t0, t1, steps + 1, device=y0.device, dtype=y0.dtype)
+            return odeint(func, y0, grid, method=method)[-1]
+        span = torch.tensor([t0, t1], device=y0.device, dtype=y0.dtype)
+        # step_t: land exactly on t1 rather than step past it and interpolate (torchdiffeq's default)
+        return odeint(_clamped_time(func, t0, t1), y0, span, method=method, rtol=rtol, atol=atol,
+                      options={"step_t": span[1:]})[-1]
+    finally:
+        if show_progress:
+            func.bar.close()
+
+
+def _clamped_time(func: OdeFn, t0: float, t1: float) -> OdeFn:
+    """``func`` with its time clamped to ``[t0, t1]``. Only torchdiffeq's initial step-size probe
+    evaluates outside the span (at ``t0 + h0``, unclamped); clamping there changes that guess alone."""
+    lo, hi = min(t0, t1), max(t0, t1)
+    return lambda t, y: func(t.clamp(lo, hi), y)
+
+
+def _solve_ivp(func: OdeFn, y0: torch.Tensor, t0: float, t1: float, rtol: float, atol: float) -> torch.Tensor:
+    """SciPy's RK45 (Dormand-Prince 5(4), as the reference) on the flattened state; NumPy by necessity."""
+    shape, device, dtype = y0.shape, y0.device, y0.dtype
+
+    def fun(t, y):
+        yt = torch.from_numpy(y).to(device=device, dtype=dtype).reshape(shape)
+        return func(torch.tensor(t, device=device, dtype=dtype), yt).detach().cpu().double().numpy().ravel()
+
+    y_init = y0.detach().cpu().double().numpy().ravel()
+    sol = scipy.integrate.solve_ivp(fun, (t0, t1), y_init, rtol=rtol, atol=atol, method="RK45")
+    if not sol.success:
+        raise RuntimeError(f"scipy solve_ivp(RK45) failed: {sol.message}")
+    return torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).to(device=device, dtype=dtype).reshape(shape)
+
+
+class _ProgressFn:
+    """Wraps an ODE function so that a tqdm bar shows the fraction of ``[t0, t1]`` covered."""
+
+    def __init__(self, func: OdeFn, t0: float, t1: float, desc: str):
+        self.func, self.t0, self.span = func, t0, abs(t1 - t0)
+        self.bar = tqdm(total=1000, desc=desc, leave=False)
+
+    def __call__(self, t, y):
+        done = int(1000 * min(abs(float(t) - self.t0) / self.span, 1.0))
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        return self.func(t, y)
+
+
+def ode_sample(sde: SDE, score_fn: ScoreFn, shape, method: str = "dopri5", rtol: float = 1e-5,
+               atol: float = 1e-5, eps: float = 1e-3, denoise: bool = True, z: torch.Tensor | None = None,
+               device=None, generator: torch.Generator | None = None, steps: int | None = None,
+               progress: bool = False, dtype: torch.dtype | None = None) -> Tuple[torch.Tensor, int]:
+    """Integrate the probability-flow ODE from ``T`` (prior noise, or ``z``) to ``eps``; ``(x, nfe)``.
+
+    ``denoise=True`` adds one Tweedie step at ``eps`` (one more score evaluation). ``nfe`` counts every
+    score evaluation, rejected adaptive steps included.
+    """
+    eps = check_eps(sde, eps)
+    check_solver(method, rtol, atol, steps)
+    counting = CountingScore(score_fn)
+    x = initial_noise(sde, shape, z=z, device=device, generator=generator, dtype=dtype)
+    with torch.no_grad():
+        x = integrate(probability_flow_drift(sde, counting), x, sde.T, eps, method, rtol, atol, steps,
+                      progress, desc="ODE sampling")
+        if denoise:
+            x = tweedie_denoise(sde, counting, x, batch_time(eps, x))
+    return x, counting.nfe
+
+
+def ode_encode(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, method: str = "dopri5", rtol: float = 1e-5,
+               atol: float = 1e-5, eps: float = 1e-3, steps: int | None = None, progress: bool = False,
+               dtype: torch.dtype | None = None) -> Tuple[torch.Tensor, int]:
+    """Integrate the probability-flow ODE forwards from ``eps`` (data ``x``) to ``T``: the latent ``z``
+    (Song et al. 2021, Sec. 4.3, "uniquely identifiable encoding"); returns ``(z, nfe)``.
+
+    ``ode_sample(..., z=z, denoise=False)`` with the same solver settings inverts it.
+    """
+    eps = check_eps(sde, eps)
+    check_solver(method, rtol, atol, steps)
+    check_input(x)
+    counting = CountingScore(score_fn)
+    x = x.to(dtype=dtype or x.dtype)
+    with torch.no_grad():
+        z = integrate(probability_flow_drift(sde, counting), x, eps, sde.T, method, rtol, atol, steps,
+                      progress, desc="ODE encoding")
+    return z, counting.nfe
+
+
+def check_input(x) -> None:
+    """``x`` must be a finite float tensor shaped ``(B, ...)``."""
+    if not torch.is_tensor(x) or x.ndim < 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor of shape (B, ...) with at least 2 dims, got "
+                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    check_finite("x", x)
