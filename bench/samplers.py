@@ -39,7 +39,6 @@ time_quadratic 5.0 / 4.7, time_uniform 11.0 / 8.4, logSNR 5.2 / 5.1, inverse_kar
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import dataclass

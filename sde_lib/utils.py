@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Generic, Iterable, TypeVar
+from typing import Dict, Generic, Iterable, TypeVar
 
 import torch
 

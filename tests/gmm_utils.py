@@ -16,7 +16,6 @@ permutation null: its mean and standard deviation over relabellings of the poole
 API (stable; other test modules import it):
     make_test_mixture() -> GaussianMixture          (4 modes in 2-D, unequal weights, full covariances)
     shared_time_score(mixture, sde) -> score_fn     (mixture.score_fn(sde), ~3x faster, same values)
-    single_threaded()                                (context manager: torch intra-op threads = 1)
     gen(seed) -> torch.Generator
     reference_sample() -> (100000, 2) draw from make_test_mixture(), cached per process
     assign_modes(mixture, x) -> (n,) long
@@ -28,7 +27,6 @@ API (stable; other test modules import it):
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Dict, Mapping, Union
@@ -62,18 +60,6 @@ class MMDResult:
     @property
     def z(self) -> float:
         return (self.stat - self.null_mean) / self.null_std
-
-
-@contextlib.contextmanager
-def single_threaded():
-    """Run with one intra-op thread, then restore. For batches of a few thousand 2-D points threads
-    only add synchronisation: on a loaded 2-core machine the sampler tests ran 6x slower with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def make_test_mixture() -> GaussianMixture:

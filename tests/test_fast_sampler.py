@@ -45,16 +45,6 @@ MIXTURE_SKIP = {"vp": "inverse_karras", "subvp": "time_quadratic", "ve": "invers
 DECODE_BOUND_20 = {"vp": 0.04, "subvp": 0.04, "ve": 0.03, "cosine": 0.04}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny (at most 4000 x 2): intra-op threads only add overhead, and on a busy
-    2-core machine their spin-waits made this module 10x slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from models import get_score_fn
-from sde_lib import VESDE, VPSDE, CosineVPSDE, GaussianMixture, subVPSDE
+from sde_lib import VESDE, VPSDE, CosineVPSDE, subVPSDE
 from sde_lib.utils import append_dims
 from training.losses import LOSSES, ddpm_loss, dsm_loss, get_loss_fn, smld_loss
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from absl import app, flags
 from PIL import Image
 
@@ -33,14 +32,6 @@ TINY_TOY = ["--config.data.num_train=512", "--config.training.batch_size=64", "-
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning
-    OpenMP workers slow them down many times over; the previous setting comes back afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 def _cli(workdir: Path, mode: str, *extra: str, config: str = "configs/toy/gmm_vp.py", wait: bool = True):
     cmd = [sys.executable, "main.py", "--config", config, "--workdir", str(workdir), "--mode", mode, *TINY_TOY, *extra]

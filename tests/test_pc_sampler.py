@@ -20,7 +20,7 @@ import torch
 
 import samplers
 from gmm_utils import (
-    assert_matches_mixture, gen, make_test_mixture, reference_sample, shared_time_score, single_threaded,
+    assert_matches_mixture, gen, make_test_mixture, reference_sample, shared_time_score,
 )
 from samplers import PREDICTORS, Predictor, pc_sample, register_predictor
 from samplers.common import CountingScore
@@ -29,12 +29,6 @@ from sde_lib import VESDE, VPSDE, subVPSDE
 N_SAMPLES = 3000
 N_STEPS = 500
 MIX = make_test_mixture()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with single_threaded():
-        yield
 
 
 @pytest.fixture(scope="module")

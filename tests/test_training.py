@@ -19,14 +19,6 @@ from training.runtime import GracefulStop, resolve_accel
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning
-    OpenMP workers slow them down many times over; the previous setting comes back afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 def tiny_toy_config():
     config = gmm_config()
