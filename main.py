@@ -43,12 +43,19 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | Path, mode: st
     return path
 
 
+def quiet_other_ranks(ctx: DistContext) -> None:
+    """Under torchrun only rank 0 logs progress; the other ranks log warnings and errors only."""
+    if not ctx.is_main:
+        logging.set_verbosity(logging.WARNING)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path, mode: str):
     """Validate ``config``, then run ``mode`` in this process group (a world of one without torchrun)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     validate_config(config)
     ctx = init_distributed(config.device)
+    quiet_other_ranks(ctx)
     try:
         save_config(config, workdir, mode, ctx)
         return MODES[mode](config, workdir, ctx)

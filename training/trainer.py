@@ -2,11 +2,18 @@
 ``next_batch`` -> ``train_step`` -> ``after_step`` until ``n_iters``, checkpointing on the way and
 when SIGTERM / SIGINT arrive.
 
-``training.batch_size`` is the global batch: each of the W ranks takes its shard from
-``ShardedBatchLoader``, DDP averages the gradients, and only rank 0 writes files. Randomness comes from
-an explicit per-rank ``torch.Generator`` (times, noise, dequantisation, flips) plus the global torch RNG
-(dropout); both, with the loader position, are in every checkpoint, so a resumed run continues
-bit-for-bit.
+``training.batch_size`` is the global batch G: each of the W ranks trains on its rows
+``[r·G/W, (r+1)·G/W)`` of every global batch from ``ShardedBatchLoader``, DDP averages the gradients,
+and only rank 0 writes files.
+
+World-size independence: the data order is a function of (seed, epoch), and every other random draw
+of a step except dropout (dequantisation, flips, the loss's times and noise) is made for the *whole*
+global batch from a generator re-seeded with (seed, purpose, step), each rank keeping its own rows. So
+sample i of step k sees the same data and noise whether 1 or W processes train, W processes reach the
+weights of one process (up to the float rounding of the gradient all-reduce), and a checkpoint resumes
+with any world size. Dropout masks come from the global torch RNG, seeded per rank; its state (with
+the loader position) is in every checkpoint, so a resume with the same world size is bit-for-bit, one
+with another world size re-seeds only dropout.
 """
 from __future__ import annotations
 
@@ -23,10 +30,11 @@ from torch import nn
 from models import ExponentialMovingAverage, get_score_fn
 from sde_lib import SDE
 from training import checkpoint as ckpt
-from training.data_loader import ShardedBatchLoader
+from training.data_loader import SEED_STRIDE, ShardedBatchLoader
 from training.distributed import (DistContext, all_reduce_mean, barrier, unwrap_model, wrap_model)
 from training.evaluate import LOSS_STREAM, eval_generator, heldout_loss
-from training.factory import build_model, build_sde, data_from_config, loss_setup, sampler_kwargs, score_kwargs
+from training.factory import (build_model, build_sde, data_from_config, loss_setup, noise_setup, sampler_kwargs,
+                              score_kwargs)
 from training.inference import CHECKPOINT_DIR, ema_weights
 from training.optim import build_optimizer, optimize_step
 from training.pipeline import DataSpec, data_meta, stream_seed, to_data_space, to_model_space
@@ -36,7 +44,10 @@ from training.sampling import generate, sample_stats, sampling_generator, write_
 
 logger = logging.getLogger(__name__)
 
-TRAIN_STREAM = 1
+TRAIN_STREAM = 1            # the generator's initial seed
+DATA_STREAM = 2             # dequantisation and flips of a step's global batch
+NOISE_STREAM = 3            # the loss's times / levels and noise for a step's global batch
+DROPOUT_STREAM = 4          # the global torch RNG (dropout), per rank
 SNAPSHOT_STREAM = 22
 
 
@@ -92,6 +103,8 @@ class TrainRun:
     generator: torch.Generator
     loss_fn: Callable
     loss_kwargs: dict
+    noise_fn: Callable
+    noise_kwargs: dict
     score_kwargs: dict
     accel: Accel
     config_json: str
@@ -108,15 +121,30 @@ class TrainRun:
 
 
 # ---------------------------------------------------------------------------------------- set-up
+def step_seed(seed: int, stream: int, step: int, rank: int = 0) -> int:
+    """The seed of one purpose (``stream``) at optimizer step ``step`` (and ``rank``, for dropout)."""
+    return (stream_seed(seed, stream, rank) * SEED_STRIDE + step) % 2 ** 63
+
+
 def training_generator(seed: int, ctx: DistContext) -> torch.Generator:
-    return torch.Generator(device=ctx.device).manual_seed(stream_seed(seed, TRAIN_STREAM, ctx.rank))
+    """The trainer's generator on this rank's device; ``step_generator`` re-seeds it at every draw."""
+    return torch.Generator(device=ctx.device).manual_seed(stream_seed(seed, TRAIN_STREAM))
+
+
+def check_global_batch(batch_size: int, ctx: DistContext) -> None:
+    """``training.batch_size`` is the global batch: it must split evenly over the ranks."""
+    if batch_size % ctx.world_size:
+        raise ValueError(f"config.training.batch_size={batch_size} is the global batch and must be divisible by "
+                         f"the world size {ctx.world_size} (the number of torchrun processes); use a multiple "
+                         f"of {ctx.world_size}")
 
 
 def _build_network(config, data: DataSpec, ctx: DistContext, accel: Accel) -> nn.Module:
-    torch.manual_seed(config.seed)      # weight initialisation (and dropout's global stream)
+    torch.manual_seed(config.seed)      # weight initialisation, the same on every rank
     model = build_model(config, data.shape).to(ctx.device)
     if accel.channels_last and len(data.shape) == 3:
         model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(step_seed(config.seed, DROPOUT_STREAM, 0, ctx.rank))    # dropout, distinct per rank
     return model
 
 
@@ -130,23 +158,28 @@ def _metrics_writer(workdir: Path, ctx: DistContext, tensorboard: bool) -> Metri
                          tensorboard_dir=workdir / "tensorboard" if tensorboard else None)
 
 
-def setup_run(config: ml_collections.ConfigDict, workdir: str | Path, ctx: DistContext) -> TrainRun:
-    """Build data, SDE, network, EMA, optimizer, loader and generator; resume if a checkpoint exists."""
+def setup_run(config: ml_collections.ConfigDict, workdir: str | Path, ctx: DistContext,
+              data: DataSpec | None = None) -> TrainRun:
+    """Build data (unless given, e.g. synthetic data for a benchmark), SDE, network, EMA, optimizer,
+    loader and generator; resume if a checkpoint exists."""
     workdir = Path(workdir)
     t = config.training
+    check_global_batch(t.batch_size, ctx)
     accel = resolve_accel(ctx.device, bf16=t.bf16, compile=t.compile, channels_last=t.channels_last, tf32=t.tf32)
     apply_tf32(accel)
-    data = data_from_config(config)
+    data = data if data is not None else data_from_config(config)
     model = _build_network(config, data, ctx, accel)
     o = config.optim
     loss_fn, loss_kwargs = loss_setup(config)
+    noise_fn, noise_kwargs = noise_setup(config)
     run = TrainRun(
         options=train_options(config), ctx=ctx, workdir=workdir, data=data, sde=build_sde(config), model=model,
         ema=ExponentialMovingAverage(model, decay=config.model.ema_rate),
         optimizer=build_optimizer(model.parameters(), o.optimizer, lr=o.lr, beta1=o.beta1, eps=o.eps,
                                   weight_decay=o.weight_decay),
         loader=_build_loader(config, data, ctx), generator=training_generator(config.seed, ctx),
-        loss_fn=loss_fn, loss_kwargs=loss_kwargs, score_kwargs=score_kwargs(config), accel=accel,
+        loss_fn=loss_fn, loss_kwargs=loss_kwargs, noise_fn=noise_fn, noise_kwargs=noise_kwargs,
+        score_kwargs=score_kwargs(config), accel=accel,
         config_json=config.to_json(), metrics=_metrics_writer(workdir, ctx, t.tensorboard))
     if ctx.is_main:
         run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -191,9 +224,9 @@ def _restore_rng(run: TrainRun, rng: dict, path: Path) -> None:
     if rng["world_size"] == run.ctx.world_size:
         ckpt.set_rng_state(rng["ranks"][run.ctx.rank], run.generator)
         return
-    logger.warning("%s was written by %d ranks, this run has %d: random streams are re-seeded, so the "
-                   "run will not continue bit-for-bit", path, rng["world_size"], run.ctx.world_size)
-    run.generator.manual_seed(stream_seed(run.options.seed, TRAIN_STREAM + run.step, run.ctx.rank))
+    logger.info("%s was written by %d ranks, this run has %d: data order and training noise continue "
+                "exactly; dropout masks are re-seeded", path, rng["world_size"], run.ctx.world_size)
+    torch.manual_seed(step_seed(run.options.seed, DROPOUT_STREAM, run.step, run.ctx.rank))
 
 
 def restore_state(run: TrainRun, state: dict, path: Path) -> None:
@@ -221,17 +254,35 @@ def resume(run: TrainRun) -> None:
 
 
 # ---------------------------------------------------------------------------------------- steps
+def step_generator(run: TrainRun, stream: int) -> torch.Generator:
+    """``run.generator`` re-seeded for ``stream`` at the current step: the same on every rank."""
+    return run.generator.manual_seed(step_seed(run.options.seed, stream, run.step))
+
+
 def next_batch(run: TrainRun) -> torch.Tensor:
-    x = to_model_space(next(run.loader), run.data, run.generator, train=True)
-    return memory_format(x, run.accel)
+    """This rank's rows of the next global batch, in model space. The global batch is transformed
+    (dequantised, flipped) as a whole, so each row is the same for any world size."""
+    idx = run.loader.next_global_indices()
+    batch = run.data.train[idx.to(run.data.train.device)].to(run.ctx.device)
+    x = to_model_space(batch, run.data, step_generator(run, DATA_STREAM), train=True)
+    return memory_format(x[run.loader.local_rows], run.accel)
+
+
+def loss_noise(run: TrainRun, x: torch.Tensor) -> dict:
+    """This rank's rows of the loss noise (times or levels, ``z``) drawn for the whole global batch."""
+    shape = (run.loader.global_batch_size,) + tuple(x.shape[1:])
+    noise = run.noise_fn(run.sde, shape, generator=step_generator(run, NOISE_STREAM), device=x.device,
+                         dtype=x.dtype, **run.noise_kwargs)
+    return {k: memory_format(v[run.loader.local_rows], run.accel) for k, v in noise.items()}
 
 
 def train_step(run: TrainRun, x: torch.Tensor) -> torch.Tensor:
     """One optimizer update on this rank's batch; returns the (detached) mean loss."""
     run.optimizer.zero_grad(set_to_none=True)
     score_fn = get_score_fn(run.sde, run.train_model, train=True, **run.score_kwargs)
+    noise = loss_noise(run, x)
     with autocast(run.accel):
-        per_sample = run.loss_fn(run.sde, score_fn, x, generator=run.generator, **run.loss_kwargs)
+        per_sample = run.loss_fn(run.sde, score_fn, x, **noise, **run.loss_kwargs)
     loss = per_sample.float().mean()
     loss.backward()
     o = run.options

@@ -14,17 +14,17 @@ def get_digits_config(sde: str) -> ml_collections.ConfigDict:
 
     training = config.training
     training.sde = sde
-    training.batch_size = 128
-    training.n_iters = 6000
+    training.batch_size = 64
+    training.n_iters = 3000
     training.log_freq = 100
     training.eval_freq = 500
-    training.checkpoint_freq = 1000
+    training.checkpoint_freq = 500
     training.snapshot_freq = 3000
     training.snapshot_num_samples = 36
 
     model = config.model
     model.ema_rate = 0.999
-    add_unet(model, nf=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,), dropout=0.1)
+    add_unet(model, nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1)
 
     optim = config.optim
     optim.lr = 1e-3
