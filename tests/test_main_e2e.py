@@ -145,8 +145,9 @@ def _wait_for_training(workdir: Path, proc, timeout: float = 120.0) -> None:
 
 
 def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(tmp_path):
+    # no periodic checkpoint or snapshot may land before the signal: the only checkpoint is SIGTERM's
     proc = _cli(tmp_path, "train", "--config.training.n_iters=1000000", "--config.training.checkpoint_freq=100000",
-                wait=False)
+                "--config.training.snapshot_freq=100000", wait=False)
     _wait_for_training(tmp_path, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
