@@ -6,9 +6,13 @@
 ``--mode train`` writes ``<workdir>/checkpoints/`` (and resumes from the newest), ``metrics.jsonl`` and
 ``snapshots/``; ``--mode eval`` writes ``<workdir>/eval/metrics.json``; ``--mode sample`` writes
 ``<workdir>/samples/samples.npz`` and a PNG. For several processes launch with ``torchrun``.
+
+The config stops here: ``training.factory.options_from_config`` validates every field and turns the
+config into plain options, which the modes take.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -17,29 +21,32 @@ from ml_collections import config_flags
 
 from training.checkpoint import atomic_write_text
 from training.distributed import DistContext, cleanup, init_distributed
-from training.evaluate import EVAL_DIR, evaluate
-from training.factory import validate_config
-from training.sampling import SAMPLES_DIR, sample
+from training.evaluate import evaluate
+from training.factory import options_from_config, schema_fields
+from training.options import RunOptions
+from training.sampling import sample
 from training.trainer import train
+from training.workdir import config_path
 
 MODES = {"train": train, "eval": evaluate, "sample": sample}
-# where each mode saves the resolved config it ran with
-CONFIG_FILES = {"train": "config.json", "eval": f"{EVAL_DIR}/config.json", "sample": f"{SAMPLES_DIR}/config.json"}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/toy/gmm_vp.py; "
                                 "override any field with --config.<section>.<field>=value.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, evaluations and samples.")
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+flags.DEFINE_string("outdir", None, "eval / sample: write results here instead of <workdir>/eval or "
+                    "<workdir>/samples (e.g. when the work directory is read-only).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str | Path, mode: str, ctx: DistContext) -> Path:
-    """Write the resolved config as JSON into the work directory (rank 0)."""
-    path = Path(workdir) / CONFIG_FILES[mode]
+def save_train_config(options: RunOptions, workdir: str | Path, ctx: DistContext) -> Path:
+    """Write the resolved config of a training run into the work directory (rank 0). Eval and sample
+    write theirs next to their results, after them."""
+    path = config_path(workdir, "train")
     if ctx.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, config.to_json(indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, options.config_json + "\n")
     return path
 
 
@@ -49,31 +56,121 @@ def quiet_other_ranks(ctx: DistContext) -> None:
         logging.set_verbosity(logging.WARNING)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path, mode: str):
-    """Validate ``config``, then run ``mode`` in this process group (a world of one without torchrun)."""
+def check_workdir(workdir: str | Path, mode: str) -> None:
+    """The work directory must be a directory (or, for ``train``, creatable); eval and sample read an
+    existing one and never create it."""
+    path = Path(workdir)
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--workdir {workdir}: {folder} is a file, not a directory")
+    if mode != "train" and not path.is_dir():
+        raise ValueError(f"--workdir {workdir} does not exist; train a model there first (--mode train)")
+
+
+def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mode: str,
+        outdir: str | Path | None = None):
+    """Run ``mode`` on ``config`` (validated first) in this process group (a world of one without
+    torchrun); ``outdir`` redirects the results of eval and sample."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    validate_config(config)
-    ctx = init_distributed(config.device)
+    if outdir is not None and mode == "train":
+        raise ValueError("--outdir applies to --mode eval and sample; training writes into --workdir")
+    options = config if isinstance(config, RunOptions) else options_from_config(config)
+    check_workdir(workdir, mode)
+    ctx = init_distributed(options.device)
     quiet_other_ranks(ctx)
     try:
-        save_config(config, workdir, mode, ctx)
-        return MODES[mode](config, workdir, ctx)
+        if mode == "train":
+            save_train_config(options, workdir, ctx)
+            return train(options, workdir, ctx)
+        return MODES[mode](options, workdir, ctx, outdir=outdir)
     finally:
         cleanup(ctx)
 
 
+def exit_status(options: RunOptions, result) -> int:
+    """0, or after SIGTERM / SIGINT 128 + the signal (143 / 130: a pre-empted job, as schedulers expect)
+    unless ``training.exit_zero_on_signal``."""
+    if isinstance(result, dict) and result.get("stopped_by_signal") and not options.train.exit_zero_on_signal:
+        return 128 + int(result["signal"])
+    return 0
+
+
+def report(message: str) -> None:
+    """One line on stderr (the message's line breaks folded)."""
+    print("main.py: error: " + " ".join(message.split()), file=sys.stderr)
+
+
+def fail(message: str, status: int) -> None:
+    report(message)
+    sys.exit(status)
+
+
+def execute(options: RunOptions, workdir: str, mode: str, outdir: str | None = None, verbose: bool = False) -> int:
+    """Run ``mode`` and return the exit status: 0, 128 + signal after a pre-emption, or 1 after an
+    error, reported in one line (``verbose`` re-raises it for the traceback)."""
+    try:
+        result = run(options, workdir, mode, outdir)
+    except Exception as err:        # noqa: BLE001 -- one line; --verbosity=1 shows the traceback
+        if verbose:
+            raise
+        report(f"{err} ({type(err).__name__}; --verbosity=1 shows the traceback)")
+        return 1
+    logging.info("%s done: %s", mode, result)
+    return exit_status(options, result)
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+    """The first ``--config.<path>=...`` override that names no config field, with a hint."""
+    known = schema_fields()
+    for arg in argv[1:]:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config."):].split("=", 1)[0]
+        if path not in known:
+            section = path.rsplit(".", 1)[0]
+            names = [p.split(".")[-1] for p in known if p.rsplit(".", 1)[0] == section and "." in p]
+            hint = f"; fields of config.{section}: {names}" if names else ""
+            return f"config.{path} is not a config field{hint}"
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with one line and exit status 2 for a bad flag, override or config file
+    (a missing or broken file, a ``get_config`` that fails) instead of a traceback."""
+    unknown = _unknown_override(argv)
+    if unknown:
+        fail(unknown, 2)
+    try:
+        remaining = FLAGS(argv)
+    except flags.Error as err:
+        fail(f"{err} (--help lists the flags)", 2)
+    except Exception as err:        # noqa: BLE001 -- the config file's own error, reported in one line
+        fail(f"cannot load the config: {type(err).__name__}: {err}", 2)
+    error = getattr(FLAGS["config"].value, "_error", None)    # config_flags defers a failed load
+    if error is not None:
+        fail(f"cannot load the config file {config_flags.get_config_filename(FLAGS['config'])}: "
+             f"{type(error).__name__}: {error}", 2)
+    return remaining
+
+
+def _verbose() -> bool:
+    return FLAGS["verbosity"].value >= 1
+
+
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        fail(f"unexpected arguments: {argv[1:]}", 2)
     try:
-        validate_config(FLAGS.config)
+        options = options_from_config(FLAGS.config)
+        check_workdir(FLAGS.workdir, FLAGS.mode)
     except ValueError as err:
-        raise app.UsageError(f"invalid config: {err}") from err
+        if _verbose():
+            raise
+        fail(f"invalid config: {err}", 2)
     logging.info("%s with %s in %s", FLAGS.mode, config_flags.get_config_filename(FLAGS["config"]), FLAGS.workdir)
-    result = run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-    logging.info("%s done: %s", FLAGS.mode, result)
+    sys.exit(execute(options, FLAGS.workdir, FLAGS.mode, FLAGS.outdir, verbose=_verbose()))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

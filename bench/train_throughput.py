@@ -40,6 +40,7 @@ import torch.multiprocessing as mp
 from configs.cifar10.ddpmpp_vp import get_config as cifar10_config
 from configs.digits.ddpmpp_vp import get_config as digits_config
 from training.distributed import DistContext, barrier, cleanup, init_distributed
+from training.factory import options_from_config
 from training.pipeline import DataSpec
 from training.trainer import next_batch, setup_run, train_step
 
@@ -75,7 +76,7 @@ def workload_config(case: Case):
     config = WORKLOADS[case.workload]()
     config.device = case.device
     for flag in FLAGS:
-        setattr(config.training, flag, flag in case.flags)
+        config.training[flag] = flag in case.flags
     config.training.tensorboard = config.training.progress_bar = False
     return config
 
@@ -103,7 +104,7 @@ def measure(case: Case, ctx: DistContext, warmup: int, steps: int) -> dict:
     """Steps/s of ``next_batch`` + ``train_step`` over ``steps`` steps after ``warmup`` steps."""
     config = workload_config(case)
     with tempfile.TemporaryDirectory() as workdir:
-        run = setup_run(config, workdir, ctx, data=workload_data(case))
+        run = setup_run(options_from_config(config), workdir, ctx, data=workload_data(case))
         for _ in range(warmup):
             train_step(run, next_batch(run))
         _sync(ctx)

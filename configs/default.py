@@ -1,7 +1,10 @@
-"""Every config field, with defaults. Experiment files start from ``get_default_config()`` and change
-what they need; ``training/factory.py`` validates the result and turns it into plain arguments.
+"""Every config field any mode reads, with its default and a one-line comment. Experiment files start
+from ``get_default_config()`` and change what they need; ``training/factory.py`` checks that a config
+has exactly these fields, validates every value before any work starts, and maps each field explicitly
+onto the argument it feeds (the frozen option objects in ``training/options.py``).
 
 Names follow score_sde (``training.sde``, ``model.ema_rate``, ``sampling.snr``, ...) where one exists.
+The network defaults here are DDPM++'s (Song et al. 2021, App. H) and the MLP's; they live nowhere else.
 """
 import ml_collections
 
@@ -9,23 +12,25 @@ import ml_collections
 def _training() -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
     t.batch_size = 128             # GLOBAL batch; each of W ranks takes batch_size / W
-    t.n_iters = 1_300_001
-    t.sde = "vpsde"                # any name in sde_lib.SDES: vpsde | subvpsde | vesde | cosine_vpsde
+    t.n_iters = 1_300_001          # optimizer updates in total (a resumed run continues to this step)
+    t.sde = "vpsde"                # the process: vpsde | subvpsde | vesde | cosine_vpsde
     t.loss = "dsm"                 # dsm (continuous) | ddpm (discrete VP) | smld (discrete VE)
-    t.continuous = True            # must be True for dsm and False for ddpm / smld
+    t.continuous = True            # continuous-time noise labels; True for dsm, False for ddpm / smld
     t.reduce_mean = True           # per-sample mean over dims (else ½ sum, Song et al. 2021 eq. 7)
-    t.likelihood_weighting = False  # lambda(t) = g(t)^2 (Song, Durkan et al. 2021)
-    t.importance_sampling = False  # t ~ g^2 / sigma^2 (needs likelihood_weighting)
-    t.eps = 1e-5                   # smallest training time
+    t.likelihood_weighting = False  # dsm: lambda(t) = g(t)^2 (Song, Durkan et al. 2021)
+    t.importance_sampling = False  # dsm: t ~ g^2 / sigma^2 (needs likelihood_weighting)
+    t.eps = 1e-5                   # dsm: smallest training time
     t.log_freq = 50                # steps between metrics.jsonl lines
     t.eval_freq = 1000             # steps between held-out loss evaluations (one eval batch)
     t.checkpoint_freq = 10_000     # steps between preemption checkpoints (the newest keep_last are kept)
     t.snapshot_freq = 50_000       # checkpoints at multiples of this are kept for good
-    t.keep_last = 3
+    t.keep_last = 3                # preemption checkpoints kept besides the snapshots
+    t.max_nonfinite_steps = 3      # consecutive skipped updates (non-finite loss or gradient) before the run stops
+    t.exit_zero_on_signal = False  # after SIGTERM / SIGINT: exit 0 instead of 128 + signal (143 / 130)
     t.snapshot_sampling = True     # write a few samples to <workdir>/snapshots/ at each snapshot
-    t.snapshot_num_samples = 64
+    t.snapshot_num_samples = 64    # how many samples a snapshot draws
     t.progress_bar = True          # tqdm bar (also off when stderr is not a terminal)
-    t.tensorboard = True           # only if torch.utils.tensorboard imports
+    t.tensorboard = True           # also log to <workdir>/tensorboard if torch.utils.tensorboard imports
     # GPU-only switches; on CPU they are logged as ignored
     t.bf16 = False                 # bfloat16 autocast of the forward pass
     t.compile = False              # torch.compile the network
@@ -47,25 +52,47 @@ def _data() -> ml_collections.ConfigDict:
 
 def _model() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
-    m.name = "ddpmpp"              # any name in models.MODELS: mlp | ddpmpp | ncsnpp
-    m.ema_rate = 0.9999
-    m.parameterization = "auto"    # auto (the SDE's default) | eps | x0 | score
+    m.name = "ddpmpp"              # network: mlp (vector data) | ddpmpp | ncsnpp (U-Nets for images)
+    m.ema_rate = 0.9999            # decay of the exponential moving average of the weights
+    m.parameterization = "auto"    # network output: auto (the SDE's default) | eps | x0 | score
     m.scale_by_sigma = False       # divide a "score" output by sigma(t) (NCSN++)
-    m.sigma_min = 0.01             # VE
-    m.sigma_max = 50.0
-    m.beta_min = 0.1               # VP / sub-VP
-    m.beta_max = 20.0
-    m.num_scales = 1000            # N, the discretisation of the SDE
+    # the process (training.sde) reads these
+    m.sigma_min = 0.01             # VE: smallest noise level
+    m.sigma_max = 50.0             # VE: largest noise level
+    m.beta_min = 0.1               # VP / sub-VP: beta(0)
+    m.beta_max = 20.0              # VP / sub-VP: beta(1)
+    m.num_scales = 1000            # N, the discretisation of the SDE (every process)
+    # both networks
+    m.embedding_type = "positional"  # noise-label embedding: positional (999 t) | fourier (log sigma)
+    m.fourier_scale = 16.0         # std of the random Fourier features (embedding_type = fourier)
+    # mlp
+    m.hidden = 128                 # mlp: width
+    m.n_blocks = 3                 # mlp: residual blocks
+    # ddpmpp / ncsnpp (Song et al. 2021, App. H; DDPM++ values)
+    m.nf = 128                     # U-Net: base channels
+    m.ch_mult = (1, 2, 2, 2)       # U-Net: channel multiplier per resolution level
+    m.num_res_blocks = 4           # U-Net: residual blocks per level
+    m.attn_resolutions = (16,)     # U-Net: resolutions with self-attention
+    m.dropout = 0.1                # U-Net: dropout in residual blocks
+    m.resblock_type = "biggan"     # U-Net: biggan | ddpm residual blocks
+    m.resamp_with_conv = True      # U-Net: convolutions in up/down-sampling
+    m.skip_rescale = True          # U-Net: skip connections scaled by 1/sqrt(2)
+    m.init_scale = 0.0             # U-Net: scale of the output layers' initialisation
+    m.fir = False                  # U-Net: FIR up/down-sampling (NCSN++)
+    m.fir_kernel = (1, 3, 3, 1)    # U-Net: the FIR kernel
+    m.progressive = "none"         # U-Net: output pyramid: none | output_skip | residual
+    m.progressive_input = "none"   # U-Net: input pyramid: none | input_skip | residual (NCSN++)
+    m.progressive_combine = "sum"  # U-Net: how the input pyramid joins the features: sum | cat
     return m
 
 
 def _optim() -> ml_collections.ConfigDict:
     o = ml_collections.ConfigDict()
-    o.optimizer = "adam"
-    o.lr = 2e-4
-    o.beta1 = 0.9
-    o.eps = 1e-8
-    o.weight_decay = 0.0
+    o.optimizer = "adam"           # adam (the only one)
+    o.lr = 2e-4                    # peak learning rate
+    o.beta1 = 0.9                  # Adam beta1 (beta2 = 0.999)
+    o.eps = 1e-8                   # Adam epsilon
+    o.weight_decay = 0.0           # Adam's L2 term
     o.warmup = 5000                # linear warm-up: lr * min(k / warmup, 1) at update k = 1, 2, ...
     o.grad_clip = 1.0              # max global grad norm; 0 disables clipping
     return o
@@ -73,40 +100,42 @@ def _optim() -> ml_collections.ConfigDict:
 
 def _sampling() -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
-    s.method = "pc"                # pc | ode | fast
-    s.predictor = "euler_maruyama"
-    s.corrector = "none"
-    s.snr = 0.16
-    s.n_steps = 1                  # corrector steps per predictor step
-    s.probability_flow = False
-    s.denoise = True               # Tweedie denoising at the last step
-    s.eps = 1e-3
-    s.steps = 10                   # fast sampler: number of steps
-    s.order = 2                    # fast sampler: solver order
-    s.ode_method = "dopri5"        # ode sampler: torchdiffeq method
-    s.rtol = 1e-5
-    s.atol = 1e-5
-    s.num_samples = 64
-    s.batch_size = 64
+    s.method = "pc"                # pc | ode | fast (DPM-Solver++) | ddim
+    s.predictor = "euler_maruyama"  # pc: predictor
+    s.corrector = "none"           # pc: corrector
+    s.snr = 0.16                   # pc: corrector signal-to-noise ratio
+    s.n_steps = 1                  # pc: corrector steps per predictor step
+    s.probability_flow = False     # pc: predict along the probability-flow ODE
+    s.denoise = True               # Tweedie denoising at the last step (every method)
+    s.eps = 1e-3                   # smallest time of every method
+    s.steps = 10                   # fast / ddim: number of steps
+    s.order = 2                    # fast: solver order 1 | 2 | 3
+    s.eta = 0.0                    # ddim: 0 deterministic, 1 DDPM-like noise
+    s.ode_method = "dopri5"        # ode: torchdiffeq method (or rk45 through SciPy)
+    s.rtol = 1e-5                  # ode: relative tolerance
+    s.atol = 1e-5                  # ode: absolute tolerance
+    s.num_samples = 64             # samples written by --mode sample
+    s.batch_size = 64              # samples drawn per batch
     return s
 
 
 def _eval() -> ml_collections.ConfigDict:
     e = ml_collections.ConfigDict()
-    e.batch_size = 256
+    e.batch_size = 256             # items per held-out loss / likelihood batch
     e.num_samples = 1000           # held-out points for the loss and the likelihood
-    e.likelihood = True
+    e.likelihood = True            # compute the likelihood (bits/dim or nll) in --mode eval
     e.trace = "rademacher"         # exact | gaussian | rademacher (Hutchinson)
-    e.rtol = 1e-5
-    e.atol = 1e-5
-    e.likelihood_eps = 1e-5
+    e.method = "dopri5"            # ODE solver of the likelihood
+    e.rtol = 1e-5                  # likelihood ODE relative tolerance
+    e.atol = 1e-5                  # likelihood ODE absolute tolerance
+    e.likelihood_eps = 1e-5        # the likelihood is that of p_eps
     e.true_nll_samples = 100_000   # Monte Carlo size for the data's own entropy (toy data)
     return e
 
 
 def get_default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.seed = 42
+    config.seed = 42               # every random stream of a run derives from it (training/streams.py)
     config.device = "auto"         # auto | cpu | cuda
     config.training = _training()
     config.data = _data()
@@ -117,24 +146,15 @@ def get_default_config() -> ml_collections.ConfigDict:
     return config
 
 
-# ---------------------------------------------------------------------------------------- helpers
-def add_unet(model: ml_collections.ConfigDict, *, nf: int, ch_mult: tuple, num_res_blocks: int,
+# ---------------------------------------------------------------------------------------- presets
+def set_unet(model: ml_collections.ConfigDict, *, nf: int, ch_mult: tuple, num_res_blocks: int,
              attn_resolutions: tuple, dropout: float) -> None:
-    """The U-Net fields DDPM++ and NCSN++ share (Song et al. 2021, App. H: BigGAN residual blocks,
-    skip rescaling, no output pyramid); ``use_ddpmpp`` / ``use_ncsnpp`` add the rest."""
+    """The U-Net size: channels, levels, blocks, attention and dropout."""
     model.nf = nf
     model.ch_mult = ch_mult
     model.num_res_blocks = num_res_blocks
     model.attn_resolutions = attn_resolutions
     model.dropout = dropout
-    model.resblock_type = "biggan"
-    model.resamp_with_conv = True
-    model.skip_rescale = True
-    model.init_scale = 0.0
-    model.fourier_scale = 16.0
-    model.fir_kernel = (1, 3, 3, 1)
-    model.progressive = "none"
-    model.progressive_combine = "sum"
 
 
 def use_ddpmpp(model: ml_collections.ConfigDict) -> None:

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sde_lib.utils import check_choice, check_int
+
 EMBEDDING_TYPES = ("fourier", "positional")
 FOURIER_SEED = 20210101  # fixed seed: the random Fourier frequencies do not depend on the global RNG
 
@@ -110,10 +112,8 @@ class NoiseEmbedding(nn.Module):
     def __init__(self, embedding_type: str, base_dim: int, out_dim: int, fourier_scale: float = 16.0,
                  num_classes: int = 0):
         super().__init__()
-        if embedding_type not in EMBEDDING_TYPES:
-            raise ValueError(f"embedding_type must be one of {list(EMBEDDING_TYPES)}, got {embedding_type!r}")
-        if not (isinstance(num_classes, int) and num_classes >= 0):
-            raise ValueError(f"num_classes must be a non-negative int (0 = unconditional), got {num_classes!r}")
+        check_choice("embedding_type", embedding_type, EMBEDDING_TYPES)
+        num_classes = check_int("num_classes", num_classes, 0)  # 0: unconditional
         self.embedding_type, self.base_dim, self.num_classes = embedding_type, base_dim, num_classes
         self.fourier = GaussianFourierProjection(base_dim, fourier_scale) if embedding_type == "fourier" else None
         in_dim = 2 * base_dim if embedding_type == "fourier" else base_dim
@@ -290,9 +290,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         h = self.norm(x)
-        q, k, v = (layer(h).reshape(b, c, hgt * wid) for layer in self.qkv)
-        weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * c ** -0.5, dim=-1)
-        h = torch.einsum("bij,bcj->bci", weights, v).reshape(b, c, hgt, wid)
+        # one head over the H*W pixels, channels as features: softmax(q k^T / sqrt(C)) v
+        q, k, v = (layer(h).reshape(b, c, hgt * wid).transpose(1, 2) for layer in self.qkv)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, c, hgt, wid)
         return skip_add(x, self.proj_out(h), self.skip_rescale)
 
 
@@ -368,8 +368,7 @@ class Combine(nn.Module):
 
     def __init__(self, dim1: int, dim2: int, method: str = "cat"):
         super().__init__()
-        if method not in ("cat", "sum"):
-            raise ValueError(f"progressive_combine must be one of ['sum', 'cat'], got {method!r}")
+        check_choice("progressive_combine", method, ("sum", "cat"))
         self.conv = conv2d(dim1, dim2, 1)
         self.method = method
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sde_lib.utils import check_positive
+from sde_lib.utils import check_int, check_positive
 
 from .layers import NoiseEmbedding
 from .registry import MODELS
@@ -34,14 +34,18 @@ class MLP(nn.Module):
     ``log(label)`` and expects positive sigmas (VE), as NCSN++ does.
     """
 
-    def __init__(self, dim: int = 2, hidden: int = 128, n_blocks: int = 3, embedding_type: str = "fourier",
-                 fourier_scale: float = 16.0, num_classes: int = 0):
+    data_rank = 1               # items are vectors (D,)
+
+    def __init__(self, *,
+                 dim: int,                      # data dimension D
+                 hidden: int,                   # width
+                 n_blocks: int,                 # residual blocks
+                 embedding_type: str,           # "positional" | "fourier"
+                 fourier_scale: float,          # std of the Fourier features
+                 num_classes: int = 0):         # class-conditional when > 0
         super().__init__()
-        for name, value in (("dim", dim), ("hidden", hidden)):
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not (isinstance(n_blocks, int) and n_blocks >= 0):
-            raise ValueError(f"n_blocks must be a non-negative int, got {n_blocks!r}")
+        dim, hidden = check_int("dim", dim, 1), check_int("hidden", hidden, 1)
+        n_blocks = check_int("n_blocks", n_blocks, 0)
         check_positive("fourier_scale", fourier_scale)
         self.dim = dim
         self.embed = NoiseEmbedding(embedding_type, hidden, hidden, fourier_scale, num_classes)

@@ -1,9 +1,14 @@
 """DDPM++ and NCSN++ U-Nets (Song et al. 2021, App. H) for images ``(B, C, H, W)``.
 
-One class, :class:`UNet`, registered twice with the paper's CIFAR-10 settings as defaults:
-``ddpmpp`` (positional embedding, no FIR, no input pyramid) and ``ncsnpp`` (Fourier embedding of
-``log sigma``, FIR resampling, residual input pyramid). The network is a pure function of
-``(x, noise_label, cond)``: data scaling and the VE ``1/sigma`` output scaling live in the score wrapper.
+One class, :class:`UNet`, registered under both names, as in score_sde (whose DDPM++ is its NCSN++
+class with other settings): the arguments decide the architecture. DDPM++ has a positional
+embedding, no FIR and no input pyramid; NCSN++ a Fourier embedding of ``log sigma``, FIR resampling
+and a residual input pyramid. Every argument is required: the defaults, with the paper's CIFAR-10
+values, live in one place, ``configs/default.py`` (``use_ddpmpp`` / ``use_ncsnpp`` select a flavour;
+``training.factory.network_defaults(name)`` gives them as keyword arguments).
+
+The network is a pure function of ``(x, noise_label, cond)``: data scaling and the VE ``1/sigma``
+output scaling live in the score wrapper.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sde_lib.utils import check_choice, check_positive
+from sde_lib.utils import check_choice, check_float, check_int, check_positive
 
 from .layers import (EMBEDDING_TYPES, AttnBlock, Combine, Downsample, NoiseEmbedding, ResnetBlockBigGAN,
                      ResnetBlockDDPM, Upsample, conv2d, group_norm, skip_add)
@@ -26,11 +31,6 @@ PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_COMBINE = ("sum", "cat")
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if not (isinstance(value, int) and value >= minimum):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def _validate(in_channels, image_size, nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resblock_type,
               embedding_type, fourier_scale, progressive, progressive_input, progressive_combine, num_classes):
     """Raise ``ValueError`` naming the first bad argument and its allowed values."""
@@ -40,12 +40,15 @@ def _validate(in_channels, image_size, nf, ch_mult, num_res_blocks, attn_resolut
     check_choice("progressive_input", progressive_input, PROGRESSIVE_INPUT)
     check_choice("progressive_combine", progressive_combine, PROGRESSIVE_COMBINE)
     for name, value, minimum in (("in_channels", in_channels, 1), ("image_size", image_size, 1),
-                                 ("num_res_blocks", num_res_blocks, 1), ("num_classes", num_classes, 0)):
-        _check_int(name, value, minimum)
-    if not (isinstance(nf, int) and nf > 0 and nf % 4 == 0):
+                                 ("num_res_blocks", num_res_blocks, 1), ("num_classes", num_classes, 0),
+                                 ("nf", nf, 4)):
+        check_int(name, value, minimum)
+    if nf % 4 != 0:
         raise ValueError(f"nf must be a positive multiple of 4 (GroupNorm uses min(C // 4, 32) groups), got {nf!r}")
-    if len(ch_mult) == 0 or not all(isinstance(m, int) and m > 0 for m in ch_mult):
+    if isinstance(ch_mult, (str, bytes)) or len(ch_mult) == 0:
         raise ValueError(f"ch_mult must be a non-empty sequence of positive ints, got {ch_mult!r}")
+    for i, m in enumerate(ch_mult):
+        check_int(f"ch_mult[{i}]", m, 1)
     if image_size % 2 ** (len(ch_mult) - 1) != 0:
         raise ValueError(f"image_size must be divisible by 2**(len(ch_mult)-1) = {2 ** (len(ch_mult) - 1)}, "
                          f"got {image_size}")
@@ -53,11 +56,12 @@ def _validate(in_channels, image_size, nf, ch_mult, num_res_blocks, attn_resolut
     bad = [r for r in attn_resolutions if r not in resolutions]
     if bad:
         raise ValueError(f"attn_resolutions must be among the resolutions {resolutions}, got {list(attn_resolutions)}")
-    if not (0.0 <= dropout < 1.0):
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_float("dropout", dropout, 0.0, 1.0, open_high=True)
     check_positive("fourier_scale", fourier_scale)
 
 
+@MODELS.register("ddpmpp")
+@MODELS.register("ncsnpp")
 class UNet(nn.Module):
     """NCSN++ / DDPM++ U-Net: ``forward(x (B, C, H, W), noise_label (B,), cond=None) -> (B, C, H, W)``.
 
@@ -66,13 +70,28 @@ class UNet(nn.Module):
     ``num_classes > 0``.
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 32, nf: int = 128,
-                 ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
-                 attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resblock_type: str = "biggan",
-                 embedding_type: str = "positional", fourier_scale: float = 16.0, fir: bool = False,
-                 fir_kernel: Sequence[float] = (1, 3, 3, 1), skip_rescale: bool = True,
-                 resamp_with_conv: bool = True, init_scale: float = 0.0, progressive: str = "none",
-                 progressive_input: str = "none", progressive_combine: str = "sum", num_classes: int = 0):
+    data_rank = 3               # items are images (C, H, W)
+
+    def __init__(self, *,
+                 in_channels: int,              # image channels
+                 image_size: int,               # height = width
+                 nf: int,                       # base channels
+                 ch_mult: Sequence[int],        # channel multiplier per resolution level
+                 num_res_blocks: int,           # residual blocks per level
+                 attn_resolutions: Sequence[int],  # resolutions with self-attention
+                 dropout: float,                # dropout in the residual blocks
+                 resblock_type: str,            # "biggan" | "ddpm"
+                 embedding_type: str,           # "positional" | "fourier"
+                 fourier_scale: float,          # std of the Fourier features
+                 fir: bool,                     # FIR up/down-sampling
+                 fir_kernel: Sequence[float],   # the FIR kernel
+                 skip_rescale: bool,            # skip connections scaled by 1/sqrt(2)
+                 resamp_with_conv: bool,        # convolutions in up/down-sampling
+                 init_scale: float,             # scale of the output layers' initialisation
+                 progressive: str,              # output pyramid: "none" | "output_skip" | "residual"
+                 progressive_input: str,        # input pyramid: "none" | "input_skip" | "residual"
+                 progressive_combine: str,      # "sum" | "cat"
+                 num_classes: int = 0):         # class-conditional when > 0
         super().__init__()
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
         _validate(in_channels, image_size, nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resblock_type,
@@ -242,21 +261,3 @@ class UNet(nn.Module):
             return h, stage["pyramid_conv"](F.silu(stage["pyramid_norm"](h)))
         pyramid = skip_add(pyramid, h, self.skip_rescale)
         return pyramid, pyramid
-
-
-DDPMPP_DEFAULTS = dict(embedding_type="positional", fir=False, progressive="none", progressive_input="none",
-                       resblock_type="biggan", skip_rescale=True)
-NCSNPP_DEFAULTS = dict(embedding_type="fourier", fir=True, progressive="none", progressive_input="residual",
-                       resblock_type="biggan", skip_rescale=True)
-
-
-@MODELS.register("ddpmpp")
-def ddpmpp(**kwargs) -> UNet:
-    """DDPM++ (Song et al. 2021, Table 3 / App. H): the VP/sub-VP CIFAR-10 network."""
-    return UNet(**{**DDPMPP_DEFAULTS, **kwargs})
-
-
-@MODELS.register("ncsnpp")
-def ncsnpp(**kwargs) -> UNet:
-    """NCSN++ (Song et al. 2021, Table 3 / App. H): the VE CIFAR-10 network."""
-    return UNet(**{**NCSNPP_DEFAULTS, **kwargs})

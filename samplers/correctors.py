@@ -24,13 +24,17 @@ def register_corrector(name: str):
     return CORRECTORS.register(name)
 
 
-def get_corrector(name: str):
-    return CORRECTORS.get(name)
-
-
 def per_sample_norm(v: torch.Tensor) -> torch.Tensor:
     """Euclidean norm of each sample; shape ``(B,)``."""
     return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
+
+
+def finite_mean(v: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """Mean of ``v`` over the entries where ``finite`` holds (NaN when none does); no host sync.
+    Half precision is summed in float32, as ``torch.mean`` does."""
+    acc = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+    total = torch.where(finite, v, torch.zeros_like(v)).sum(dtype=acc)
+    return (total / finite.sum()).to(v.dtype)
 
 
 class Corrector(abc.ABC):
@@ -42,9 +46,30 @@ class Corrector(abc.ABC):
         self.snr = snr
         self.n_steps = n_steps
 
+    @abc.abstractmethod
     def update(self, x: torch.Tensor, t: torch.Tensor,
                generator: torch.Generator | None = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``n_steps`` Langevin steps ``x + eps s + sqrt(2 eps) z`` at time ``t``; returns ``(x, x_mean)``."""
+        """``n_steps`` MCMC steps at time ``t`` (shape ``(B,)``); returns ``(x, x_mean)``."""
+
+
+@register_corrector("langevin")
+class LangevinCorrector(Corrector):
+    """Langevin MCMC ``x + eps s + sqrt(2 eps) z`` with ``eps = 2 alpha (snr ||z|| / ||s||)^2``
+    (Song et al. 2021, Alg. 4 and 5).
+
+    ``norm="batch"`` (default, as score_sde) takes the means of ``||z||`` and ``||s||`` over the batch's
+    samples with a finite score, so one NaN sample does not poison the others (``pc_sample`` still
+    fails on it at the end); ``norm="sample"`` each sample's own, as Alg. 4 reads for one sample.
+    Per-sample steps suit only high dimensions where the norms concentrate: in low dimension a sample
+    near a critical point of ``p_t`` (``||s|| -> 0``) gets an unbounded step (``E[1/||s||^2]``
+    diverges for ``D <= 2``).
+    """
+
+    def __init__(self, sde, score_fn, snr, n_steps, norm: str = "batch"):
+        super().__init__(sde, score_fn, snr, n_steps)
+        self.norm = check_choice("norm", norm, ("batch", "sample"))
+
+    def update(self, x, t, generator=None):
         x_mean = x
         alpha = self.sde.langevin_alpha(t).to(x.dtype)
         for _ in range(self.n_steps):
@@ -55,37 +80,20 @@ class Corrector(abc.ABC):
             x = x_mean + append_dims((2 * step).sqrt(), x.ndim) * noise
         return x, x_mean
 
-    @abc.abstractmethod
     def step_size(self, x, t, score, noise, alpha) -> torch.Tensor:
-        """The Langevin step size ``eps`` per sample; shape ``(B,)``."""
-
-
-@register_corrector("langevin")
-class LangevinCorrector(Corrector):
-    """Langevin MCMC with ``eps = 2 alpha (snr ||z|| / ||s||)^2`` (Song et al. 2021, Alg. 4 and 5).
-
-    ``norm="batch"`` (default, as score_sde) takes the batch means of ``||z||`` and ``||s||``;
-    ``norm="sample"`` each sample's own, as Alg. 4 reads for one sample. Per-sample steps suit only
-    high dimensions where the norms concentrate: in low dimension a sample near a critical point of
-    ``p_t`` (``||s|| -> 0``) gets an unbounded step (``E[1/||s||^2]`` diverges for ``D <= 2``).
-    """
-
-    def __init__(self, sde, score_fn, snr, n_steps, norm: str = "batch"):
-        super().__init__(sde, score_fn, snr, n_steps)
-        check_choice("norm", norm, ("batch", "sample"))
-        self.norm = norm
-
-    def step_size(self, x, t, score, noise, alpha):
+        """The Langevin step size ``eps`` per sample (or one for the batch); broadcasts to ``(B,)``."""
         noise_norm, score_norm = per_sample_norm(noise), per_sample_norm(score)
         if self.norm == "batch":
-            noise_norm, score_norm = noise_norm.mean(), score_norm.mean()
+            finite = torch.isfinite(score_norm)
+            noise_norm, score_norm = finite_mean(noise_norm, finite), finite_mean(score_norm, finite)
         return 2 * alpha * (self.snr * noise_norm / score_norm) ** 2
 
 
 @register_corrector("ald")
-class AnnealedLangevinCorrector(Corrector):
-    """Annealed Langevin dynamics of NCSN: ``eps = 2 alpha (snr sigma_t)^2`` with ``sigma_t`` the
-    perturbation std (Song & Ermon 2019, Alg. 1, in the form of score_sde's AnnealedLangevinDynamics)."""
+class AnnealedLangevinCorrector(LangevinCorrector):
+    """Annealed Langevin dynamics of NCSN: Langevin steps with ``eps = 2 alpha (snr sigma_t)^2``,
+    ``sigma_t`` the perturbation std (Song & Ermon 2019, Alg. 1, in the form of score_sde's
+    AnnealedLangevinDynamics)."""
 
     def step_size(self, x, t, score, noise, alpha):
         _, sigma = self.sde.marginal_coeffs(t)
@@ -98,6 +106,3 @@ class NoneCorrector(Corrector):
 
     def update(self, x, t, generator=None):
         return x, x
-
-    def step_size(self, x, t, score, noise, alpha):
-        return torch.zeros_like(alpha)

@@ -18,13 +18,11 @@ from typing import Callable, Dict, List, NamedTuple
 
 import torch
 
-from samplers.common import (ScoreFn, CountingScore, batch_time, check_eps, check_positive_int,
-                             initial_noise, progress, tweedie_denoise)
+from samplers.common import ScoreFn, CountingScore, batch_time, check_eps, initial_noise, progress_iter, tweedie_denoise
 from sde_lib import SDE
-from sde_lib.utils import check_choice
+from sde_lib.utils import check_choice, check_float, check_int
 
 ORDERS = (1, 2, 3)
-METHODS = ("multistep",)
 # EDM's rho (Karras et al. 2022, eq. 5), applied to sigma_t / alpha_t = exp(-lambda_t) or its inverse.
 KARRAS_RHO = 7.0
 # Lu et al. 2022b (DPM-Solver++) and their `lower_order_final`: lower orders at the final steps
@@ -100,7 +98,7 @@ SKIP_TYPES = tuple(SPACINGS)
 
 def get_time_steps(sde: SDE, steps: int, eps: float = 1e-3, skip_type: str = DEFAULT_SKIP_TYPE) -> torch.Tensor:
     """The ``steps + 1`` solver times from ``T`` down to ``eps`` (float64, CPU, strictly decreasing)."""
-    check_positive_int("steps", steps, 1)
+    check_int("steps", steps, minimum=1)
     eps = check_eps(sde, eps)
     check_choice("skip_type", skip_type, SKIP_TYPES)
     t = SPACINGS[skip_type](sde, steps, eps)
@@ -121,9 +119,6 @@ def _time_grid(sde: SDE, steps: int, eps: float, skip_type: str) -> TimeGrid:
 def _data_prediction(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, i: int) -> torch.Tensor:
     """``x0 = (x + sigma^2 score) / alpha`` at grid point ``i`` (Tweedie's formula; DPM-Solver++'s data prediction)."""
     s = score(x, batch_time(grid.t[i], x))
-    if not torch.is_tensor(s) or s.shape != x.shape:
-        raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got "
-                         f"{tuple(s.shape) if torch.is_tensor(s) else type(s).__name__}")
     return (x + grid.sigma[i] ** 2 * s) / grid.alpha[i]
 
 
@@ -187,7 +182,7 @@ def _multistep(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, order: int, lowe
     """Multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2): one score evaluation per step."""
     steps = len(grid.t) - 1
     history: List[torch.Tensor] = []
-    for i in progress(range(steps), show, "dpm-solver++", total=steps):
+    for i in progress_iter(range(steps), show, "dpm-solver++", total=steps):
         history = (history + [_data_prediction(score, x, grid, i)])[-order:]
         x = _UPDATES[_step_order(i, steps, order, lower_order_final)](x, history, grid, i)
     return x
@@ -208,7 +203,7 @@ def _ddim_noisy_update(x: torch.Tensor, x0: torch.Tensor, grid: TimeGrid, i: int
 def _ddim_loop(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, eta: float,
                generator: torch.Generator | None, show: bool) -> torch.Tensor:
     steps = len(grid.t) - 1
-    for i in progress(range(steps), show, "ddim", total=steps):
+    for i in progress_iter(range(steps), show, "ddim", total=steps):
         x0 = _data_prediction(score, x, grid, i)
         x = _update_1(x, [x0], grid, i) if eta == 0.0 else _ddim_noisy_update(x, x0, grid, i, eta, generator)
     return x
@@ -216,15 +211,9 @@ def _ddim_loop(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, eta: float,
 
 # ----- argument checks ---------------------------------------------------------------------------
 def _check_order(order) -> int:
-    if isinstance(order, bool) or not isinstance(order, int) or order not in ORDERS:
+    if isinstance(order, bool) or not isinstance(order, int):  # not True, not 2.0
         raise ValueError(f"order must be one of {list(ORDERS)}, got {order!r}")
-    return order
-
-
-def _check_eta(eta) -> float:
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
-    return float(eta)
+    return check_choice("order", order, ORDERS)
 
 
 def _check_dtype(dtype) -> None:
@@ -232,20 +221,22 @@ def _check_dtype(dtype) -> None:
         raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
 
 
-def _start(sde: SDE, score_fn: ScoreFn, shape, steps: int, eps: float, skip_type: str, z, device,
-           generator, dtype):
+def _start(sampler: str, sde: SDE, score_fn: ScoreFn, shape, steps: int, eps: float, skip_type: str, z,
+           device, generator, dtype):
     """Shared set-up: checks, the counting score, the initial ``x_T`` and the grid."""
+    score = CountingScore(score_fn, sampler)
     _check_dtype(dtype)
     grid = _time_grid(sde, steps, eps, skip_type)
-    score = CountingScore(score_fn)
     x = initial_noise(sde, shape, z=z, device=device, generator=generator, dtype=dtype)
     return score, x, grid
 
 
 def _finish(sde: SDE, score: CountingScore, x: torch.Tensor, eps: float, denoise: bool):
-    """With ``denoise``, the output is the data prediction at ``eps`` (one more score evaluation)."""
+    """With ``denoise``, the output is the data prediction at ``eps`` (one more score evaluation);
+    then the one check (one host sync) that no score was NaN or infinite."""
     if denoise:
         x = tweedie_denoise(sde, score, x, batch_time(eps, x))
+    score.check()
     return x, score.nfe
 
 
@@ -253,7 +244,7 @@ def _finish(sde: SDE, score: CountingScore, x: torch.Tensor, eps: float, denoise
 def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int = 2, eps: float = 1e-3,
                 denoise: bool = True, z: torch.Tensor | None = None, device=None,
                 generator: torch.Generator | None = None, skip_type: str = DEFAULT_SKIP_TYPE,
-                method: str = "multistep", dtype: torch.dtype | None = None, progress: bool = False,
+                dtype: torch.dtype | None = None, progress: bool = False,
                 lower_order_final: bool = True):
     """Solve the probability-flow ODE from ``T`` to ``eps`` with multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2).
 
@@ -266,8 +257,7 @@ def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int 
     which costs one more evaluation: ``nfe = steps + denoise``. Returns ``(x, nfe)``.
     """
     order = _check_order(order)
-    check_choice("method", method, METHODS)
-    score, x, grid = _start(sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
+    score, x, grid = _start("fast_sample", sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
     x = _multistep(score, x, grid, order, bool(lower_order_final), progress)
     return _finish(sde, score, x, grid.t[-1], denoise)
 
@@ -284,7 +274,7 @@ def ddim_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 50, eta: float 
     ``eta = 1`` adds the DDPM posterior variance at every step (ancestral sampling on the coarse grid).
     The step noise comes from ``generator``; ``nfe = steps + denoise``. Returns ``(x, nfe)``.
     """
-    eta = _check_eta(eta)
-    score, x, grid = _start(sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
+    eta = check_float("eta", eta, 0.0, 1.0)  # 0: deterministic DDIM, 1: DDPM-like
+    score, x, grid = _start("ddim_sample", sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
     x = _ddim_loop(score, x, grid, eta, generator, progress)
     return _finish(sde, score, x, grid.t[-1], denoise)

@@ -15,12 +15,14 @@ from typing import Callable, Tuple
 
 import torch
 
-from samplers.common import CountingScore, ScoreFn, check_eps, check_positive_int
+from samplers.common import CountingScore, ScoreFn, check_eps
 from samplers.ode import check_input, check_solver, integrate, time_like
 from sde_lib import SDE
-from sde_lib.utils import batch_sum, check_choice
+from sde_lib.utils import batch_sum, check_choice, check_int
 
 TRACES = ("exact", "gaussian", "rademacher")
+# the ODE is integrated in these; half-precision input is integrated in float32
+INTEGRATION_DTYPES = (torch.float32, torch.float64)
 
 
 def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, trace: str = "exact",
@@ -36,27 +38,40 @@ def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, trace: str = "e
     dimension from a single score evaluation (for small ``D``); ``"gaussian"`` / ``"rademacher"`` is
     Hutchinson's unbiased estimate ``E[v^T J v]`` (Hutchinson 1989; FFJORD) with ``n_probes`` probes per
     sample drawn once from ``generator`` and held fixed along the trajectory. ``dtype`` (e.g.
-    ``torch.float64``) is the integration precision. ``prior_logp`` replaces ``sde.prior_logp``, e.g.
-    with a known exact ``log p_T``. Solvers and ``steps`` as in ``ode_sample``; ``nfe`` counts score
-    evaluations (one per ODE function evaluation, whatever the trace).
+    ``torch.float64``) is the integration precision, by default ``x``'s dtype; float16 / bfloat16 input
+    is integrated in float32 (half precision cannot resolve the adaptive steps), so ``logp`` and ``z``
+    come back in float32 and ``score_fn`` sees float32 ``x``. ``prior_logp`` replaces
+    ``sde.prior_logp``, e.g. with a known exact ``log p_T``. Solvers and ``steps`` as in ``ode_sample``;
+    ``nfe`` counts score evaluations (one per ODE function evaluation, whatever the trace). A score of
+    the wrong shape or a NaN / infinite one raises ``ValueError`` (see ``samplers.common.CountingScore``).
     """
+    counting = CountingScore(score_fn, "log_likelihood")
     check_choice("trace", trace, TRACES)
     check_solver(method, rtol, atol, steps)
     eps = check_eps(sde, eps)
-    n_probes = check_positive_int("n_probes", n_probes)
+    n_probes = check_int("n_probes", n_probes, minimum=1)
     check_input(x)
     if prior_logp is not None and not callable(prior_logp):
         raise ValueError(f"prior_logp must be callable or None, got {type(prior_logp).__name__}")
-    x = x.detach().to(dtype=dtype or x.dtype)
-    counting = CountingScore(score_fn)
+    x = x.detach().to(dtype=integration_dtype(x, dtype))
     probes = None if trace == "exact" else draw_probes(trace, n_probes, x, generator)
     func = _augmented_dynamics(sde, _differentiable(counting), x.shape, probes)
-    with torch.no_grad():
+    with torch.no_grad(), counting.guard():
         state = integrate(func, pack(x, x.new_zeros(x.shape[0])), eps, sde.T, method,
                           rtol, atol, steps, progress, desc="likelihood ODE")
     z, delta_logp = unpack(state, x.shape)
     prior = (prior_logp or sde.prior_logp)(z)
     return prior.to(delta_logp.dtype) + delta_logp, z, counting.nfe
+
+
+def integration_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """``dtype`` if given (float32 or float64), else ``x``'s dtype, float32 for half-precision ``x``."""
+    if dtype is None:
+        return x.dtype if x.dtype in INTEGRATION_DTYPES else torch.float32
+    if dtype not in INTEGRATION_DTYPES:
+        raise ValueError(f"dtype must be one of {list(INTEGRATION_DTYPES)} or None (x's dtype, float32 for "
+                         f"half-precision x), got {dtype!r}")
+    return dtype
 
 
 def draw_probes(trace: str, n_probes: int, x: torch.Tensor,
@@ -138,8 +153,8 @@ def bits_per_dim(logp: torch.Tensor, dim: int, num_levels: int = 256, centered: 
 
     For ``K = 256`` this is score_sde's ``-log p(x) / (D ln 2) + 7`` (centered) or ``+ 8``.
     """
-    check_positive_int("dim", dim)
-    check_positive_int("num_levels", num_levels, minimum=2)
+    check_int("dim", dim, minimum=1)
+    check_int("num_levels", num_levels, minimum=2)
     if log_det is None:
         log_det = dim * math.log(2.0) if centered else 0.0
     elif centered:

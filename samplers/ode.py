@@ -18,12 +18,9 @@ import torch
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from samplers.common import (
-    CountingScore, ScoreFn, batch_time, check_eps, check_positive_int, check_tolerance, initial_noise,
-    tweedie_denoise,
-)
+from samplers.common import CountingScore, ScoreFn, batch_time, check_eps, initial_noise, tweedie_denoise
 from sde_lib import SDE
-from sde_lib.utils import check_finite
+from sde_lib.utils import check_finite, check_int, check_positive
 
 ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "rk4")
@@ -37,12 +34,12 @@ def check_solver(method: str, rtol: float, atol: float, steps: int | None) -> No
     """``method`` known; tolerances positive; ``steps`` given (>= 1) exactly for fixed-step methods."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    check_tolerance("rtol", rtol)
-    check_tolerance("atol", atol)
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
     if method in FIXED_METHODS:
         if steps is None:
             raise ValueError(f"steps is required for the fixed-step method {method!r}: an integer >= 1")
-        check_positive_int("steps", steps)
+        check_int("steps", steps, minimum=1)
     elif steps is not None:
         raise ValueError(f"steps applies only to the fixed-step methods {list(FIXED_METHODS)}, "
                          f"not to {method!r}; got steps={steps!r}")
@@ -128,11 +125,11 @@ def ode_sample(sde: SDE, score_fn: ScoreFn, shape, method: str = "dopri5", rtol:
     ``denoise=True`` adds one Tweedie step at ``eps`` (one more score evaluation). ``nfe`` counts every
     score evaluation, rejected adaptive steps included.
     """
+    counting = CountingScore(score_fn, "ode_sample")
     eps = check_eps(sde, eps)
     check_solver(method, rtol, atol, steps)
-    counting = CountingScore(score_fn)
     x = initial_noise(sde, shape, z=z, device=device, generator=generator, dtype=dtype)
-    with torch.no_grad():
+    with torch.no_grad(), counting.guard():
         x = integrate(probability_flow_drift(sde, counting), x, sde.T, eps, method, rtol, atol, steps,
                       progress, desc="ODE sampling")
         if denoise:
@@ -148,20 +145,22 @@ def ode_encode(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, method: str = "dopr
 
     ``ode_sample(..., z=z, denoise=False)`` with the same solver settings inverts it.
     """
+    counting = CountingScore(score_fn, "ode_encode")
     eps = check_eps(sde, eps)
     check_solver(method, rtol, atol, steps)
     check_input(x)
-    counting = CountingScore(score_fn)
     x = x.to(dtype=dtype or x.dtype)
-    with torch.no_grad():
+    with torch.no_grad(), counting.guard():
         z = integrate(probability_flow_drift(sde, counting), x, eps, sde.T, method, rtol, atol, steps,
                       progress, desc="ODE encoding")
     return z, counting.nfe
 
 
 def check_input(x) -> None:
-    """``x`` must be a finite float tensor shaped ``(B, ...)``."""
-    if not torch.is_tensor(x) or x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(f"x must be a float tensor of shape (B, ...) with at least 2 dims, got "
+    """``x`` must be a finite floating-point tensor shaped ``(B, ...)`` with ``B >= 1``."""
+    if not torch.is_tensor(x) or x.ndim < 2 or x.numel() == 0:
+        raise ValueError(f"x must be a tensor of shape (B, ...) with at least 2 dims and no empty dim, got "
                          f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     check_finite("x", x)

@@ -27,10 +27,6 @@ def register_predictor(name: str):
     return PREDICTORS.register(name)
 
 
-def get_predictor(name: str):
-    return PREDICTORS.get(name)
-
-
 def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise shaped like ``x``, on its device and dtype, drawn from ``generator``."""
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -42,14 +38,19 @@ class Predictor(abc.ABC):
     supports_probability_flow = True
 
     def __init__(self, sde: SDE, score_fn: ScoreFn, probability_flow: bool = False):
-        if probability_flow and not self.supports_probability_flow:
-            raise ValueError(f"probability_flow=True is not supported by predictor {type(self).__name__}; "
-                             f"allowed with it: a predictor that integrates the ODE, e.g. 'euler_maruyama' "
-                             f"or 'reverse_diffusion'")
+        self.check_probability_flow(probability_flow)
         self.sde = sde
         self.score_fn = score_fn
         self.probability_flow = bool(probability_flow)
         self.rsde = sde.reverse(score_fn, probability_flow)
+
+    @classmethod
+    def check_probability_flow(cls, probability_flow: bool) -> None:
+        """``ValueError`` when ``probability_flow`` is asked of a predictor that has no ODE form."""
+        if probability_flow and not cls.supports_probability_flow:
+            raise ValueError(f"probability_flow=True is not supported by predictor {cls.__name__}; "
+                             f"allowed with it: a predictor that integrates the ODE, e.g. 'euler_maruyama' "
+                             f"or 'reverse_diffusion'")
 
     @abc.abstractmethod
     def update(self, x: torch.Tensor, t: torch.Tensor, dt: float,

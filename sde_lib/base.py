@@ -14,26 +14,12 @@ from typing import Callable, Tuple
 
 import torch
 
-from sde_lib.utils import append_dims, batch_sum, check_choice
+from sde_lib.utils import append_dims, batch_sum, check_choice, check_int, check_positive
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Float round-off allowed when mapping a time to its discrete index, in units of one grid step.
 _INDEX_TOL = 1e-4
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_float(name: str, value, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return float(value)
 
 
 class SDE(abc.ABC):
@@ -43,8 +29,8 @@ class SDE(abc.ABC):
     default_parameterization = "eps"
 
     def __init__(self, N: int, T: float = 1.0):
-        self.N = _check_int("N", N, 1)
-        self.T = _check_float("T", T, positive=True)
+        self.N = check_int("N", N, minimum=1)
+        self.T = check_positive("T", T)
         self._table_cache: dict = {}
 
     # ----- what a subclass defines -------------------------------------------------------------
@@ -133,11 +119,11 @@ class SDE(abc.ABC):
         idx = torch.floor(t.double() * (self.N - 1) / self.T + _INDEX_TOL).long()
         return idx.clamp(0, self.N - 1)
 
-    def _table(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """A discrete table cast to ``like``'s device and dtype, cached per (device, dtype)."""
+    def _table(self, name: str, table: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The discrete ``table`` cast to ``like``'s device and dtype, cached per (name, device, dtype)."""
         key = (name, like.device, like.dtype)
         if key not in self._table_cache:
-            self._table_cache[key] = getattr(self, name).to(device=like.device, dtype=like.dtype)
+            self._table_cache[key] = table.to(device=like.device, dtype=like.dtype)
         return self._table_cache[key]
 
     @property
@@ -150,8 +136,8 @@ class SDE(abc.ABC):
 
     def discrete_marginal(self, index: torch.Tensor, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(alpha_i, sigma_i)`` of chain level ``index`` (``-1`` is the clean data: ``(1, 0)``)."""
-        alphas = self._table("discrete_alphas_marginal", like)
-        sigmas = self._table("discrete_sigmas_marginal", like)
+        alphas = self._table("discrete_alphas_marginal", self.discrete_alphas_marginal, like)
+        sigmas = self._table("discrete_sigmas_marginal", self.discrete_sigmas_marginal, like)
         safe = index.clamp(min=0)
         clean = index < 0
         alpha = torch.where(clean, torch.ones_like(alphas[safe]), alphas[safe])

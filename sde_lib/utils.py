@@ -1,7 +1,10 @@
-"""Small helpers shared by every layer of the toolkit: a name registry and rank-agnostic broadcasting."""
+"""Small helpers shared by every layer of the toolkit: a name registry, rank-agnostic broadcasting and
+the one set of argument checks (``check_int``, ``check_float``, ``check_positive``, ``check_choice``,
+``check_finite``), each raising ``ValueError("<name> must be ..., got <value>")``."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Dict, Generic, Iterable, TypeVar
 
 import torch
@@ -35,6 +38,12 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return what it held (an unknown name raises like ``get``)."""
+        item = self.get(name)
+        del self._items[name]
+        return item
+
     def get(self, name: str) -> T:
         if name not in self._items:
             raise ValueError(f"unknown {self.kind} {name!r}; available: {sorted(self._items)}")
@@ -62,18 +71,43 @@ def batch_sum(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
-def check_choice(name: str, value, allowed: Iterable) -> None:
-    """Raise ``ValueError`` naming the argument and its allowed values when ``value`` is not one of them."""
+def check_choice(name: str, value, allowed: Iterable):
+    """``value`` if it is one of ``allowed``, else ``ValueError`` naming the argument and the allowed values."""
     allowed = list(allowed)
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
 
 
-def check_positive(name: str, value) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+def check_int(name: str, value, minimum: int | None = None) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool) ``>= minimum``, else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value, low: float = -math.inf, high: float = math.inf, *,
+                open_low: bool = False, open_high: bool = False) -> float:
+    """``value`` as a ``float`` if it is a finite real number (not a bool) in the interval from ``low`` to
+    ``high`` (ends closed unless ``open_low`` / ``open_high``; infinite ends are always open), else
+    ``ValueError("<name> must be a number in (0.0, inf), got -1")``."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+    if not ok:
+        left = "(" if open_low or low == -math.inf else "["
+        right = ")" if open_high or high == math.inf else "]"
+        raise ValueError(f"{name} must be a number in {left}{float(low)}, {float(high)}{right}, got {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value) -> float:
+    """``value`` as a ``float`` if it is a finite number ``> 0``, else ``ValueError``."""
+    return check_float(name, value, 0.0, open_low=True)
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
+    """``ValueError`` when the tensor ``x`` holds NaN or infinite values (one host sync)."""
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from sde_lib.base import SDE, _check_float
+from sde_lib.base import SDE
+from sde_lib.utils import check_positive
 
 
 class VESDE(SDE):
@@ -21,8 +22,8 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         super().__init__(N=N, T=1.0)
-        self.sigma_min = _check_float("sigma_min", sigma_min, positive=True)
-        self.sigma_max = _check_float("sigma_max", sigma_max, positive=True)
+        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_max = check_positive("sigma_max", sigma_max)
         if self.sigma_max <= self.sigma_min:
             raise ValueError(f"sigma_max must be > sigma_min, got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.log_ratio = math.log(self.sigma_max / self.sigma_min)

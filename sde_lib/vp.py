@@ -2,12 +2,39 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Tuple
 
 import torch
 
-from sde_lib.base import SDE, _check_float
-from sde_lib.utils import append_dims
+from sde_lib.base import SDE
+from sde_lib.utils import append_dims, check_positive
+
+
+@dataclass(frozen=True)
+class DDPMTables:
+    """DDPM's per-level tables, all from its betas (Ho et al. 2020)."""
+
+    betas: torch.Tensor
+    alphas: torch.Tensor                   # 1 - beta_i
+    alphas_cumprod: torch.Tensor           # alpha_bar_i
+    alphas_cumprod_prev: torch.Tensor      # alpha_bar_{i-1}, with alpha_bar_{-1} = 1
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_1m_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor       # beta_tilde_i (eq. 7)
+    posterior_mean_coef1: torch.Tensor     # mu_tilde = coef1 x_0 + coef2 x_i (eq. 7)
+    posterior_mean_coef2: torch.Tensor
+
+    @classmethod
+    def from_betas(cls, b: torch.Tensor) -> "DDPMTables":
+        alphas_cumprod = torch.cumprod(1.0 - b, dim=0)
+        prev = torch.cat([torch.ones(1, dtype=b.dtype), alphas_cumprod[:-1]])
+        # Ho et al. 2020, eq. (7): q(x_{i-1} | x_i, x_0) = N(mu_tilde, beta_tilde I)
+        return cls(betas=b, alphas=1.0 - b, alphas_cumprod=alphas_cumprod, alphas_cumprod_prev=prev,
+                   sqrt_alphas_cumprod=alphas_cumprod.sqrt(), sqrt_1m_alphas_cumprod=(1.0 - alphas_cumprod).sqrt(),
+                   posterior_variance=(1.0 - prev) / (1.0 - alphas_cumprod) * b,
+                   posterior_mean_coef1=b * prev.sqrt() / (1.0 - alphas_cumprod),
+                   posterior_mean_coef2=(1.0 - prev) * (1.0 - b).sqrt() / (1.0 - alphas_cumprod))
 
 
 class VPSDE(SDE):
@@ -19,8 +46,8 @@ class VPSDE(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
         super().__init__(N=N, T=1.0)
-        self.beta_0 = _check_float("beta_min", beta_min, positive=True)
-        self.beta_1 = _check_float("beta_max", beta_max, positive=True)
+        self.beta_0 = check_positive("beta_min", beta_min)
+        self.beta_1 = check_positive("beta_max", beta_max)
         if self.beta_1 <= self.beta_0:
             raise ValueError(f"beta_max must be > beta_min, got beta_min={beta_min}, beta_max={beta_max}")
         # float32 exactly as DDPM builds them: linspace(1e-4, 0.02, 1000) for the defaults
@@ -28,24 +55,26 @@ class VPSDE(SDE):
         self._set_discrete_betas(betas32, torch.linspace(self.beta_0 / N, self.beta_1 / N, N, dtype=torch.float64))
 
     def _set_discrete_betas(self, betas32: torch.Tensor, betas64: torch.Tensor) -> None:
-        """DDPM's tables from its betas: public ones in float32 (as DDPM and score_sde compute them),
-        float64 twins (``_64`` suffix) for the samplers' arithmetic."""
+        """DDPM's tables from its betas: ``ddpm`` in float32 (as DDPM and score_sde compute them),
+        ``ddpm_64`` in float64 for the samplers' arithmetic."""
         if float(betas64.max()) >= 1.0:
             raise ValueError(f"beta_max too large for N={self.N}: discrete betas beta_max / N must be < 1")
-        for suffix, b in (("", betas32), ("_64", betas64)):
-            alphas_cumprod = torch.cumprod(1.0 - b, dim=0)
-            prev = torch.cat([torch.ones(1, dtype=b.dtype), alphas_cumprod[:-1]])
-            tables = {
-                "discrete_betas": b, "alphas": 1.0 - b, "alphas_cumprod": alphas_cumprod,
-                "alphas_cumprod_prev": prev, "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
-                "sqrt_1m_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-                # Ho et al. 2020, eq. (7): q(x_{i-1} | x_i, x_0) = N(mu_tilde, beta_tilde I)
-                "posterior_variance": (1.0 - prev) / (1.0 - alphas_cumprod) * b,
-                "posterior_mean_coef1": b * prev.sqrt() / (1.0 - alphas_cumprod),
-                "posterior_mean_coef2": (1.0 - prev) * (1.0 - b).sqrt() / (1.0 - alphas_cumprod),
-            }
-            for name, value in tables.items():
-                setattr(self, name + suffix, value)
+        self.ddpm, self.ddpm_64 = DDPMTables.from_betas(betas32), DDPMTables.from_betas(betas64)
+
+    @property
+    def discrete_betas(self) -> torch.Tensor:
+        """DDPM's ``beta_i`` (float32): ``linspace(1e-4, 0.02, 1000)`` for the defaults."""
+        return self.ddpm.betas
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """DDPM's ``alpha_bar_i`` (float32)."""
+        return self.ddpm.alphas_cumprod
+
+    @property
+    def posterior_variance(self) -> torch.Tensor:
+        """DDPM's ``beta_tilde_i`` (float32)."""
+        return self.ddpm.posterior_variance
 
     # beta(t) and log sqrt(alpha_bar(t)) = -¼ t² (beta_1 - beta_0) - ½ t beta_0
     def beta(self, t: torch.Tensor) -> torch.Tensor:
@@ -78,7 +107,7 @@ class VPSDE(SDE):
         return 1.0
 
     def _discrete_marginal_table(self):
-        return self.sqrt_alphas_cumprod_64, self.sqrt_1m_alphas_cumprod_64
+        return self.ddpm_64.sqrt_alphas_cumprod, self.ddpm_64.sqrt_1m_alphas_cumprod
 
     def noise_label(self, t, continuous=True):
         """``999 t`` for continuous models (score_sde convention), the DDPM timestep for discrete ones."""
@@ -88,10 +117,10 @@ class VPSDE(SDE):
 
     def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, index: torch.Tensor):
         """Mean ``mu_tilde`` and variance ``beta_tilde`` (shape ``(B,)``) of ``q(x_{i-1} | x_i, x_0)``."""
-        c1 = self._table("posterior_mean_coef1_64", x0)[index]
-        c2 = self._table("posterior_mean_coef2_64", x0)[index]
+        c1 = self._table("posterior_mean_coef1", self.ddpm_64.posterior_mean_coef1, x0)[index]
+        c2 = self._table("posterior_mean_coef2", self.ddpm_64.posterior_mean_coef2, x0)[index]
         mean = append_dims(c1, x0.ndim) * x0 + append_dims(c2, x0.ndim) * xt
-        return mean, self._table("posterior_variance_64", x0)[index]
+        return mean, self._table("posterior_variance", self.ddpm_64.posterior_variance, x0)[index]
 
 
 class subVPSDE(VPSDE):
@@ -116,7 +145,7 @@ class subVPSDE(VPSDE):
         return self._time_from_integral(-torch.log(a))
 
     def _discrete_marginal_table(self):
-        return self.sqrt_alphas_cumprod_64, 1.0 - self.alphas_cumprod_64
+        return self.ddpm_64.sqrt_alphas_cumprod, 1.0 - self.ddpm_64.alphas_cumprod
 
 
 class CosineVPSDE(VPSDE):
@@ -130,7 +159,7 @@ class CosineVPSDE(VPSDE):
 
     def __init__(self, s: float = 0.008, N: int = 1000, T: float = 0.9946):
         SDE.__init__(self, N=N, T=T)
-        self.s = _check_float("s", s, positive=True)
+        self.s = check_positive("s", s)
         if not self.T < 1.0:
             raise ValueError(f"T must be < 1 for the cosine schedule (beta(1) is infinite), got {T}")
         grid = torch.linspace(0.0, self.T, N + 1, dtype=torch.float64)

@@ -84,6 +84,32 @@ def test_all_corrupted_raises_instead_of_starting_over(tmp_path):
     assert ckpt.load_latest(tmp_path / "empty") is None
 
 
+@pytest.mark.parametrize("stage", ["before the read", "between checksum and load"])
+def test_a_checkpoint_pruned_while_being_read_is_skipped_quietly(tmp_path, monkeypatch, caplog, stage):
+    """Eval beside a trainer: the newest checkpoint is pruned after the listing; the reader goes on to
+    the next one without calling anything corrupted."""
+    _write(tmp_path, 100)
+    newest = _write(tmp_path, 200)
+    original = ckpt.verify_checksum if stage == "between checksum and load" else ckpt.read_checkpoint
+
+    def prune_then_read(path):
+        if path == newest and newest.exists():
+            if stage == "between checksum and load":
+                original(path)                      # the checksum still matched ...
+            ckpt.checksum_path(newest).unlink()     # ... then the trainer pruned it (sidecar first)
+            newest.unlink()
+            if stage == "between checksum and load":
+                return None
+        return original(path)
+
+    monkeypatch.setattr(ckpt, "verify_checksum" if stage == "between checksum and load" else "read_checkpoint",
+                        prune_then_read)
+    with caplog.at_level(logging.WARNING):
+        state, path = ckpt.load_latest(tmp_path)
+    assert state["step"] == 100 and path.name == "checkpoint_00000100.pt"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_strict_keys(tmp_path):
     state = _state(5)
     state["surprise"] = 1

@@ -14,8 +14,8 @@ import torch
 
 from training.data_loader import ShardedBatchLoader
 from training.datasets import (
-    Checkerboard, GaussianMixture2D, ImageDataset, data_scaler, dataset_names, dequantize,
-    get_dataset, get_image_dataset, get_toy_dataset, inverse_data_scaler, parse_idx, quantize,
+    ITEM_SHAPES, Checkerboard, GaussianMixture2D, ImageDataset, data_scaler, dataset_names, dequantize,
+    get_image_dataset, get_toy_dataset, inverse_data_scaler, parse_idx, quantize,
     scaler_log_det,
 )
 
@@ -138,7 +138,7 @@ def test_checkerboard_log_prob_values():
 
 def test_digits_split():
     sklearn_datasets = pytest.importorskip("sklearn.datasets")
-    train, test = get_dataset("digits", split="train"), get_image_dataset("digits", split="test")
+    train, test = get_image_dataset("digits", split="train"), get_image_dataset("digits", split="test")
     assert isinstance(train, ImageDataset) and train.num_levels == 17
     assert train.images.shape == (1497, 1, 8, 8) and test.images.shape == (300, 1, 8, 8)
     assert train.images.dtype == torch.uint8 and train.shape == (1, 8, 8) and len(test) == 300
@@ -176,7 +176,7 @@ def write_cifar(folder, n_per_batch=3, seed=0):
 
 def test_cifar10_reader_pixel_layout(tmp_path):
     rows, labels = write_cifar(tmp_path / "cifar-10-batches-py")
-    train = get_dataset("cifar10", root=tmp_path, split="train")
+    train = get_image_dataset("cifar10", root=tmp_path, split="train")
     test = get_image_dataset("cifar10", root=tmp_path / "cifar-10-batches-py", split="test")
     assert train.images.shape == (15, 3, 32, 32) and test.images.shape == (3, 3, 32, 32)
     assert train.images.dtype == torch.uint8 and train.num_levels == 256
@@ -230,7 +230,7 @@ def write_mnist(folder, gz, n_train=5, n_test=2):
 @pytest.mark.parametrize("gz", [False, True])
 def test_mnist_reader_pixel_layout(tmp_path, gz):
     arrays = write_mnist(tmp_path, gz)
-    train = get_dataset("mnist", root=tmp_path, split="train")
+    train = get_image_dataset("mnist", root=tmp_path, split="train")
     test = get_image_dataset("mnist", root=tmp_path, split="test")
     assert train.images.shape == (5, 1, 28, 28) and test.images.shape == (2, 1, 28, 28)
     assert train.images.dtype == torch.uint8 and train.num_levels == 256
@@ -261,10 +261,12 @@ def test_mnist_missing_and_corrupt(tmp_path):
         get_image_dataset("mnist", root=tmp_path, split="test")
 
 
-def test_get_dataset_unknown_name():
-    with pytest.raises(ValueError, match=r"unknown dataset 'svhn'; available: .*cifar10.*gmm"):
-        get_dataset("svhn")
-    assert set(dataset_names()) == {"gmm", "checkerboard", "digits", "cifar10", "mnist"}
+def test_dataset_names_and_item_shapes():
+    with pytest.raises(ValueError, match=r"unknown image dataset 'svhn'; available: .*cifar10"):
+        get_image_dataset("svhn")
+    assert set(dataset_names()) == {"gmm", "checkerboard", "digits", "cifar10", "mnist"} == set(ITEM_SHAPES)
+    assert get_image_dataset("digits", split="test").shape == ITEM_SHAPES["digits"]
+    assert get_toy_dataset("gmm").dim == ITEM_SHAPES["gmm"][0]
 
 
 # ---------------------------------------------------------------- dequantisation and scaling
@@ -311,54 +313,56 @@ def test_scalers_and_log_det():
 
 # ---------------------------------------------------------------- sharded loader
 
+def local_batch(loader):
+    """This rank's indices of the next global batch (the data in these tests are 0..N-1)."""
+    return loader.next_global_indices()[loader.local_rows]
+
+
 def collect(loader, steps):
-    return [next(loader) for _ in range(steps)]
+    return [local_batch(loader) for _ in range(steps)]
 
 
 def test_loader_epoch_covers_each_index_once_and_is_seeded():
     data = torch.arange(103)
-    loader = ShardedBatchLoader(data, global_batch_size=10, seed=3)
+    loader = ShardedBatchLoader(len(data), global_batch_size=10, seed=3)
     assert loader.batches_per_epoch == 10
     epoch0 = torch.cat(collect(loader, 10))
     assert len(epoch0) == 100 and len(set(epoch0.tolist())) == 100          # 3 dropped, no repeats
     assert torch.equal(epoch0, loader.permutation(0)[:100])
-    first_of_epoch1 = next(loader)
+    first_of_epoch1 = local_batch(loader)
     assert loader.epoch == 1 and torch.equal(first_of_epoch1, loader.permutation(1)[:10])
     assert not torch.equal(loader.permutation(0), loader.permutation(1))
-    same = ShardedBatchLoader(data, 10, seed=3)
+    same = ShardedBatchLoader(len(data), 10, seed=3)
     assert torch.equal(torch.cat(collect(same, 10)), epoch0)
-    other = ShardedBatchLoader(data, 10, seed=4)
+    other = ShardedBatchLoader(len(data), 10, seed=4)
     assert not torch.equal(torch.cat(collect(other, 10)), epoch0)
 
 
 def test_loader_without_drop_last_wraps_into_next_epoch():
-    loader = ShardedBatchLoader(torch.arange(25), global_batch_size=10, seed=0, drop_last=False)
+    loader = ShardedBatchLoader(25, global_batch_size=10, seed=0, drop_last=False)
     stream = torch.cat(collect(loader, 5))                       # 50 items = exactly 2 epochs
     assert sorted(stream[:25].tolist()) == list(range(25)) == sorted(stream[25:].tolist())
     assert torch.equal(stream[20:30], torch.cat([loader.permutation(0)[20:], loader.permutation(1)[:5]]))
 
 
-def test_loader_ranks_concatenate_to_global_batch_with_labels():
-    data, labels = torch.randn(64, 3, 2, 2, generator=gen(12)), torch.arange(64) * 10
-    single = ShardedBatchLoader(data, 16, seed=5, labels=labels)
-    ranks = [ShardedBatchLoader(data, 16, seed=5, rank=r, world_size=2, labels=labels) for r in range(2)]
+def test_loader_ranks_concatenate_to_global_batch():
+    single = ShardedBatchLoader(64, 16, seed=5)
+    ranks = [ShardedBatchLoader(64, 16, seed=5, rank=r, world_size=2) for r in range(2)]
     for _ in range(9):                                           # crosses the epoch boundary
-        x, y = next(single)
-        parts = [next(r) for r in ranks]
-        assert parts[0][0].shape == (8, 3, 2, 2)
-        assert torch.equal(torch.cat([p[0] for p in parts]), x)
-        assert torch.equal(torch.cat([p[1] for p in parts]), y)
-        assert torch.equal(data[y // 10], x)
+        expected = local_batch(single)
+        parts = [local_batch(r) for r in ranks]
+        assert parts[0].shape == (8,)
+        assert torch.equal(torch.cat(parts), expected)
 
 
 def test_loader_resume_mid_epoch_is_identical():
     data = torch.arange(50)
-    loader = ShardedBatchLoader(data, 8, seed=1)
+    loader = ShardedBatchLoader(len(data), 8, seed=1)
     collect(loader, 4)
     state = loader.state_dict()
     assert state["epoch"] == 0 and state["position"] == 32
     reference = collect(loader, 10)
-    resumed = ShardedBatchLoader(data, 8, seed=1)
+    resumed = ShardedBatchLoader(len(data), 8, seed=1)
     resumed.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(collect(resumed, 10), reference))
 
@@ -366,35 +370,35 @@ def test_loader_resume_mid_epoch_is_identical():
 @pytest.mark.parametrize("new_world", [1, 4])
 def test_loader_state_is_world_size_independent(new_world):
     data = torch.arange(70)
-    two = [ShardedBatchLoader(data, 8, seed=2, rank=r, world_size=2) for r in range(2)]
+    two = [ShardedBatchLoader(len(data), 8, seed=2, rank=r, world_size=2) for r in range(2)]
     for _ in range(11):                                          # 1 epoch = 8 batches; into epoch 1
         for r in two:
-            next(r)
+            local_batch(r)
     state = two[0].state_dict()
     assert state == two[1].state_dict() and state["epoch"] == 1
-    single = ShardedBatchLoader(data, 8, seed=2)
+    single = ShardedBatchLoader(len(data), 8, seed=2)
     single.load_state_dict(state)
     expected = collect(single, 12)
-    resumed = [ShardedBatchLoader(data, 8, seed=2, rank=r, world_size=new_world) for r in range(new_world)]
+    resumed = [ShardedBatchLoader(len(data), 8, seed=2, rank=r, world_size=new_world) for r in range(new_world)]
     for r in resumed:
         r.load_state_dict(state)
     for step in range(12):
-        assert torch.equal(torch.cat([next(r) for r in resumed]), expected[step])
+        assert torch.equal(torch.cat([local_batch(r) for r in resumed]), expected[step])
 
 
 def test_loader_bad_arguments():
     data = torch.arange(20)
     with pytest.raises(ValueError, match="not divisible by world_size=4"):
-        ShardedBatchLoader(data, 10, seed=0, world_size=4)
+        ShardedBatchLoader(len(data), 10, seed=0, world_size=4)
     with pytest.raises(ValueError, match="larger than the data set"):
-        ShardedBatchLoader(data, 32, seed=0)
+        ShardedBatchLoader(len(data), 32, seed=0)
     with pytest.raises(ValueError, match="rank"):
-        ShardedBatchLoader(data, 10, seed=0, rank=2, world_size=2)
+        ShardedBatchLoader(len(data), 10, seed=0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="global_batch_size"):
-        ShardedBatchLoader(data, 0, seed=0)
-    with pytest.raises(ValueError, match="labels"):
-        ShardedBatchLoader(data, 10, seed=0, labels=torch.arange(5))
-    loader = ShardedBatchLoader(data, 10, seed=0)
+        ShardedBatchLoader(len(data), 0, seed=0)
+    with pytest.raises(ValueError, match="num_items"):
+        ShardedBatchLoader(0, 10, seed=0)
+    loader = ShardedBatchLoader(len(data), 10, seed=0)
     with pytest.raises(ValueError, match="seed"):
         loader.load_state_dict({"epoch": 0, "position": 0, "seed": 1})
     with pytest.raises(ValueError, match="position"):

@@ -26,9 +26,11 @@ from dist_utils import run_ranks
 from training import checkpoint as ckpt
 from training import trainer
 from training.distributed import DistContext, all_gather_cat, cleanup, init_distributed
-from training.evaluate import LIKELIHOOD_STREAM, eval_generator, log_likelihoods
-from training.factory import data_from_config
+from training.factory import options_from_config
+from training.heldout import log_likelihoods
 from training.inference import load_for_inference
+from training.pipeline import load_data
+from training.streams import Stream, generator
 
 ATOL = 1e-6
 STEPS, HALF = 6, 3
@@ -77,7 +79,7 @@ def _train_worker(rank, world_size, config, workdir, other_ranks_dir):
         workdir = Path(other_ranks_dir) / f"rank{rank}"
     ctx = init_distributed("cpu")
     try:
-        assert trainer.train(config, workdir, ctx)["step"] == config.training.n_iters
+        assert trainer.train(options_from_config(config), workdir, ctx)["step"] == config.training.n_iters
     finally:
         cleanup(ctx)
 
@@ -88,19 +90,20 @@ def _infer_worker(rank, world_size, config, workdir, out):
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
     try:
-        main.MODES["sample"](config, workdir, ctx)
-        main.MODES["eval"](config, workdir, ctx)
+        options = options_from_config(config)
+        main.MODES["sample"](options, workdir, ctx)
+        main.MODES["eval"](options, workdir, ctx)
         torch.save(_per_item_logp(config, workdir, ctx), Path(out) / f"logp_{rank}.pt")
     finally:
         cleanup(ctx)
 
 
 def _per_item_logp(config, workdir, ctx) -> torch.Tensor:
-    inf = load_for_inference(config, workdir, ctx)
-    spec, e = data_from_config(config, with_train=False), config.eval
-    logp, _ = log_likelihoods(inf.sde, inf.score_fn, spec.test, spec, batch_size=e.batch_size, trace=e.trace,
-                              rtol=e.rtol, atol=e.atol, eps=e.likelihood_eps,
-                              generator=eval_generator(config.seed, LIKELIHOOD_STREAM, ctx), ctx=ctx)
+    options = options_from_config(config)
+    inf = load_for_inference(options, workdir, ctx)
+    spec = load_data(options.data, options.seed, with_train=False)
+    logp, _ = log_likelihoods(inf.sde, inf.score_fn, spec.test, spec, options.eval,
+                              generator=generator(config.seed, Stream.LIKELIHOOD, ctx.rank, ctx.device), ctx=ctx)
     return logp
 
 
@@ -132,16 +135,28 @@ def _copy_checkpoint(src: Path, dst: Path, step: int) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    trainer.train(tiny_config(), root / "ref")
+    trainer.train(options_from_config(tiny_config()), root / "ref")
     run_ranks(_train_worker, 2, tiny_config(), root / "two", root / "other_ranks")
     return root
 
 
 # ---------------------------------------------------------------------------------------- tests
+def _initial_weights(config) -> dict:
+    """The trainable weights training starts from (the trainer seeds the initialisation with config.seed)."""
+    torch.manual_seed(config.seed)
+    network = options_from_config(config).network.build((2,))
+    return {name: p.detach() for name, p in network.named_parameters() if p.requires_grad}
+
+
 def test_two_ranks_reach_the_weights_of_one(runs):
     ref, two = _state(runs / "ref", STEPS), _state(runs / "two", STEPS)
     _assert_close_states(ref, two)
     assert _max_diff(ref, two) < ATOL
+    # and the weights moved: Adam moves every weight by about lr = 1e-3 per update, 6 updates, 2 of
+    # them warming up, so each tensor's largest change is well above 1e-3 -- far above ATOL
+    init = _initial_weights(tiny_config())
+    assert len(init) == len(two["model"]) - 1                          # all but the fixed Fourier features
+    assert min(float((two["model"][k] - init[k]).abs().max()) for k in init) > 1e-3
     assert ref["loader"] == {"epoch": 0, "position": STEPS * 16, "seed": 42, "num_items": 256}
     losses = [[json.loads(line).get("loss") for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
               for name in ("ref", "two")]
@@ -151,7 +166,7 @@ def test_two_ranks_reach_the_weights_of_one(runs):
 def test_only_rank_zero_writes(runs):
     assert not (runs / "other_ranks").exists(), f"rank 1 wrote {sorted((runs / 'other_ranks').rglob('*'))}"
     files = sorted(str(p.relative_to(runs / "two")) for p in (runs / "two").rglob("*"))
-    assert files == ["checkpoints", "checkpoints/checkpoint_00000003.pt", "checkpoints/checkpoint_00000003.pt.sha256",
+    assert files == [".lock", "checkpoints", "checkpoints/checkpoint_00000003.pt", "checkpoints/checkpoint_00000003.pt.sha256",
                      "checkpoints/checkpoint_00000006.pt", "checkpoints/checkpoint_00000006.pt.sha256",
                      "metrics.jsonl"]
 
@@ -161,7 +176,7 @@ def test_resume_across_world_sizes(runs, tmp_path):
     of the uninterrupted one-process run (the 1-process checkpoint also resumes on 2)."""
     ref = _state(runs / "ref", STEPS)
     one = _copy_checkpoint(runs / "two", tmp_path / "2to1", HALF)
-    trainer.train(tiny_config(), one)
+    trainer.train(options_from_config(tiny_config()), one)
     _assert_close_states(ref, _state(one, STEPS))
     four = _copy_checkpoint(runs / "two", tmp_path / "2to4", HALF)
     run_ranks(_train_worker, 4, tiny_config(), four, None)
@@ -170,14 +185,14 @@ def test_resume_across_world_sizes(runs, tmp_path):
 
 def test_batch_not_divisible_by_world_size(tmp_path):
     with pytest.raises(ValueError, match=r"config\.training\.batch_size=16 .* world size 3"):
-        trainer.train(tiny_config(), tmp_path, DistContext(rank=0, world_size=3))
+        trainer.train(options_from_config(tiny_config()), tmp_path, DistContext(rank=0, world_size=3))
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_gpu_flags_leave_the_cpu_path_unchanged(runs, tmp_path, caplog):
     tf32 = torch.backends.cuda.matmul.allow_tf32
     with caplog.at_level("INFO", logger="training.runtime"):
-        trainer.train(tiny_config(gpu_flags=True), tmp_path)
+        trainer.train(options_from_config(tiny_config(gpu_flags=True)), tmp_path)
     ref, flagged = _state(runs / "ref", STEPS), _state(tmp_path, STEPS)
     assert all(torch.equal(ref["model"][k], flagged["model"][k]) for k in ref["model"])
     assert torch.backends.cuda.matmul.allow_tf32 == tf32
@@ -212,7 +227,7 @@ def test_sample_and_eval_are_sharded_and_gathered(runs, tmp_path):
 def test_batch_rows_do_not_depend_on_the_world_size(tmp_path, monkeypatch):
     """Images: the dequantisation, flips and loss noise of rank r are rows of the 1-process draws."""
     monkeypatch.setattr(trainer, "barrier", lambda ctx: None)
-    monkeypatch.setattr(trainer, "wrap_model", lambda model, ctx: model)
+    monkeypatch.setattr(trainer, "wrap_model", lambda model, ctx: model)     # no process group here
     config = digits_config()
     config.data.num_train, config.data.random_flip, config.training.batch_size = 64, True, 8
     m = config.model
@@ -220,7 +235,7 @@ def test_batch_rows_do_not_depend_on_the_world_size(tmp_path, monkeypatch):
     config.training.tensorboard = False
     drawn = []
     for world in (1, 2):
-        runs_ = [trainer.setup_run(config, tmp_path / f"{world}_{r}", DistContext(rank=r, world_size=world))
+        runs_ = [trainer.setup_run(options_from_config(config), tmp_path / f"{world}_{r}", DistContext(rank=r, world_size=world))
                  for r in range(world)]
         xs = [trainer.next_batch(run) for run in runs_]
         noises = [trainer.loss_noise(run, x) for run, x in zip(runs_, xs)]

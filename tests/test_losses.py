@@ -187,9 +187,9 @@ def test_ddpm_loss_is_l_simple():
     index = torch.tensor([0, 10, 500, 998, 999])
     z = torch.randn(5, D, dtype=torch.float64)
     eps_theta = lambda x: 0.3 * x  # an arbitrary predictor
-    score_fn = lambda x, t: -eps_theta(x) / sde.sqrt_1m_alphas_cumprod_64[sde.timestep_index(t)][:, None]
+    score_fn = lambda x, t: -eps_theta(x) / sde.ddpm_64.sqrt_1m_alphas_cumprod[sde.timestep_index(t)][:, None]
     losses = ddpm_loss(sde, score_fn, x0, index=index, z=z, reduce="sum")
-    xt = sde.sqrt_alphas_cumprod_64[index][:, None] * x0 + sde.sqrt_1m_alphas_cumprod_64[index][:, None] * z
+    xt = sde.ddpm_64.sqrt_alphas_cumprod[index][:, None] * x0 + sde.ddpm_64.sqrt_1m_alphas_cumprod[index][:, None] * z
     assert torch.allclose(losses, 0.5 * ((z - eps_theta(xt)) ** 2).sum(1), rtol=1e-10)
 
 

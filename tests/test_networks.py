@@ -1,4 +1,4 @@
-"""Checks of the score networks (MLP, DDPM++/NCSN++ U-Net), their layers, and the EMA."""
+"""Checks of the score networks (MLP, DDPM++/NCSN++ U-Net) and their layers (the EMA: tests/test_ema.py)."""
 import itertools
 import math
 
@@ -9,10 +9,25 @@ import torch.nn.functional as F
 from scipy.signal import convolve2d
 
 from models import layers
-from models.ema import ExponentialMovingAverage
 from models.mlp import MLP
 from models.registry import MODELS, get_model
-from models.unet import UNet, ddpmpp, ncsnpp
+from models.unet import UNet
+from training.factory import network_defaults
+
+def mlp(**kwargs) -> MLP:
+    """The MLP with configs/default.py's arguments (the networks have no defaults of their own)."""
+    return MLP(**{"dim": 2, **network_defaults("mlp"), **kwargs})
+
+
+def ddpmpp(**kwargs) -> UNet:
+    """DDPM++ with the paper's CIFAR-10 arguments from configs/default.py, overridden by ``kwargs``."""
+    return UNet(**{"in_channels": 3, "image_size": 32, **network_defaults("ddpmpp"), **kwargs})
+
+
+def ncsnpp(**kwargs) -> UNet:
+    """NCSN++ likewise."""
+    return UNet(**{"in_channels": 3, "image_size": 32, **network_defaults("ncsnpp"), **kwargs})
+
 
 TINY_8 = dict(in_channels=1, image_size=8, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
 TINY_16 = dict(in_channels=3, image_size=16, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
@@ -40,11 +55,13 @@ def rel_diff(a, b):
 # ---------------------------------------------------------------------------------------------- registry
 def test_registry_builds_and_rejects_unknown():
     assert set(MODELS.names()) >= {"mlp", "ddpmpp", "ncsnpp"}
-    assert isinstance(get_model("mlp", dim=3, hidden=8), MLP)
-    net = get_model("ncsnpp", **TINY_8)
+    assert isinstance(get_model("mlp", **{**network_defaults("mlp"), "dim": 3, "hidden": 8}), MLP)
+    net = get_model("ncsnpp", **{**network_defaults("ncsnpp"), **TINY_8})
     assert isinstance(net, UNet) and net.embed.embedding_type == "fourier"
     with pytest.raises(ValueError, match="unknown model 'nope'; available"):
         get_model("nope")
+    with pytest.raises(TypeError, match="missing .* required keyword-only argument"):
+        UNet(**TINY_8)                                     # no hidden defaults in the network
 
 
 # ---------------------------------------------------------------------------------------------- embeddings
@@ -155,7 +172,7 @@ def test_resblock_skip_rescale_and_default_init():
 @pytest.mark.parametrize("dim,embedding_type", [(2, "fourier"), (5, "positional")])
 def test_mlp_shape_and_dependence(dim, embedding_type):
     gen = torch.Generator().manual_seed(0)
-    net = MLP(dim=dim, hidden=32, n_blocks=2, embedding_type=embedding_type).eval()
+    net = mlp(dim=dim, hidden=32, n_blocks=2, embedding_type=embedding_type).eval()
     x = torch.randn(6, dim, generator=gen)
     t1, t2 = labels_for(embedding_type, 6, gen), labels_for(embedding_type, 6, gen)
     out = net(x, t1)
@@ -166,13 +183,26 @@ def test_mlp_shape_and_dependence(dim, embedding_type):
 
 
 def test_mlp_rejects_bad_shapes_and_kwargs():
-    net = MLP(dim=2, hidden=8)
+    net = mlp(dim=2, hidden=8)
     with pytest.raises(ValueError, match="x must have shape"):
         net(torch.randn(4, 3), torch.ones(4))
     with pytest.raises(ValueError, match="noise_label"):
         net(torch.randn(4, 2), torch.ones(4, 1))
     with pytest.raises(ValueError, match="embedding_type"):
-        MLP(embedding_type="learned")
+        mlp(embedding_type="learned")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dim=True), "dim must be an integer >= 1, got True"),
+    (dict(hidden=0), "hidden must be an integer >= 1, got 0"),
+    (dict(hidden=8.0), "hidden must be an integer >= 1, got 8.0"),
+    (dict(n_blocks=-1), "n_blocks must be an integer >= 0, got -1"),
+    (dict(fourier_scale=float("nan")), r"fourier_scale must be a number in \(0.0, inf\), got nan"),
+    (dict(num_classes=True), "num_classes must be an integer >= 0, got True"),
+])
+def test_mlp_rejects_bad_numbers(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mlp(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- U-Net
@@ -183,7 +213,7 @@ UNET_COMBOS = list(itertools.product(("ddpm", "biggan"), ("fourier", "positional
 @pytest.mark.parametrize("resblock_type,embedding_type,fir,progressive_input", UNET_COMBOS)
 def test_unet_shape_and_dependence(resblock_type, embedding_type, fir, progressive_input):
     torch.manual_seed(0)
-    net = UNet(**TINY_8, resblock_type=resblock_type, embedding_type=embedding_type, fir=fir,
+    net = ddpmpp(**TINY_8, resblock_type=resblock_type, embedding_type=embedding_type, fir=fir,
                progressive_input=progressive_input)
     perturb_(net)
     gen = torch.Generator().manual_seed(1)
@@ -217,7 +247,7 @@ def test_unet_init_output_is_near_zero():
     with torch.no_grad():
         out = net(torch.randn(2, 3, 16, 16), torch.tensor([10.0, 900.0]))
     assert out.abs().max() < 1e-3
-    assert get_model("ddpmpp", **TINY_16, init_scale=1.0).eval()(
+    assert get_model("ddpmpp", **{**network_defaults("ddpmpp"), **TINY_16, "init_scale": 1.0}).eval()(
         torch.randn(2, 3, 16, 16), torch.tensor([10.0, 900.0])).abs().max() > 1e-2
 
 
@@ -268,10 +298,17 @@ def test_conditional_output_depends_on_class():
     (dict(nf=18), "nf"),
     (dict(dropout=1.0), "dropout"),
     (dict(num_classes=-1), "num_classes"),
+    # booleans are not integers (True == 1 used to pass as one residual block)
+    (dict(num_res_blocks=True), "num_res_blocks must be an integer >= 1, got True"),
+    (dict(in_channels=True), "in_channels must be an integer >= 1, got True"),
+    (dict(num_classes=False), "num_classes must be an integer >= 0, got False"),
+    (dict(ch_mult=(1, True)), r"ch_mult\[1\] must be an integer >= 1, got True"),
+    (dict(nf=True), "nf must be an integer >= 4, got True"),
+    (dict(dropout=float("nan")), r"dropout must be a number in \[0.0, 1.0\), got nan"),
 ])
 def test_unet_rejects_bad_kwargs(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        UNet(**{**TINY_8, **kwargs})
+        ddpmpp(**{**TINY_8, **kwargs})
 
 
 def test_unet_rejects_bad_input_shape():
@@ -292,77 +329,3 @@ def test_paper_scale_parameter_counts():
         count = sum(p.numel() for p in build().parameters())
         print(f"{build.__name__}: {count / 1e6:.2f}M parameters")
         assert 55e6 < count < 70e6
-
-
-# ---------------------------------------------------------------------------------------------- EMA
-class _Toy(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(3))
-        self.frozen = torch.nn.Parameter(torch.zeros(2), requires_grad=False)
-        self.register_buffer("count", torch.zeros((), dtype=torch.long))
-
-
-@pytest.mark.parametrize("use_num_updates", [False, True])
-def test_ema_closed_form(use_num_updates):
-    model, d, k = _Toy(), 0.9, 7
-    ema = ExponentialMovingAverage(model, decay=d, use_num_updates=use_num_updates)
-    with torch.no_grad():
-        model.w.fill_(1.0)
-        model.frozen.fill_(5.0)
-        model.count.fill_(4)
-    for _ in range(k):
-        ema.update(model)
-    # s_k = 1 - prod_n d_n for a parameter jumping 0 -> 1; d_n = min(d, (1+n)/(10+n)) with warm-up.
-    decays = [min(d, (1 + n) / (10 + n)) if use_num_updates else d for n in range(1, k + 1)]
-    assert torch.allclose(ema.shadow["w"], torch.full((3,), 1 - math.prod(decays)), atol=1e-6)
-    assert torch.equal(ema.shadow["frozen"], torch.full((2,), 5.0))  # frozen params and buffers are copied
-    assert ema.shadow["count"].item() == 4
-
-
-def test_ema_store_copy_restore_roundtrip():
-    torch.manual_seed(0)
-    model = MLP(dim=2, hidden=8, n_blocks=1)
-    ema = ExponentialMovingAverage(model, decay=0.5, use_num_updates=False)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    ema.update(model)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    ema.store(model)
-    ema.copy_to(model)
-    assert torch.equal(model.linear_out.bias, ema.shadow["linear_out.bias"])
-    assert not torch.equal(model.linear_out.bias, before["linear_out.bias"])
-    ema.restore(model)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    with pytest.raises(ValueError, match="store"):
-        ema.restore(model)
-
-
-def test_ema_state_dict_roundtrip_and_strictness():
-    model = _Toy()
-    ema = ExponentialMovingAverage(model, decay=0.99)
-    with torch.no_grad():
-        model.w.fill_(2.0)
-    ema.update(model)
-    ema.update(model)
-    other = ExponentialMovingAverage(_Toy(), decay=0.5)
-    other.load_state_dict(ema.state_dict())
-    assert other.decay == 0.99 and other.num_updates == 2
-    assert all(torch.equal(other.shadow[k], ema.shadow[k]) for k in ema.shadow)
-    bad = ema.state_dict()
-    bad["shadow"]["extra"] = torch.zeros(1)
-    with pytest.raises(ValueError, match="unexpected \\['extra'\\]"):
-        other.load_state_dict(bad)
-    bad = ema.state_dict()
-    bad["shadow"]["w"] = torch.zeros(4)
-    with pytest.raises(ValueError, match="shape"):
-        other.load_state_dict(bad)
-    with pytest.raises(ValueError, match="does not match"):
-        ema.update(MLP(hidden=8))
-
-
-@pytest.mark.parametrize("decay", [-0.1, 1.5, float("nan")])
-def test_ema_rejects_bad_decay(decay):
-    with pytest.raises(ValueError, match="decay"):
-        ExponentialMovingAverage(_Toy(), decay=decay)

@@ -111,7 +111,7 @@ def test_langevin_step_size_formula(norm):
     if norm == "batch":
         zn, sn = zn.mean(), sn.mean()
     torch.testing.assert_close(step, 2 * alpha * (0.2 * zn / sn) ** 2)
-    torch.testing.assert_close(alpha, 1 - sde.discrete_betas_64[sde.timestep_index(t)].float())
+    torch.testing.assert_close(alpha, 1 - sde.ddpm_64.betas[sde.timestep_index(t)].float())
 
 
 def test_per_sample_langevin_in_high_dimension():
@@ -266,13 +266,32 @@ class HalfStepEuler(Predictor):
         return x, x_mean
 
 
-def test_register_custom_predictor_and_use_it(reference):
+@pytest.fixture
+def restore_registries():
+    """Unregister whatever predictors / correctors the test registered, so that no test leaves names
+    behind for the others (a config validator lists the registries' names)."""
+    before = {registry: set(registry.names()) for registry in (samplers.PREDICTORS, samplers.CORRECTORS)}
+    yield
+    for registry, names in before.items():
+        for name in set(registry.names()) - names:
+            registry.unregister(name)
+
+
+def test_register_custom_predictor_and_use_it(reference, restore_registries):
     register_predictor("half_step_euler")(HalfStepEuler)
     assert "half_step_euler" in samplers.PREDICTORS
     sde = make_sde("vp", N=250)
     x, nfe = sample(sde, seed=13, predictor="half_step_euler", corrector="none")
     assert nfe == 2 * 250 + 1
     assert_matches_mixture(MIX, x, reference, generator=gen(14), label="custom predictor")
+
+
+def test_unregister(restore_registries):
+    register_predictor("test_tmp")(HalfStepEuler)
+    assert PREDICTORS.unregister("test_tmp") is HalfStepEuler
+    assert "test_tmp" not in PREDICTORS
+    with pytest.raises(ValueError, match="unknown predictor 'test_tmp'; available"):
+        PREDICTORS.unregister("test_tmp")
 
 
 class CountingNoop(samplers.Corrector):
@@ -283,11 +302,8 @@ class CountingNoop(samplers.Corrector):
         CountingNoop.calls += 1
         return x, x
 
-    def step_size(self, x, t, score, noise, alpha):
-        return torch.zeros_like(alpha)
 
-
-def test_register_custom_corrector_by_name():
+def test_register_custom_corrector_by_name(restore_registries):
     samplers.register_corrector("test_counting_noop")(CountingNoop)
     sde = VPSDE(N=30)
     CountingNoop.calls = 0

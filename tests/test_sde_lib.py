@@ -21,13 +21,13 @@ def test_vp_defaults_are_ddpm_tables():
     betas = torch.linspace(1e-4, 0.02, 1000)
     assert sde.N == 1000 and sde.T == 1.0
     assert torch.equal(sde.discrete_betas, betas)
-    assert torch.equal(sde.alphas, 1.0 - betas)
+    assert torch.equal(sde.ddpm.alphas, 1.0 - betas)
     assert torch.equal(sde.alphas_cumprod, torch.cumprod(1.0 - betas, dim=0))
     # Ho et al. 2020, eq. (7): beta_tilde = (1 - abar_{t-1}) / (1 - abar_t) beta_t
-    abar, abar_prev = sde.alphas_cumprod_64, sde.alphas_cumprod_prev_64
-    b = sde.discrete_betas_64
-    assert torch.allclose(sde.posterior_variance_64, (1 - abar_prev) / (1 - abar) * b, rtol=0, atol=1e-15)
-    assert sde.posterior_variance_64[0] == 0.0
+    abar, abar_prev = sde.ddpm_64.alphas_cumprod, sde.ddpm_64.alphas_cumprod_prev
+    b = sde.ddpm_64.betas
+    assert torch.allclose(sde.ddpm_64.posterior_variance, (1 - abar_prev) / (1 - abar) * b, rtol=0, atol=1e-15)
+    assert sde.ddpm_64.posterior_variance[0] == 0.0
 
 
 @pytest.mark.parametrize("i", [0, 1, 500, 998, 999])
@@ -35,7 +35,7 @@ def test_vp_discretize_is_the_ddpm_step(i):
     sde = VPSDE()
     x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
     f, G = sde.discretize(x, grid_time(sde, i))
-    beta = sde.discrete_betas_64[i]
+    beta = sde.ddpm_64.betas[i]
     # x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z  (Ho et al. 2020, eq. 2)
     assert torch.allclose(x + f, torch.sqrt(1 - beta) * x, rtol=0, atol=1e-14)
     assert torch.allclose(G, torch.sqrt(beta).expand(4), rtol=0, atol=1e-15)
@@ -70,13 +70,13 @@ def test_vp_marginal_matches_ddpm_within_the_discretisation_gap():
     alpha, sigma = sde.marginal_coeffs(t)
     # log abar_i = sum_j log(1 - beta_j) versus -int_0^{t_i} beta: the Riemann-sum offset is at most
     # max_j beta_j and log(1 - b) = -b - b^2/2 - ... adds at most ½ sum_j beta_j^2 / (1 - beta_max).
-    b = sde.discrete_betas_64
+    b = sde.ddpm_64.betas
     gap = float(b.max() + 0.5 * (b ** 2).sum() / (1 - b.max()))
-    log_gap = (2 * alpha.log() - sde.alphas_cumprod_64.log()).abs()
+    log_gap = (2 * alpha.log() - sde.ddpm_64.alphas_cumprod.log()).abs()
     assert log_gap.max() <= gap
     assert log_gap.max() > 0.5 * gap  # the bound is not vacuous: the gap is real and of that size
     # the same gap in the std: |d sqrt(1 - a)| <= |d log a| a / (2 sqrt(1 - a)) plus level 0's sqrt(beta_0)
-    std_gap = (sigma - sde.sqrt_1m_alphas_cumprod_64).abs()
+    std_gap = (sigma - sde.ddpm_64.sqrt_1m_alphas_cumprod).abs()
     assert std_gap[0] == pytest.approx(math.sqrt(1e-4), rel=1e-9)
     assert std_gap[1:].max() < 0.01
 
@@ -128,7 +128,7 @@ def test_cosine_schedule_matches_improved_ddpm():
     grid = torch.linspace(0, sde.T, 1001, dtype=torch.float64)
     fg = torch.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
     expected = torch.clamp(1 - fg[1:] / fg[:-1], max=0.999)
-    assert torch.allclose(sde.discrete_betas_64, expected, rtol=1e-12)
+    assert torch.allclose(sde.ddpm_64.betas, expected, rtol=1e-12)
     with pytest.raises(ValueError, match="T"):
         CosineVPSDE(T=1.0)
 
@@ -221,15 +221,15 @@ def test_ancestral_step_is_ddpm_and_smld():
     vp = VPSDE()
     i = 600
     t = grid_time(vp, i)
-    beta = vp.discrete_betas_64[i]
+    beta = vp.ddpm_64.betas[i]
     mean, std = vp.ancestral_step(x, t, score, variance="forward")
     # Ho et al. 2020, eq. (11) with eps = -sqrt(1 - abar) score
     assert torch.allclose(mean, (x + beta * score) / torch.sqrt(1 - beta), atol=1e-12)
     assert torch.allclose(std, torch.sqrt(beta).expand(4), atol=1e-14)
     _, std_post = vp.ancestral_step(x, t, score, variance="posterior")
-    assert torch.allclose(std_post, vp.posterior_variance_64[i].sqrt().expand(4), rtol=1e-10)
+    assert torch.allclose(std_post, vp.ddpm_64.posterior_variance[i].sqrt().expand(4), rtol=1e-10)
     # the posterior mean at Tweedie's x0 is DDPM's mu_tilde(x_t, x0)
-    x0 = (x + (1 - vp.alphas_cumprod_64[i]) * score) / vp.sqrt_alphas_cumprod_64[i]
+    x0 = (x + (1 - vp.ddpm_64.alphas_cumprod[i]) * score) / vp.ddpm_64.sqrt_alphas_cumprod[i]
     mu, var = vp.q_posterior(x0, x, torch.full((4,), i))
     assert torch.allclose(mu, mean, atol=1e-12) and torch.allclose(var, std_post ** 2, rtol=1e-10)
 
@@ -243,7 +243,7 @@ def test_ancestral_step_is_ddpm_and_smld():
 
 def test_langevin_alpha():
     vp, ve = VPSDE(), VESDE()
-    assert torch.allclose(vp.langevin_alpha(grid_time(vp, 300)), vp.alphas_64[300].expand(4), rtol=1e-12)
+    assert torch.allclose(vp.langevin_alpha(grid_time(vp, 300)), vp.ddpm_64.alphas[300].expand(4), rtol=1e-12)
     assert torch.equal(ve.langevin_alpha(grid_time(ve, 300)), torch.ones(4, dtype=torch.float64))
 
 

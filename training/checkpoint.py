@@ -159,18 +159,40 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
-def load_latest(directory: Path) -> Tuple[dict, Path] | None:
+def _read_if_present(path: Path) -> dict | None:
+    """``read_checkpoint(path)``, or ``None`` if the file went away meanwhile (pruned by a trainer
+    running beside this reader: eval and sample take no lock)."""
+    try:
+        return read_checkpoint(path)
+    except (CorruptCheckpointError, FileNotFoundError):
+        if not path.exists():
+            return None
+        raise
+
+
+def load_latest(directory: Path, attempts: int = 5) -> Tuple[dict, Path] | None:
     """The newest readable checkpoint in ``directory`` and its path; ``None`` if there is none.
 
     Unreadable ones are logged (a warning naming the file) and skipped; if every checkpoint is
-    unreadable this raises rather than silently starting over.
+    unreadable this raises rather than silently starting over. A checkpoint that disappears while it
+    is read (a running trainer pruned it) sends the search back to a fresh listing.
     """
-    found = list_checkpoints(directory)
-    for _, path in reversed(found):
-        try:
-            return read_checkpoint(path), path
-        except CorruptCheckpointError as err:
-            logger.warning("skipping corrupted checkpoint %s: %s; trying the previous one", path, err)
+    for _ in range(attempts):
+        found, vanished = list_checkpoints(directory), False
+        for _, path in reversed(found):
+            try:
+                state = _read_if_present(path)
+            except CorruptCheckpointError as err:
+                logger.warning("skipping corrupted checkpoint %s: %s; trying the previous one", path, err)
+                continue
+            if state is None:
+                vanished = True
+                break
+            return state, path
+        if not vanished:
+            break
+    else:
+        raise RuntimeError(f"checkpoints in {directory} kept disappearing while being read ({attempts} tries)")
     if found:
         raise RuntimeError(f"no readable checkpoint in {directory}: all of "
                            f"{[p.name for _, p in found]} are corrupted")

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import torch
 
-SEED_STRIDE = 1_000_003
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+from sde_lib.utils import check_int
+from training.streams import epoch_seed
 
 
 class ShardedBatchLoader:
-    """Infinite iterator over this rank's share of shuffled global batches.
+    """This rank's share of shuffled global batches of indices into a data set of ``num_items`` items.
 
-    ``next(loader)`` returns the local batch ``data[idx]`` (moved to ``device`` if given), or
-    ``(data[idx], labels[idx])`` when ``labels`` are given.
+    ``next_global_indices()`` gives the next global batch (what all ranks together consume) and
+    ``local_rows`` this rank's rows of it; the trainer gathers data (and anything indexed alike) itself.
 
     drop_last=True: an epoch yields floor(N / G) batches; the last N mod G items of its permutation
     are skipped and the next batch starts epoch e+1. drop_last=False: the stream runs straight on, a
@@ -31,26 +27,21 @@ class ShardedBatchLoader:
     every item is seen exactly once per epoch and every batch is full.
     """
 
-    def __init__(self, data: torch.Tensor, global_batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True, labels: torch.Tensor | None = None,
-                 device=None):
-        if not isinstance(data, torch.Tensor) or data.ndim < 1 or len(data) == 0:
-            raise ValueError("data must be a non-empty tensor of shape (N, ...)")
-        if labels is not None and (not isinstance(labels, torch.Tensor) or len(labels) != len(data)):
-            raise ValueError(f"labels must be a tensor with {len(data)} rows, one per data item")
-        _check_int("global_batch_size", global_batch_size, 1)
-        _check_int("world_size", world_size, 1)
-        _check_int("seed", seed, 0)
+    def __init__(self, num_items: int, global_batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = True):
+        check_int("num_items", num_items, 1)
+        check_int("global_batch_size", global_batch_size, 1)
+        check_int("world_size", world_size, 1)
+        check_int("seed", seed, 0)
         if not (isinstance(rank, int) and 0 <= rank < world_size):
             raise ValueError(f"rank must be an integer in [0, {world_size - 1}], got {rank!r}")
         if global_batch_size % world_size:
             raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
                              f"world_size={world_size}")
-        if global_batch_size > len(data):
+        if global_batch_size > num_items:
             raise ValueError(f"global_batch_size={global_batch_size} is larger than the data set "
-                             f"({len(data)} items)")
-        self.data, self.labels, self.device = data, labels, device
-        self.num_items, self.global_batch_size, self.seed = len(data), global_batch_size, seed
+                             f"({num_items} items)")
+        self.num_items, self.global_batch_size, self.seed = num_items, global_batch_size, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.local_batch_size = global_batch_size // world_size
         self.epoch, self.position = 0, 0
@@ -70,7 +61,7 @@ class ShardedBatchLoader:
     def permutation(self, epoch: int) -> torch.Tensor:
         """The shuffled order of all N items in ``epoch`` (CPU LongTensor), identical on every rank."""
         if self._cached is None or self._cached[0] != epoch:
-            gen = torch.Generator().manual_seed((self.seed * SEED_STRIDE + epoch) % 2 ** 63)
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             self._cached = (epoch, torch.randperm(self.num_items, generator=gen))
         return self._cached[1]
 
@@ -87,18 +78,6 @@ class ShardedBatchLoader:
             self.position, need = self.position + take, need - take
         return torch.cat(chunks)
 
-    def __iter__(self) -> "ShardedBatchLoader":
-        return self
-
-    def __next__(self):
-        idx = self.next_global_indices()[self.local_rows]
-        x = self.data[idx.to(self.data.device)]
-        x = x.to(self.device) if self.device is not None else x
-        if self.labels is None:
-            return x
-        y = self.labels[idx.to(self.labels.device)]
-        return x, (y.to(self.device) if self.device is not None else y)
-
     def state_dict(self) -> dict:
         """``{"epoch", "position"}`` (items of the global stream used so far in ``epoch``), plus the
         ``seed`` and ``num_items`` it is valid for. Independent of rank and world size."""
@@ -114,8 +93,8 @@ class ShardedBatchLoader:
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"loader state was saved with {key}={state[key]!r}, "
                                  f"this loader has {key}={getattr(self, key)!r}")
-        _check_int("epoch", state["epoch"], 0)
-        _check_int("position", state["position"], 0)
+        check_int("epoch", state["epoch"], 0)
+        check_int("position", state["position"], 0)
         if state["position"] > self.num_items:
             raise ValueError(f"position={state['position']} exceeds the data set size {self.num_items}")
         self.epoch, self.position = state["epoch"], state["position"]

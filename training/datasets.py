@@ -349,19 +349,14 @@ def get_image_dataset(name: str, root=None, split: str = "train") -> ImageDatase
     return IMAGE_DATASETS.get(name)(root, split)
 
 
-def get_dataset(name: str, root=None, split: str = "train") -> ToyDistribution | ImageDataset:
-    """Front door: a ``ToyDistribution`` for toy names, an ``ImageDataset`` for image names."""
-    check_choice("split", split, SPLITS)
-    if name in TOY_DATASETS:
-        return get_toy_dataset(name)
-    if name in IMAGE_DATASETS:
-        return get_image_dataset(name, root, split)
-    raise ValueError(f"unknown dataset {name!r}; available: {dataset_names()}")
-
-
 def dataset_names() -> list[str]:
-    """All names ``get_dataset`` accepts, sorted."""
+    """Every data set name, toy and image, sorted."""
     return sorted(TOY_DATASETS.names() + IMAGE_DATASETS.names())
+
+
+# The shape of one item of each data set, known without reading any file (config validation uses it).
+ITEM_SHAPES = {"gmm": (2,), "checkerboard": (2,), "digits": (1, 8, 8), "cifar10": (3, 32, 32),
+               "mnist": (1, 28, 28)}
 
 
 # --------------------------------------------------------------------------------------------

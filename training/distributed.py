@@ -4,9 +4,9 @@ needs no process group."""
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
-from typing import Any, List
 
 import torch
 import torch.distributed as dist
@@ -63,7 +63,11 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistCont
 
 
 def cleanup(ctx: DistContext) -> None:
+    """Leave the process group. DDP wrappers live in reference cycles (their gradient hooks); one
+    collected after the group is gone aborts the process ("terminate called without an active
+    exception", about one run in ten): collect them first."""
     if ctx.distributed and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -78,17 +82,6 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain network inside DDP and ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -111,15 +104,6 @@ def all_gather_cat(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     gathered = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[:n] for g, n in zip(gathered, sizes)], dim=0)
-
-
-def broadcast_object(obj: Any, ctx: DistContext) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.distributed:
-        return obj
-    box: List[Any] = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def shard_range(n: int, ctx: DistContext) -> range:

@@ -1,240 +1,350 @@
-"""The edge where the ml_collections config stops: validation naming the bad field, and the
-constructors that turn a config into an SDE, a network, score/loss arguments, data and plain options.
-Everything built here takes explicit keyword arguments; nothing downstream sees the config."""
+"""The edge where the ml_collections config stops. ``options_from_config(config)``:
+
+1. checks that the config has exactly the fields of ``configs/default.py`` (an unknown field, e.g. a
+   typo, or a missing one is a ``ValueError`` naming it);
+2. checks every value any mode will use, and the combinations that cannot work, before any work
+   starts (each error names the field, its value and what is allowed);
+3. maps each field explicitly onto the argument it feeds, in one frozen option object per concern
+   (``training/options.py``).
+
+Nothing downstream sees the config.
+"""
 from __future__ import annotations
 
-import inspect
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import ml_collections
 import torch
-from torch import nn
 
 import samplers
-from models import PARAMETERIZATIONS, get_model
-from sde_lib import SDE, SDES, get_sde
-from training.datasets import dataset_names
+from configs.default import get_default_config, use_ddpmpp, use_ncsnpp
+from models import MODELS, PARAMETERIZATIONS
+from sde_lib import SDE, SDES
+from sde_lib.utils import check_choice, check_float, check_int
+from training.datasets import ITEM_SHAPES, dataset_names
 from training.distributed import DEVICES
-from training.losses import LOSSES, get_loss_fn, get_noise_fn
+from training.losses import LOSSES
 from training.optim import OPTIMIZERS
-from training.pipeline import DataSpec, build_data
+from training.options import (SAMPLING_METHODS, Accel, DataOptions, EvalOptions, LossOptions, NetworkOptions,
+                              OptimOptions, RunOptions, SamplerOptions, SDEOptions, TrainOptions, frozen_mapping)
 
-SAMPLING_METHODS = ("pc", "ode", "fast")
-TRACES = ("exact", "gaussian", "rademacher")
-
-# Network constructor argument -> config.model field it is read from (same names), per network.
-MLP_FIELDS = ("hidden", "n_blocks", "embedding_type", "fourier_scale")
-UNET_FIELDS = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resblock_type",
-               "embedding_type", "fourier_scale", "fir", "fir_kernel", "skip_rescale", "resamp_with_conv",
-               "init_scale", "progressive", "progressive_input", "progressive_combine")
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    data_rank: int          # 1: vector data (B, D); 3: images (B, C, H, W)
-    fields: tuple
-
-
-NETWORKS = {"mlp": NetworkSpec(1, MLP_FIELDS), "ddpmpp": NetworkSpec(3, UNET_FIELDS),
-            "ncsnpp": NetworkSpec(3, UNET_FIELDS)}
-# SDE constructor argument -> config.model field (only those the chosen SDE's constructor takes are used)
-SDE_FIELDS = {"beta_min": "beta_min", "beta_max": "beta_max", "sigma_min": "sigma_min",
-              "sigma_max": "sigma_max", "N": "num_scales"}
-
-
-# ---------------------------------------------------------------------------------------- validation
-def get_field(config: ml_collections.ConfigDict, path: str):
-    """``config`` at a dotted ``path`` like ``"training.sde"``; a missing field names the path."""
-    node = config
-    for part in path.split("."):
-        if part not in node:
-            raise ValueError(f"config.{path} is missing (no field {part!r})")
-        node = node[part]
-    return node
+# The process's constructor arguments, per process: argument -> config field.
+SDE_ARGS = {
+    "vpsde": {"beta_min": "model.beta_min", "beta_max": "model.beta_max", "N": "model.num_scales"},
+    "subvpsde": {"beta_min": "model.beta_min", "beta_max": "model.beta_max", "N": "model.num_scales"},
+    "vesde": {"sigma_min": "model.sigma_min", "sigma_max": "model.sigma_max", "N": "model.num_scales"},
+    "cosine_vpsde": {"N": "model.num_scales"},
+}
+# The network's constructor arguments, per network (the data shape is added from the data).
+_UNET_ARGS = {name: f"model.{name}" for name in (
+    "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resblock_type", "embedding_type",
+    "fourier_scale", "fir", "fir_kernel", "skip_rescale", "resamp_with_conv", "init_scale", "progressive",
+    "progressive_input", "progressive_combine")}
+NETWORK_ARGS = {
+    "mlp": {"hidden": "model.hidden", "n_blocks": "model.n_blocks", "embedding_type": "model.embedding_type",
+            "fourier_scale": "model.fourier_scale"},
+    "ddpmpp": _UNET_ARGS,
+    "ncsnpp": _UNET_ARGS,
+}
+# Losses defined in continuous time (the others are on the discrete chain).
+CONTINUOUS_LOSSES = ("dsm",)
+# The likelihood's ODE solvers: the adaptive ones (the fixed-step ones would need a step count).
+LIKELIHOOD_METHODS = samplers.ode.ADAPTIVE_METHODS + samplers.ode.SCIPY_METHODS
 
 
-def _check_choice(config, path: str, allowed) -> None:
-    value = get_field(config, path)
-    if value not in list(allowed):
-        raise ValueError(f"config.{path} must be one of {sorted(allowed)}, got {value!r}")
+# ---------------------------------------------------------------------------------------- fields
+def leaf_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """``{"training.sde": "vpsde", ...}``: every leaf of ``config`` by its dotted path."""
+    fields = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            fields.update(leaf_fields(value, path + "."))
+        else:
+            fields[path] = value
+    return fields
 
 
-def _check_int(config, path: str, minimum: int) -> None:
-    value = get_field(config, path)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"config.{path} must be an integer >= {minimum}, got {value!r}")
+def schema_fields() -> dict:
+    """The fields (and defaults) of ``configs/default.py``: the only fields a config may have."""
+    return leaf_fields(get_default_config())
 
 
-def _check_float(config, path: str, low: float, high: float = math.inf, *, open_low: bool = False,
-                 open_high: bool = False) -> None:
-    value = get_field(config, path)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
-    if not ok:
-        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high or high == math.inf else ']'}"
-        raise ValueError(f"config.{path} must be a number in {interval}, got {value!r}")
+def check_field_names(config: ml_collections.ConfigDict) -> None:
+    """``ValueError`` naming the first unknown field (e.g. a typo) or missing field."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"the config must be an ml_collections.ConfigDict, got {type(config).__name__}")
+    known, present = schema_fields(), leaf_fields(config)
+    for path in present:
+        if path not in known:
+            section = path.rsplit(".", 1)[0] if "." in path else ""
+            siblings = sorted(p for p in known if p.rsplit(".", 1)[0] == section and "." in p) if section else []
+            hint = f"; fields of config.{section}: {[p.split('.')[-1] for p in siblings]}" if siblings else ""
+            raise ValueError(f"config.{path} is not a config field (configs/default.py lists them all){hint}")
+    for path in known:
+        if path not in present:
+            raise ValueError(f"config.{path} is missing; every config starts from "
+                             f"configs.default.get_default_config() (default: {known[path]!r})")
 
 
-def _choices() -> dict:
-    return {"device": DEVICES, "data.dataset": dataset_names(), "training.sde": SDES.names(),
-            "training.loss": LOSSES.names(), "model.name": sorted(NETWORKS),
-            "model.parameterization": ("auto",) + tuple(PARAMETERIZATIONS), "optim.optimizer": OPTIMIZERS,
-            "sampling.method": SAMPLING_METHODS, "sampling.predictor": samplers.PREDICTORS.names(),
-            "sampling.corrector": samplers.CORRECTORS.names(), "eval.trace": TRACES}
+# ---------------------------------------------------------------------------------------- values
+_CHOICES = {
+    "device": lambda: DEVICES,
+    "data.dataset": dataset_names,
+    "training.sde": SDES.names,
+    "training.loss": LOSSES.names,
+    "model.name": MODELS.names,
+    "model.parameterization": lambda: ("auto",) + tuple(PARAMETERIZATIONS),
+    "optim.optimizer": lambda: OPTIMIZERS,
+    "sampling.method": SAMPLING_METHODS.names,
+    "sampling.predictor": samplers.PREDICTORS.names,
+    "sampling.corrector": samplers.CORRECTORS.names,
+    "sampling.order": lambda: samplers.FAST_ORDERS,
+    "sampling.ode_method": lambda: samplers.ODE_METHODS,
+    "eval.trace": lambda: samplers.TRACES,
+    "eval.method": lambda: LIKELIHOOD_METHODS,
+}
+_INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_iters": 0,
+         "training.log_freq": 1, "training.eval_freq": 1, "training.checkpoint_freq": 1,
+         "training.snapshot_freq": 1, "training.keep_last": 1, "training.max_nonfinite_steps": 1,
+         "training.snapshot_num_samples": 0,
+         "model.num_scales": 1, "model.hidden": 1, "model.n_blocks": 0, "model.nf": 1, "model.num_res_blocks": 1,
+         "optim.warmup": 0, "sampling.n_steps": 0, "sampling.steps": 1, "sampling.num_samples": 1,
+         "sampling.batch_size": 1, "eval.batch_size": 1, "eval.num_samples": 1, "eval.true_nll_samples": 2}
+_OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
+_POSITIVE = dict(low=0.0, open_low=True)
+_FLOATS = {"training.eps": _OPEN_UNIT, "model.ema_rate": dict(low=0.0, high=1.0),
+           "model.sigma_min": _POSITIVE, "model.sigma_max": _POSITIVE, "model.beta_min": _POSITIVE,
+           "model.beta_max": _POSITIVE, "model.fourier_scale": _POSITIVE,
+           "model.dropout": dict(low=0.0, high=1.0, open_high=True), "model.init_scale": dict(low=0.0),
+           "optim.lr": _POSITIVE, "optim.beta1": dict(low=0.0, high=1.0, open_high=True), "optim.eps": _POSITIVE,
+           "optim.weight_decay": dict(low=0.0), "optim.grad_clip": dict(low=0.0), "sampling.snr": _POSITIVE,
+           "sampling.eps": _OPEN_UNIT, "sampling.eta": dict(low=0.0), "sampling.rtol": _POSITIVE,
+           "sampling.atol": _POSITIVE, "eval.rtol": _POSITIVE, "eval.atol": _POSITIVE,
+           "eval.likelihood_eps": _OPEN_UNIT}
+_INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1}
 
 
-_INTS = (("seed", 0), ("data.num_train", 0), ("training.batch_size", 1), ("training.n_iters", 0),
-         ("training.log_freq", 1), ("training.eval_freq", 1), ("training.checkpoint_freq", 1),
-         ("training.snapshot_freq", 1), ("training.keep_last", 1), ("training.snapshot_num_samples", 0),
-         ("model.num_scales", 1), ("optim.warmup", 0), ("sampling.n_steps", 0), ("sampling.steps", 1),
-         ("sampling.order", 1), ("sampling.num_samples", 1), ("sampling.batch_size", 1),
-         ("eval.batch_size", 1), ("eval.num_samples", 1), ("eval.true_nll_samples", 2))
-_OPEN = dict(open_low=True)
-_FLOATS = (("training.eps", 0.0, 1.0, dict(open_low=True, open_high=True)), ("model.ema_rate", 0.0, 1.0, {}),
-           ("optim.lr", 0.0, math.inf, _OPEN), ("optim.beta1", 0.0, 1.0, dict(open_high=True)),
-           ("optim.eps", 0.0, math.inf, _OPEN), ("optim.weight_decay", 0.0, math.inf, {}),
-           ("optim.grad_clip", 0.0, math.inf, {}), ("sampling.snr", 0.0, math.inf, _OPEN),
-           ("sampling.eps", 0.0, 1.0, dict(open_low=True, open_high=True)),
-           ("sampling.rtol", 0.0, math.inf, _OPEN), ("sampling.atol", 0.0, math.inf, _OPEN),
-           ("eval.rtol", 0.0, math.inf, _OPEN), ("eval.atol", 0.0, math.inf, _OPEN),
-           ("eval.likelihood_eps", 0.0, 1.0, dict(open_low=True, open_high=True)))
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
-def _check_training_options(config) -> None:
-    """The loss switches must fit together (continuous DSM vs the discrete DDPM / SMLD losses)."""
-    t = config.training
-    if t.continuous != (t.loss == "dsm"):
-        raise ValueError(f"config.training.continuous must be {t.loss == 'dsm'} for training.loss={t.loss!r} "
+def _check_int_tuple(name: str, value, minimum: int) -> None:
+    if not isinstance(value, (tuple, list)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value):
+        raise ValueError(f"{name} must be a tuple of integers >= {minimum}, got {value!r}")
+
+
+def _check_kernel(name: str, value) -> None:
+    if not isinstance(value, (tuple, list)) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise ValueError(f"{name} must be a non-empty tuple of finite numbers, got {value!r}")
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """Each field on its own: choices, integers, numbers in range, booleans, tuples."""
+    fields = leaf_fields(config)
+    for path, allowed in _CHOICES.items():
+        check_choice(f"config.{path}", fields[path], allowed())
+    for path, minimum in _INTS.items():
+        check_int(f"config.{path}", fields[path], minimum)
+    for path, interval in _FLOATS.items():
+        check_float(f"config.{path}", fields[path], **interval)
+    for path, minimum in _INT_TUPLES.items():
+        _check_int_tuple(f"config.{path}", fields[path], minimum)
+    _check_kernel("config.model.fir_kernel", fields["model.fir_kernel"])
+    if not isinstance(fields["data.root"], str):
+        raise ValueError(f"config.data.root must be a string (a folder, or '' for ./data/<dataset>), "
+                         f"got {fields['data.root']!r}")
+    for path, default in schema_fields().items():
+        if isinstance(default, bool):
+            _check_bool(f"config.{path}", fields[path])
+
+
+# ---------------------------------------------------------------------------------------- combinations
+def check_combinations(config: ml_collections.ConfigDict) -> None:
+    """Fields that are fine alone but cannot work together."""
+    t, m = config.training, config.model
+    continuous_loss = t.loss in CONTINUOUS_LOSSES
+    if t.continuous != continuous_loss:
+        raise ValueError(f"config.training.continuous must be {continuous_loss} for training.loss={t.loss!r} "
                          f"(dsm is continuous-time, ddpm and smld are discrete), got {t.continuous!r}")
-    if t.loss != "dsm" and (t.likelihood_weighting or t.importance_sampling):
+    if not continuous_loss and (t.likelihood_weighting or t.importance_sampling):
         raise ValueError(f"config.training.likelihood_weighting / importance_sampling apply to "
                          f"training.loss='dsm' only, got loss={t.loss!r}")
     if t.importance_sampling and not t.likelihood_weighting:
         raise ValueError("config.training.importance_sampling=True requires training.likelihood_weighting=True")
+    if m.beta_max <= m.beta_min:
+        raise ValueError(f"config.model.beta_max must be > model.beta_min, got beta_min={m.beta_min!r}, "
+                         f"beta_max={m.beta_max!r}")
+    if m.sigma_max <= m.sigma_min:
+        raise ValueError(f"config.model.sigma_max must be > model.sigma_min, got sigma_min={m.sigma_min!r}, "
+                         f"sigma_max={m.sigma_max!r}")
+    if m.parameterization == "auto" and m.scale_by_sigma and _default_parameterization(t.sde) != "score":
+        raise ValueError(f"config.model.scale_by_sigma=True applies to a 'score' output, but training.sde="
+                         f"{t.sde!r} defaults to {_default_parameterization(t.sde)!r}; set "
+                         f"model.parameterization='score' or scale_by_sigma=False")
+    if m.parameterization not in ("auto", "score") and m.scale_by_sigma:
+        raise ValueError(f"config.model.scale_by_sigma=True applies to model.parameterization='score' only, "
+                         f"got {m.parameterization!r}")
+    s = config.sampling
+    if s.method == "pc":
+        try:
+            samplers.check_pc_options(s.predictor, s.corrector, s.snr, s.n_steps, s.probability_flow)
+        except ValueError as err:
+            raise ValueError(f"config.sampling (method 'pc'): {err}") from err
 
 
-def _check_times(config, sde: SDE) -> None:
+def _default_parameterization(sde_name: str) -> str:
+    return SDES.get(sde_name).default_parameterization
+
+
+def _check_times(config: ml_collections.ConfigDict, sde: SDE) -> None:
     for path in ("training.eps", "sampling.eps", "eval.likelihood_eps"):
-        if not get_field(config, path) < sde.T:
+        value = leaf_fields(config)[path]
+        if not value < sde.T:
             raise ValueError(f"config.{path} must lie in (0, T) = (0, {sde.T}) for training.sde="
-                             f"{config.training.sde!r}, got {get_field(config, path)!r}")
+                             f"{config.training.sde!r}, got {value!r}")
 
 
-def _check_network(config, sde: SDE) -> None:
-    """A Fourier embedding (of ``log label``) must only see positive noise labels."""
-    if config.model.get("embedding_type") != "fourier":
-        return
-    t_min = 0.0 if not config.training.continuous else min(
-        config.training.eps, config.sampling.eps, config.eval.likelihood_eps)
-    labels = sde.noise_label(torch.tensor([t_min, sde.T], dtype=torch.float64), config.training.continuous)
-    if not bool((labels > 0).all()):
-        raise ValueError(f"config.model.embedding_type='fourier' embeds log(noise label), but "
-                         f"training.sde={config.training.sde!r} (continuous={config.training.continuous}) gives "
-                         f"label {labels.min().item():g} at t={t_min:g}; use 'positional'")
+def _check_labels(config: ml_collections.ConfigDict, sde: SDE) -> None:
+    """The network must see finite labels at every time a mode uses, and a Fourier embedding (of
+    ``log label``) positive ones; for discrete models every level of the chain is used."""
+    t = config.training
+    if t.continuous:
+        times = torch.tensor([min(t.eps, config.sampling.eps, config.eval.likelihood_eps), sde.T],
+                             dtype=torch.float64)
+    else:
+        times = torch.linspace(0.0, sde.T, sde.N, dtype=torch.float64)
+    labels = sde.noise_label(times, t.continuous).double()
+    if not bool(torch.isfinite(labels).all()):
+        raise ValueError(f"training.sde={t.sde!r} gives non-finite network labels (continuous={t.continuous})")
+    if config.model.embedding_type == "fourier" and not bool((labels > 0).all()):
+        where = float(times[labels <= 0][0])
+        raise ValueError(f"config.model.embedding_type='fourier' embeds log(noise label), but training.sde="
+                         f"{t.sde!r} (continuous={t.continuous}) gives label {labels.min().item():g} at t={where:g}; "
+                         f"use 'positional'")
+
+
+def _check_network(network: NetworkOptions, dataset: str) -> None:
+    """The network's own argument checks, on the meta device (no memory, no compute)."""
+    shape = ITEM_SHAPES[dataset]
+    rank = MODELS.get(network.name).data_rank
+    if len(shape) != rank:
+        kind = "vector data (D,)" if rank == 1 else "images (C, H, W)"
+        raise ValueError(f"config.model.name={network.name!r} takes {kind}, but data.dataset={dataset!r} has "
+                         f"items of shape {shape}")
+    try:
+        with torch.device("meta"):
+            network.build(shape)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config.model ({network.name}): {err}") from err
+
+
+# ---------------------------------------------------------------------------------------- mapping
+def _data(config) -> DataOptions:
+    d = config.data
+    return DataOptions(dataset=d.dataset, root=d.root or None, num_train=d.num_train,
+                       num_test=config.eval.num_samples, centered=d.centered,
+                       uniform_dequantization=d.uniform_dequantization, random_flip=d.random_flip)
+
+
+def _sde(config) -> SDEOptions:
+    name = config.training.sde
+    fields = leaf_fields(config)
+    return SDEOptions(name=name, kwargs=frozen_mapping({arg: fields[f] for arg, f in SDE_ARGS[name].items()}))
+
+
+def _network(config) -> NetworkOptions:
+    m, fields = config.model, leaf_fields(config)
+    if m.name not in NETWORK_ARGS:
+        raise ValueError(f"config.model.name={m.name!r} is a registered network without a config mapping; "
+                         f"add its arguments to training.factory.NETWORK_ARGS")
+    kwargs = {arg: fields[f] for arg, f in NETWORK_ARGS[m.name].items()}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return NetworkOptions(name=m.name, kwargs=frozen_mapping(kwargs), continuous=config.training.continuous,
+                          parameterization=None if m.parameterization == "auto" else m.parameterization,
+                          scale_by_sigma=m.scale_by_sigma)
+
+
+def _loss(config) -> LossOptions:
+    t = config.training
+    reduce = "mean" if t.reduce_mean else "sum"
+    if t.loss == "dsm":
+        kwargs = {"reduce": reduce, "likelihood_weighting": t.likelihood_weighting,
+                  "importance_sampling": t.importance_sampling, "eps": t.eps}
+        noise = {"importance_sampling": t.importance_sampling, "eps": t.eps}
+    else:                                       # ddpm / smld: uniform levels of the discrete chain
+        kwargs, noise = {"reduce": reduce}, {}
+    return LossOptions(name=t.loss, kwargs=frozen_mapping(kwargs), noise_kwargs=frozen_mapping(noise))
+
+
+def _optim(config) -> OptimOptions:
+    o = config.optim
+    return OptimOptions(optimizer=o.optimizer, lr=o.lr, beta1=o.beta1, eps=o.eps, weight_decay=o.weight_decay,
+                        warmup=o.warmup, grad_clip=o.grad_clip)
+
+
+def _sampler(config) -> SamplerOptions:
+    s = config.sampling
+    return SamplerOptions(method=s.method, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
+                          n_steps=s.n_steps, probability_flow=s.probability_flow, denoise=s.denoise, eps=s.eps,
+                          steps=s.steps, order=s.order, eta=s.eta, ode_method=s.ode_method, rtol=s.rtol,
+                          atol=s.atol, num_samples=s.num_samples, batch_size=s.batch_size)
+
+
+def _eval(config) -> EvalOptions:
+    e = config.eval
+    return EvalOptions(batch_size=e.batch_size, num_samples=e.num_samples, likelihood=e.likelihood,
+                       trace=e.trace, method=e.method, rtol=e.rtol, atol=e.atol, eps=e.likelihood_eps,
+                       true_nll_samples=e.true_nll_samples)
+
+
+def _train(config) -> TrainOptions:
+    t = config.training
+    return TrainOptions(
+        batch_size=t.batch_size, n_iters=t.n_iters, ema_rate=config.model.ema_rate, log_freq=t.log_freq,
+        eval_freq=t.eval_freq, checkpoint_freq=t.checkpoint_freq, snapshot_freq=t.snapshot_freq,
+        keep_last=t.keep_last, max_nonfinite_steps=t.max_nonfinite_steps,
+        exit_zero_on_signal=t.exit_zero_on_signal, snapshot_sampling=t.snapshot_sampling,
+        snapshot_num_samples=t.snapshot_num_samples, progress_bar=t.progress_bar, tensorboard=t.tensorboard,
+        accel=Accel(bf16=t.bf16, compile=t.compile, channels_last=t.channels_last, tf32=t.tf32))
+
+
+def network_defaults(name: str) -> dict:
+    """The constructor arguments of network ``name`` (data shape excluded) as ``configs/default.py``
+    sets them, with the DDPM++ / NCSN++ preset applied: the one source of network defaults."""
+    config = get_default_config()
+    config.model.name = name
+    {"ddpmpp": use_ddpmpp, "ncsnpp": use_ncsnpp}.get(name, lambda model: None)(config.model)
+    return dict(_network(config).kwargs)
+
+
+def _built_sde(options: SDEOptions) -> SDE:
+    try:
+        return options.build()
+    except ValueError as err:
+        raise ValueError(f"config.model ({options.name}): {err}") from err
+
+
+def options_from_config(config: ml_collections.ConfigDict) -> RunOptions:
+    """Validate ``config`` completely and return its plain options; ``ValueError`` names the first
+    bad field, its value and what is allowed."""
+    check_field_names(config)
+    check_values(config)
+    check_combinations(config)
+    options = RunOptions(seed=config.seed, device=config.device, data=_data(config), sde=_sde(config),
+                         network=_network(config), loss=_loss(config), optim=_optim(config),
+                         sampler=_sampler(config), eval=_eval(config), train=_train(config),
+                         config_json=config.to_json(indent=2, sort_keys=True))
+    sde = _built_sde(options.sde)
+    _check_times(config, sde)
+    _check_labels(config, sde)
+    _check_network(options.network, options.data.dataset)
+    return options
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raise ``ValueError`` naming the first bad field, its value and what is allowed."""
-    for path, allowed in _choices().items():
-        _check_choice(config, path, allowed)
-    for path, minimum in _INTS:
-        _check_int(config, path, minimum)
-    for path, low, high, kwargs in _FLOATS:
-        _check_float(config, path, low, high, **kwargs)
-    _check_training_options(config)
-    sde = build_sde(config)
-    _check_times(config, sde)
-    _check_network(config, sde)
-
-
-# ---------------------------------------------------------------------------------------- builders
-def build_sde(config: ml_collections.ConfigDict) -> SDE:
-    """``sde_lib.get_sde(training.sde, ...)`` with the config.model fields its constructor takes."""
-    params = inspect.signature(SDES.get(config.training.sde)).parameters
-    kwargs = {arg: config.model[field] for arg, field in SDE_FIELDS.items() if arg in params}
-    try:
-        return get_sde(config.training.sde, **kwargs)
-    except ValueError as err:
-        raise ValueError(f"config.model ({config.training.sde}): {err}") from err
-
-
-def _data_kwargs(name: str, spec: NetworkSpec, shape: tuple) -> dict:
-    if len(shape) != spec.data_rank:
-        kind = "vector data (D,)" if spec.data_rank == 1 else "images (C, H, W)"
-        raise ValueError(f"config.model.name={name!r} takes {kind}, but the data items have shape {shape}")
-    if spec.data_rank == 1:
-        return {"dim": shape[0]}
-    if shape[1] != shape[2]:
-        raise ValueError(f"config.model.name={name!r} needs square images, got {shape}")
-    return {"in_channels": shape[0], "image_size": shape[1]}
-
-
-def network_kwargs(config: ml_collections.ConfigDict, data_shape: tuple) -> dict:
-    """Plain constructor arguments of ``model.name``: its fields from config.model plus the data shape."""
-    spec = NETWORKS[config.model.name]
-    kwargs = {f: config.model[f] for f in spec.fields if f in config.model}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return {**kwargs, **_data_kwargs(config.model.name, spec, tuple(data_shape))}
-
-
-def build_model(config: ml_collections.ConfigDict, data_shape: tuple) -> nn.Module:
-    try:
-        return get_model(config.model.name, **network_kwargs(config, data_shape))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"config.model ({config.model.name}): {err}") from err
-
-
-def score_kwargs(config: ml_collections.ConfigDict) -> dict:
-    """Arguments of ``models.get_score_fn`` besides the SDE and the network."""
-    parameterization = config.model.parameterization
-    return {"continuous": config.training.continuous,
-            "parameterization": None if parameterization == "auto" else parameterization,
-            "scale_by_sigma": config.model.scale_by_sigma}
-
-
-def _loss_candidates(config: ml_collections.ConfigDict) -> dict:
-    t = config.training
-    return {"reduce": "mean" if t.reduce_mean else "sum", "likelihood_weighting": t.likelihood_weighting,
-            "importance_sampling": t.importance_sampling, "eps": t.eps}
-
-
-def _accepted(fn: Callable, candidates: dict) -> dict:
-    params = inspect.signature(fn).parameters
-    return {k: v for k, v in candidates.items() if k in params}
-
-
-def loss_setup(config: ml_collections.ConfigDict) -> tuple[Callable, dict]:
-    """The loss function of ``training.loss`` and the keyword arguments it takes from the config."""
-    loss_fn = get_loss_fn(config.training.loss)
-    return loss_fn, _accepted(loss_fn, _loss_candidates(config))
-
-
-def noise_setup(config: ml_collections.ConfigDict) -> tuple[Callable, dict]:
-    """The noise drawer of ``training.loss`` (``losses.get_noise_fn``) and the config arguments it takes."""
-    noise_fn = get_noise_fn(config.training.loss)
-    return noise_fn, _accepted(noise_fn, _loss_candidates(config))
-
-
-def data_from_config(config: ml_collections.ConfigDict, with_train: bool = True) -> DataSpec:
-    d = config.data
-    spec = build_data(d.dataset, root=d.root or None, num_train=d.num_train, num_test=config.eval.num_samples,
-                      seed=config.seed, with_train=with_train, centered=d.centered,
-                      uniform_dequantization=d.uniform_dequantization, random_flip=d.random_flip)
-    if with_train and config.training.batch_size > len(spec.train):
-        raise ValueError(f"config.training.batch_size={config.training.batch_size} is larger than the "
-                         f"training set ({len(spec.train)} items of {d.dataset!r})")
-    return spec
-
-
-def sampler_kwargs(sampling: ml_collections.ConfigDict) -> dict:
-    """Keyword arguments of the chosen sampler (``pc_sample`` / ``ode_sample`` / ``fast_sample``)."""
-    common = {"eps": sampling.eps, "denoise": sampling.denoise}
-    per_method = {
-        "pc": {"predictor": sampling.predictor, "corrector": sampling.corrector, "snr": sampling.snr,
-               "n_steps": sampling.n_steps, "probability_flow": sampling.probability_flow},
-        "ode": {"method": sampling.ode_method, "rtol": sampling.rtol, "atol": sampling.atol},
-        "fast": {"steps": sampling.steps, "order": sampling.order},
-    }
-    return {**common, **per_method[sampling.method]}
+    """``options_from_config`` for its checks only."""
+    options_from_config(config)

@@ -18,10 +18,8 @@ import torch
 
 from training.datasets import (TOY_DATASETS, ImageDataset, ToyDistribution, data_scaler, dequantize,
                                get_image_dataset, get_toy_dataset, inverse_data_scaler)
-
-# Offsets that keep the toy train and test draws independent of each other and of training noise.
-TOY_TRAIN_STREAM = 11
-TOY_TEST_STREAM = 12
+from training.options import DataOptions
+from training.streams import Stream, generator
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,22 +51,12 @@ class DataSpec:
         return math.prod(self.shape)
 
 
-def stream_seed(seed: int, stream: int, rank: int = 0) -> int:
-    """A seed for one purpose (``stream``) of one rank, derived from the config's ``seed``: every
-    random stream of a run (training noise, data draws, evaluation, sampling) is distinct and fixed."""
-    return ((seed * 1_000_003 + stream) * 4096 + rank) % 2 ** 63
-
-
-def _seeded(seed: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(stream_seed(seed, stream))
-
-
 def _toy_spec(dist: ToyDistribution, name: str, num_train: int, num_test: int, seed: int,
               with_train: bool) -> DataSpec:
     if num_train < 1:
         raise ValueError(f"config.data.num_train must be >= 1 for toy data ({name!r}), got {num_train}")
-    train = dist.sample(num_train, generator=_seeded(seed, TOY_TRAIN_STREAM)) if with_train else None
-    test = dist.sample(num_test, generator=_seeded(seed, TOY_TEST_STREAM))
+    train = dist.sample(num_train, generator=generator(seed, Stream.TOY_TRAIN)) if with_train else None
+    test = dist.sample(num_test, generator=generator(seed, Stream.TOY_TEST))
     return DataSpec(name=name, train=train, test=test, shape=(dist.dim,), toy=dist)
 
 
@@ -85,14 +73,14 @@ def _image_spec(name: str, root: str | None, num_train: int, num_test: int, with
                     uniform_dequantization=uniform_dequantization, random_flip=random_flip)
 
 
-def build_data(name: str, *, root: str | None = None, num_train: int = 0, num_test: int = 1000,
-               seed: int = 0, with_train: bool = True, centered: bool = False,
-               uniform_dequantization: bool = False, random_flip: bool = False) -> DataSpec:
-    """The training and held-out data of ``name`` (toy: drawn with ``seed``; images: the splits)."""
-    if name in TOY_DATASETS:
-        return _toy_spec(get_toy_dataset(name), name, num_train, num_test, seed, with_train)
-    return _image_spec(name, root, num_train, num_test, with_train, centered, uniform_dequantization,
-                       random_flip)
+def load_data(options: DataOptions, seed: int, with_train: bool = True) -> DataSpec:
+    """The training (unless ``with_train`` is False) and held-out data ``options`` describe; toy
+    points are drawn from the run's ``seed``."""
+    if options.dataset in TOY_DATASETS:
+        return _toy_spec(get_toy_dataset(options.dataset), options.dataset, options.num_train, options.num_test,
+                         seed, with_train)
+    return _image_spec(options.dataset, options.root, options.num_train, options.num_test, with_train,
+                       options.centered, options.uniform_dequantization, options.random_flip)
 
 
 def data_meta(spec: DataSpec) -> dict:

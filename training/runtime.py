@@ -7,33 +7,24 @@ import logging
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from training.checkpoint import atomic_write_text
+from training.options import Accel
+
 logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------- GPU switches
-@dataclass(frozen=True)
-class Accel:
-    """GPU-only performance switches actually in effect (all off on CPU)."""
-
-    bf16: bool = False
-    compile: bool = False
-    channels_last: bool = False
-    tf32: bool = False
-
-
-def resolve_accel(device: torch.device, *, bf16: bool = False, compile: bool = False,
-                  channels_last: bool = False, tf32: bool = False) -> Accel:
+def resolve_accel(device: torch.device, asked: Accel) -> Accel:
     """The switches asked for, on CUDA; on any other device none, with one log line naming them."""
-    asked = {"bf16": bf16, "compile": compile, "channels_last": channels_last, "tf32": tf32}
     if device.type == "cuda":
-        return Accel(**asked)
-    ignored = [f"training.{name}" for name, on in asked.items() if on]
+        return asked
+    ignored = [f"training.{f.name}" for f in fields(Accel) if getattr(asked, f.name)]
     if ignored:
         logger.info("no CUDA device (running on %s): GPU-only options ignored: %s", device, ", ".join(ignored))
     return Accel()
@@ -112,13 +103,28 @@ class MetricsWriter:
         self._tb = _tensorboard_writer(tensorboard_dir) if enabled and tensorboard_dir is not None else None
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (written after the checkpoint a resumed run starts from)."""
+        """Drop records past ``step`` (written after the checkpoint a resumed run starts from) and a
+        torn last line (a crash mid-append), with a warning; the file is rewritten atomically."""
         if not (self.enabled and self.path.is_file()):
             return
         lines = self.path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ValueError(f"{self.path}: line {number} is not JSON (only a torn last line is "
+                                     f"dropped): {line[:80]!r}") from None
+                logger.warning("%s: dropping a torn last line (a crash while it was written): %r",
+                               self.path, line[:80])
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
         if len(kept) != len(lines):
-            self.path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

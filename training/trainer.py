@@ -17,81 +17,70 @@ with another world size re-seeds only dropout.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import ml_collections
 import torch
 from torch import nn
 
 from models import ExponentialMovingAverage, get_score_fn
 from sde_lib import SDE
 from training import checkpoint as ckpt
-from training.data_loader import SEED_STRIDE, ShardedBatchLoader
-from training.distributed import (DistContext, all_reduce_mean, barrier, unwrap_model, wrap_model)
-from training.evaluate import LOSS_STREAM, eval_generator, heldout_loss
-from training.factory import (build_model, build_sde, data_from_config, loss_setup, noise_setup, sampler_kwargs,
-                              score_kwargs)
-from training.inference import CHECKPOINT_DIR, ema_weights
-from training.optim import build_optimizer, optimize_step
-from training.pipeline import DataSpec, data_meta, stream_seed, to_data_space, to_model_space
-from training.runtime import (Accel, GracefulStop, MetricsWriter, apply_tf32, autocast, memory_format,
-                              progress_bar, resolve_accel)
-from training.sampling import generate, sample_stats, sampling_generator, write_samples
+from training.config_drift import check_config_drift
+from training.data_loader import ShardedBatchLoader
+from training.distributed import DistContext, all_reduce_mean, barrier, wrap_model
+from training.generation import generate, sample_stats, write_samples
+from training.heldout import heldout_loss
+from training.optim import optimize_step
+from training.options import Accel, RunOptions
+from training.pipeline import DataSpec, data_meta, load_data, to_data_space, to_model_space
+from training.runtime import (GracefulStop, MetricsWriter, apply_tf32, autocast, memory_format, progress_bar,
+                              resolve_accel)
+from training.streams import Stream, generator, step_seed
+from training.workdir import METRICS_FILE, SNAPSHOT_DIR, TENSORBOARD_DIR, WorkdirLock, checkpoint_dir
 
 logger = logging.getLogger(__name__)
 
-TRAIN_STREAM = 1            # the generator's initial seed
-DATA_STREAM = 2             # dequantisation and flips of a step's global batch
-NOISE_STREAM = 3            # the loss's times / levels and noise for a step's global batch
-DROPOUT_STREAM = 4          # the global torch RNG (dropout), per rank
-SNAPSHOT_STREAM = 22
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or gradient stayed non-finite, or the weights became non-finite: the run stops before
+    anything bad is written."""
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    """The plain numbers and switches the loop needs, read once from the config."""
+@dataclass
+class SkipCounter:
+    """Skipped updates (non-finite loss or gradient), counted on the device so that the hot path never
+    waits for the host; ``read`` synchronises, at logging and checkpoint time only."""
 
-    n_iters: int
-    log_freq: int
-    eval_freq: int
-    checkpoint_freq: int
-    snapshot_freq: int
-    keep_last: int
-    snapshot_sampling: bool
-    snapshot_num_samples: int
-    progress_bar: bool
-    tensorboard: bool
-    lr: float
-    warmup: int
-    grad_clip: float
-    eval_batch_size: int
-    seed: int
-    sampling_method: str
-    sampling_kwargs: dict
-    sampling_batch_size: int
+    consecutive: torch.Tensor         # skipped updates in a row, up to now
+    first: torch.Tensor               # the step of the first of them
+    total: torch.Tensor               # skipped updates in this process's run
 
+    @classmethod
+    def on(cls, device: torch.device) -> "SkipCounter":
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        return cls(zero, zero.clone(), zero.clone())
 
-def train_options(config: ml_collections.ConfigDict) -> TrainOptions:
-    t, o = config.training, config.optim
-    return TrainOptions(
-        n_iters=t.n_iters, log_freq=t.log_freq, eval_freq=t.eval_freq, checkpoint_freq=t.checkpoint_freq,
-        snapshot_freq=t.snapshot_freq, keep_last=t.keep_last, snapshot_sampling=t.snapshot_sampling,
-        snapshot_num_samples=t.snapshot_num_samples, progress_bar=t.progress_bar, tensorboard=t.tensorboard,
-        lr=o.lr, warmup=o.warmup, grad_clip=o.grad_clip, eval_batch_size=config.eval.batch_size,
-        seed=config.seed, sampling_method=config.sampling.method,
-        sampling_kwargs=sampler_kwargs(config.sampling), sampling_batch_size=config.sampling.batch_size)
+    def record(self, skipped: torch.Tensor, step: int) -> None:
+        self.consecutive = torch.where(skipped, self.consecutive + 1, 0)
+        self.first = torch.where(skipped & (self.consecutive == 1), step, self.first)
+        self.total = self.total + skipped.long()
+
+    def read(self) -> tuple[int, int, int]:
+        consecutive, first, total = torch.stack([self.consecutive, self.first, self.total]).tolist()
+        return consecutive, first, total
 
 
 @dataclass
 class TrainRun:
-    """Everything one training run holds; ``model`` is the plain network, ``train_model`` what the
-    forward pass calls (DDP / compiled around it)."""
+    """Everything one training run holds. ``model`` is the plain network, ``train_model`` what the
+    forward pass calls (DDP / compiled around it), ``ema.module`` the averaged copy that evaluation
+    and snapshots use."""
 
-    options: TrainOptions
+    options: RunOptions
     ctx: DistContext
     workdir: Path
     data: DataSpec
@@ -101,36 +90,22 @@ class TrainRun:
     optimizer: torch.optim.Optimizer
     loader: ShardedBatchLoader
     generator: torch.Generator
-    loss_fn: Callable
-    loss_kwargs: dict
-    noise_fn: Callable
-    noise_kwargs: dict
-    score_kwargs: dict
     accel: Accel
-    config_json: str
     metrics: MetricsWriter
     train_model: nn.Module | None = None
     step: int = 0
     last_saved: int = -1
     lr: float = 0.0
     grad_norm: torch.Tensor | None = None
+    skipped: torch.Tensor | None = None       # whether the last update was skipped (on the device)
+    skips: SkipCounter | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.workdir / CHECKPOINT_DIR
+        return checkpoint_dir(self.workdir)
 
 
 # ---------------------------------------------------------------------------------------- set-up
-def step_seed(seed: int, stream: int, step: int, rank: int = 0) -> int:
-    """The seed of one purpose (``stream``) at optimizer step ``step`` (and ``rank``, for dropout)."""
-    return (stream_seed(seed, stream, rank) * SEED_STRIDE + step) % 2 ** 63
-
-
-def training_generator(seed: int, ctx: DistContext) -> torch.Generator:
-    """The trainer's generator on this rank's device; ``step_generator`` re-seeds it at every draw."""
-    return torch.Generator(device=ctx.device).manual_seed(stream_seed(seed, TRAIN_STREAM))
-
-
 def check_global_batch(batch_size: int, ctx: DistContext) -> None:
     """``training.batch_size`` is the global batch: it must split evenly over the ranks."""
     if batch_size % ctx.world_size:
@@ -139,48 +114,40 @@ def check_global_batch(batch_size: int, ctx: DistContext) -> None:
                          f"of {ctx.world_size}")
 
 
-def _build_network(config, data: DataSpec, ctx: DistContext, accel: Accel) -> nn.Module:
-    torch.manual_seed(config.seed)      # weight initialisation, the same on every rank
-    model = build_model(config, data.shape).to(ctx.device)
+def check_data_size(batch_size: int, data: DataSpec) -> None:
+    if batch_size > len(data.train):
+        raise ValueError(f"config.training.batch_size={batch_size} is larger than the training set "
+                         f"({len(data.train)} items of {data.name!r})")
+
+
+def _build_network(options: RunOptions, data: DataSpec, ctx: DistContext, accel: Accel) -> nn.Module:
+    torch.manual_seed(options.seed)      # weight initialisation, the same on every rank
+    model = options.network.build(data.shape).to(ctx.device)
     if accel.channels_last and len(data.shape) == 3:
         model = model.to(memory_format=torch.channels_last)
-    torch.manual_seed(step_seed(config.seed, DROPOUT_STREAM, 0, ctx.rank))    # dropout, distinct per rank
+    torch.manual_seed(step_seed(options.seed, Stream.DROPOUT, 0, ctx.rank))    # dropout, distinct per rank
     return model
 
 
-def _build_loader(config, data: DataSpec, ctx: DistContext) -> ShardedBatchLoader:
-    return ShardedBatchLoader(data.train, config.training.batch_size, seed=config.seed, rank=ctx.rank,
-                              world_size=ctx.world_size, drop_last=True, device=ctx.device)
-
-
-def _metrics_writer(workdir: Path, ctx: DistContext, tensorboard: bool) -> MetricsWriter:
-    return MetricsWriter(workdir / "metrics.jsonl", enabled=ctx.is_main,
-                         tensorboard_dir=workdir / "tensorboard" if tensorboard else None)
-
-
-def setup_run(config: ml_collections.ConfigDict, workdir: str | Path, ctx: DistContext,
-              data: DataSpec | None = None) -> TrainRun:
+def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: DataSpec | None = None) -> TrainRun:
     """Build data (unless given, e.g. synthetic data for a benchmark), SDE, network, EMA, optimizer,
     loader and generator; resume if a checkpoint exists."""
-    workdir = Path(workdir)
-    t = config.training
-    check_global_batch(t.batch_size, ctx)
-    accel = resolve_accel(ctx.device, bf16=t.bf16, compile=t.compile, channels_last=t.channels_last, tf32=t.tf32)
+    workdir, train = Path(workdir), options.train
+    check_global_batch(train.batch_size, ctx)
+    accel = resolve_accel(ctx.device, train.accel)
     apply_tf32(accel)
-    data = data if data is not None else data_from_config(config)
-    model = _build_network(config, data, ctx, accel)
-    o = config.optim
-    loss_fn, loss_kwargs = loss_setup(config)
-    noise_fn, noise_kwargs = noise_setup(config)
+    data = data if data is not None else load_data(options.data, options.seed)
+    check_data_size(train.batch_size, data)
+    model = _build_network(options, data, ctx, accel)
     run = TrainRun(
-        options=train_options(config), ctx=ctx, workdir=workdir, data=data, sde=build_sde(config), model=model,
-        ema=ExponentialMovingAverage(model, decay=config.model.ema_rate),
-        optimizer=build_optimizer(model.parameters(), o.optimizer, lr=o.lr, beta1=o.beta1, eps=o.eps,
-                                  weight_decay=o.weight_decay),
-        loader=_build_loader(config, data, ctx), generator=training_generator(config.seed, ctx),
-        loss_fn=loss_fn, loss_kwargs=loss_kwargs, noise_fn=noise_fn, noise_kwargs=noise_kwargs,
-        score_kwargs=score_kwargs(config), accel=accel,
-        config_json=config.to_json(), metrics=_metrics_writer(workdir, ctx, t.tensorboard))
+        options=options, ctx=ctx, workdir=workdir, data=data, sde=options.sde.build(), model=model,
+        ema=ExponentialMovingAverage(model, decay=train.ema_rate), optimizer=options.optim.build(model.parameters()),
+        loader=ShardedBatchLoader(len(data.train), train.batch_size, seed=options.seed, rank=ctx.rank,
+                                  world_size=ctx.world_size, drop_last=True),
+        generator=generator(options.seed, Stream.TRAIN, device=ctx.device), accel=accel,
+        skips=SkipCounter.on(ctx.device),
+        metrics=MetricsWriter(workdir / METRICS_FILE, enabled=ctx.is_main,
+                              tensorboard_dir=workdir / TENSORBOARD_DIR if train.tensorboard else None))
     if ctx.is_main:
         run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temp_files(run.checkpoint_dir)
@@ -201,19 +168,57 @@ def _training_module(run: TrainRun) -> nn.Module:
 def checkpoint_state(run: TrainRun) -> dict:
     """The checkpoint dict (tensors and plain containers only). Collective: every rank must call it."""
     rng = ckpt.gather_rng_states(ckpt.rng_state(run.generator), run.ctx)
-    return {"format": ckpt.FORMAT_VERSION, "step": run.step, "model": unwrap_model(run.model).state_dict(),
+    return {"format": ckpt.FORMAT_VERSION, "step": run.step, "model": run.model.state_dict(),
             "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(),
             "loader": run.loader.state_dict(), "rng": {"world_size": run.ctx.world_size, "ranks": rng},
-            "meta": data_meta(run.data), "config": run.config_json}
+            "meta": data_meta(run.data), "config": run.options.config_json}
+
+
+def last_good_checkpoint(run: TrainRun) -> str:
+    found = ckpt.list_checkpoints(run.checkpoint_dir)
+    return f"{found[-1][1]} (step {found[-1][0]})" if found else "none (no checkpoint was written yet)"
+
+
+def check_skipped_updates(run: TrainRun) -> int:
+    """Raise ``TrainingDivergedError`` once ``max_nonfinite_steps`` updates in a row were skipped;
+    returns how many were skipped in all. Synchronises with the device."""
+    consecutive, first, total = run.skips.read()
+    limit = run.options.train.max_nonfinite_steps
+    if consecutive >= limit:
+        raise TrainingDivergedError(
+            f"training diverged: the loss or gradient was not finite at {consecutive} consecutive updates "
+            f"(steps {first}-{run.step}, limit training.max_nonfinite_steps={limit}); those updates were "
+            f"skipped and nothing was written after them. Last good checkpoint: {last_good_checkpoint(run)}. "
+            f"Lower optim.lr, lengthen optim.warmup or set optim.grad_clip, then run again to resume from it")
+    return total
+
+
+def _state_tensors(run: TrainRun) -> list[torch.Tensor]:
+    optimizer = [v for state in run.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    return [*run.model.parameters(), *run.ema.module.parameters(), *optimizer]
+
+
+def check_finite_state(run: TrainRun) -> None:
+    """Weights, EMA and optimizer state must be finite before they are written (one sync)."""
+    tensors = [t for t in _state_tensors(run) if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise TrainingDivergedError(
+            f"training diverged: the weights, EMA or optimizer state hold NaN or inf at step {run.step}; "
+            f"no checkpoint was written. Last good checkpoint: {last_good_checkpoint(run)}. Lower optim.lr, "
+            f"lengthen optim.warmup or set optim.grad_clip, then run again to resume from it")
 
 
 def save_checkpoint(run: TrainRun) -> None:
-    """Write ``checkpoint_<step>.pt`` atomically (rank 0) and prune old ones."""
+    """Write ``checkpoint_<step>.pt`` atomically (rank 0) and prune old ones; never a checkpoint of
+    a diverged run (so pruning never trades a good checkpoint for a bad one)."""
+    check_skipped_updates(run)
+    check_finite_state(run)
     state = checkpoint_state(run)
     if run.ctx.is_main:
         path = ckpt.checkpoint_path(run.checkpoint_dir, run.step)
         ckpt.atomic_save(state, path)
-        removed = ckpt.prune_checkpoints(run.checkpoint_dir, run.options.keep_last, run.options.snapshot_freq)
+        train = run.options.train
+        removed = ckpt.prune_checkpoints(run.checkpoint_dir, train.keep_last, train.snapshot_freq)
         logger.info("saved %s%s", path.name, f" (removed {[p.name for p in removed]})" if removed else "")
     barrier(run.ctx)
     run.last_saved = run.step
@@ -226,19 +231,21 @@ def _restore_rng(run: TrainRun, rng: dict, path: Path) -> None:
         return
     logger.info("%s was written by %d ranks, this run has %d: data order and training noise continue "
                 "exactly; dropout masks are re-seeded", path, rng["world_size"], run.ctx.world_size)
-    torch.manual_seed(step_seed(run.options.seed, DROPOUT_STREAM, run.step, run.ctx.rank))
+    torch.manual_seed(step_seed(run.options.seed, Stream.DROPOUT, run.step, run.ctx.rank))
 
 
 def restore_state(run: TrainRun, state: dict, path: Path) -> None:
-    """Load a checkpoint dict into the run, strictly."""
+    """Load a checkpoint dict into the run, strictly: the raw weights go into the training network,
+    the averaged ones into the EMA's copy."""
+    check_config_drift(state["config"], run.options.config_json, str(path), resume=True)
     if state["meta"] != data_meta(run.data):
         raise ValueError(f"{path} was trained on {state['meta']}, the config gives {data_meta(run.data)}")
     ckpt.load_module_state(run.model, state["model"], path)
     run.ema.load_state_dict(state["ema"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.loader.load_state_dict(state["loader"])
-    _restore_rng(run, state["rng"], path)
     run.step = run.last_saved = int(state["step"])
+    _restore_rng(run, state["rng"], path)
 
 
 def resume(run: TrainRun) -> None:
@@ -246,6 +253,7 @@ def resume(run: TrainRun) -> None:
     found = ckpt.load_latest(run.checkpoint_dir)
     if found is None:
         logger.info("no checkpoint in %s: training from scratch", run.checkpoint_dir)
+        run.metrics.truncate_after(0)                   # records of a run whose checkpoints are gone
         return
     state, path = found
     restore_state(run, state, path)
@@ -254,7 +262,7 @@ def resume(run: TrainRun) -> None:
 
 
 # ---------------------------------------------------------------------------------------- steps
-def step_generator(run: TrainRun, stream: int) -> torch.Generator:
+def step_generator(run: TrainRun, stream: Stream) -> torch.Generator:
     """``run.generator`` re-seeded for ``stream`` at the current step: the same on every rank."""
     return run.generator.manual_seed(step_seed(run.options.seed, stream, run.step))
 
@@ -264,98 +272,112 @@ def next_batch(run: TrainRun) -> torch.Tensor:
     (dequantised, flipped) as a whole, so each row is the same for any world size."""
     idx = run.loader.next_global_indices()
     batch = run.data.train[idx.to(run.data.train.device)].to(run.ctx.device)
-    x = to_model_space(batch, run.data, step_generator(run, DATA_STREAM), train=True)
+    x = to_model_space(batch, run.data, step_generator(run, Stream.DATA), train=True)
     return memory_format(x[run.loader.local_rows], run.accel)
 
 
 def loss_noise(run: TrainRun, x: torch.Tensor) -> dict:
     """This rank's rows of the loss noise (times or levels, ``z``) drawn for the whole global batch."""
+    loss = run.options.loss
     shape = (run.loader.global_batch_size,) + tuple(x.shape[1:])
-    noise = run.noise_fn(run.sde, shape, generator=step_generator(run, NOISE_STREAM), device=x.device,
-                         dtype=x.dtype, **run.noise_kwargs)
+    noise = loss.noise_fn(run.sde, shape, generator=step_generator(run, Stream.NOISE), device=x.device,
+                          dtype=x.dtype, **loss.noise_kwargs)
     return {k: memory_format(v[run.loader.local_rows], run.accel) for k, v in noise.items()}
 
 
 def train_step(run: TrainRun, x: torch.Tensor) -> torch.Tensor:
     """One optimizer update on this rank's batch; returns the (detached) mean loss."""
+    options = run.options
     run.optimizer.zero_grad(set_to_none=True)
-    score_fn = get_score_fn(run.sde, run.train_model, train=True, **run.score_kwargs)
+    score_fn = get_score_fn(run.sde, run.train_model, train=True, **options.network.score_kwargs)
     noise = loss_noise(run, x)
     with autocast(run.accel):
-        per_sample = run.loss_fn(run.sde, score_fn, x, **noise, **run.loss_kwargs)
+        per_sample = options.loss.fn(run.sde, score_fn, x, **noise, **options.loss.kwargs)
     loss = per_sample.float().mean()
     loss.backward()
-    o = run.options
-    run.lr, run.grad_norm = optimize_step(run.optimizer, run.model.parameters(), run.step + 1, o.lr, o.warmup,
-                                          o.grad_clip)
-    run.ema.update(unwrap_model(run.model))
+    o = options.optim
+    run.lr, run.grad_norm, run.skipped = optimize_step(run.optimizer, run.model.parameters(), run.step + 1, o.lr,
+                                                       o.warmup, o.grad_clip, loss=loss)
+    run.ema.update(run.model)          # a skipped update left the weights as they were
     run.step += 1
+    run.skips.record(run.skipped, run.step)
     return loss.detach()
 
 
 @dataclass
 class LossMeter:
-    """Sums losses on the device (no sync per step) and reports the mean and steps/s at log time."""
+    """Sums the losses of applied updates on the device (no sync per step) and reports their mean and
+    steps/s at log time (the mean is ``None`` if every update since the last report was skipped)."""
 
     total: torch.Tensor | None = None
+    applied: torch.Tensor | None = None
     count: int = 0
     since: float = field(default_factory=time.perf_counter)
 
-    def add(self, loss: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, skipped: torch.Tensor) -> None:
+        loss, applied = torch.where(skipped, 0.0, loss), (~skipped).float()
         self.total = loss if self.total is None else self.total + loss
+        self.applied = applied if self.applied is None else self.applied + applied
         self.count += 1
 
-    def flush(self, ctx: DistContext) -> tuple[float, float]:
-        mean = float(all_reduce_mean(self.total / self.count, ctx))
+    def flush(self, ctx: DistContext) -> tuple[float | None, float]:
+        total, applied = all_reduce_mean(torch.stack([self.total, self.applied]), ctx).tolist()
         rate = self.count / max(time.perf_counter() - self.since, 1e-9)
-        self.total, self.count, self.since = None, 0, time.perf_counter()
-        return mean, rate
+        self.total, self.applied, self.count, self.since = None, None, 0, time.perf_counter()
+        return (total / applied if applied > 0 else None), rate
 
 
 def log_metrics(run: TrainRun, meter: LossMeter, bar) -> None:
     loss, rate = meter.flush(run.ctx)
-    record = {"step": run.step, "loss": loss, "lr": run.lr, "grad_norm": float(run.grad_norm),
-              "steps_per_s": round(rate, 3), "time": round(time.time(), 3)}
+    skipped = check_skipped_updates(run)
+    grad_norm = float(run.grad_norm)
+    record = {"step": run.step, "loss": loss, "lr": run.lr,
+              "grad_norm": grad_norm if grad_norm == grad_norm and abs(grad_norm) != float("inf") else None,
+              "skipped_updates": skipped, "steps_per_s": round(rate, 3), "time": round(time.time(), 3)}
     run.metrics.write(record)
-    bar.set_postfix(loss=f"{loss:.4g}", steps_s=f"{rate:.1f}")
+    shown = "skipped" if loss is None else f"{loss:.4g}"
+    bar.set_postfix(loss=shown, steps_s=f"{rate:.1f}")
     if bar.disable:
-        logger.info("step %d: loss %.5g, %.1f steps/s", run.step, loss, rate)
+        logger.info("step %d: loss %s, %.1f steps/s", run.step, shown, rate)
 
 
 def _rng_devices(run: TrainRun) -> list:
     return [run.ctx.device] if run.ctx.device.type == "cuda" else []
 
 
+def ema_score_fn(run: TrainRun):
+    """The score function of the EMA weights (what evaluation and sampling use)."""
+    return get_score_fn(run.sde, run.ema.module, train=False, **run.options.network.score_kwargs)
+
+
 def log_eval_loss(run: TrainRun) -> None:
     """Held-out loss of the EMA weights on one eval batch (fixed noise, global RNG untouched)."""
-    items = run.data.test[: run.options.eval_batch_size]
-    with torch.random.fork_rng(devices=_rng_devices(run)), ema_weights(run.ema, unwrap_model(run.model)):
-        score_fn = get_score_fn(run.sde, unwrap_model(run.model), train=False, **run.score_kwargs)
-        loss = heldout_loss(run.sde, score_fn, run.loss_fn, run.loss_kwargs, items, run.data,
-                            batch_size=len(items), generator=eval_generator(run.options.seed, LOSS_STREAM, run.ctx),
+    items = run.data.test[: run.options.eval.batch_size]
+    with torch.random.fork_rng(devices=_rng_devices(run)):
+        loss = heldout_loss(run.sde, ema_score_fn(run), run.options.loss, items, run.data, batch_size=len(items),
+                            generator=generator(run.options.seed, Stream.EVAL_LOSS, run.ctx.rank, run.ctx.device),
                             ctx=run.ctx)
     run.metrics.write({"step": run.step, "eval_loss": loss})
 
 
 def write_snapshot_samples(run: TrainRun) -> None:
     """A few samples of the EMA weights into ``snapshots/samples_<step>.npz/.png``."""
-    o = run.options
-    model = unwrap_model(run.model)
-    with torch.random.fork_rng(devices=_rng_devices(run)), ema_weights(run.ema, model):
-        score_fn = get_score_fn(run.sde, model, train=False, **run.score_kwargs)
-        x, _ = generate(run.sde, score_fn, o.snapshot_num_samples, run.data.shape, method=o.sampling_method,
-                        kwargs=o.sampling_kwargs, batch_size=o.sampling_batch_size,
-                        generator=sampling_generator(o.seed, SNAPSHOT_STREAM, run.ctx), ctx=run.ctx)
+    options = run.options
+    with torch.random.fork_rng(devices=_rng_devices(run)):
+        x, _ = generate(run.sde, ema_score_fn(run), options.train.snapshot_num_samples, run.data.shape,
+                        options.sampler,
+                        generator=generator(options.seed, Stream.SNAPSHOT, run.ctx.rank, run.ctx.device),
+                        ctx=run.ctx)
     samples = to_data_space(x.cpu(), run.data)
     if run.ctx.is_main:
-        write_samples(samples, run.data, run.workdir / "snapshots", f"samples_{run.step:08d}")
+        write_samples(samples, run.data, run.workdir / SNAPSHOT_DIR, f"samples_{run.step:08d}")
         run.metrics.write({"step": run.step, **{f"snapshot_{k}": v for k, v in sample_stats(samples, run.data).items()}})
 
 
 def after_step(run: TrainRun, loss: torch.Tensor, meter: LossMeter, bar) -> None:
     """Logging, held-out loss, checkpoints and snapshot samples, each at its own frequency."""
-    o, step = run.options, run.step
-    meter.add(loss)
+    o, step = run.options.train, run.step
+    meter.add(loss, run.skipped)
     bar.update(1)
     if step % o.log_freq == 0:
         log_metrics(run, meter, bar)
@@ -378,8 +400,9 @@ def stop_requested(stop: GracefulStop, ctx: DistContext) -> bool:
 def run_loop(run: TrainRun, stop: GracefulStop) -> bool:
     """Train until ``n_iters`` or a stop signal; returns whether a signal stopped it."""
     meter = LossMeter()
-    with progress_bar(run.options.n_iters, run.step, run.options.progress_bar) as bar:
-        while run.step < run.options.n_iters:
+    train = run.options.train
+    with progress_bar(train.n_iters, run.step, train.progress_bar) as bar:
+        while run.step < train.n_iters:
             loss = train_step(run, next_batch(run))
             after_step(run, loss, meter, bar)
             if stop_requested(stop, run.ctx):
@@ -388,10 +411,38 @@ def run_loop(run: TrainRun, stop: GracefulStop) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- driver
-def train(config: ml_collections.ConfigDict, workdir: str | Path, ctx: DistContext | None = None) -> dict:
-    """The ``train`` mode; returns ``{"step", "stopped_by_signal"}``."""
+def _agree(ok: bool, ctx: DistContext) -> bool:
+    """Whether ``ok`` holds on every rank (a world of one needs no collective)."""
+    if not ctx.distributed:
+        return ok
+    return bool(all_reduce_mean(torch.tensor([float(ok)], device=ctx.device), ctx) == 1.0)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | Path, ctx: DistContext):
+    """Rank 0 holds ``WorkdirLock`` for the run; every rank fails together if it is busy."""
+    lock, error = contextlib.ExitStack(), None
+    with lock:
+        if ctx.is_main:
+            try:
+                lock.enter_context(WorkdirLock(workdir))
+            except Exception as err:       # noqa: BLE001 -- re-raised below, on every rank together
+                error = err
+        if not _agree(error is None, ctx):
+            raise error or RuntimeError(f"rank 0 could not lock {workdir}; see its error")
+        yield
+
+
+def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = None) -> dict:
+    """The ``train`` mode; returns ``{"step", "stopped_by_signal", "signal"}``."""
     ctx = ctx or DistContext()
-    run = setup_run(config, workdir, ctx)
+    check_global_batch(options.train.batch_size, ctx)
+    with workdir_lock(workdir, ctx):
+        return _train_locked(options, workdir, ctx)
+
+
+def _train_locked(options: RunOptions, workdir: str | Path, ctx: DistContext) -> dict:
+    run = setup_run(options, workdir, ctx)
     try:
         with GracefulStop() as stop:
             stopped = run_loop(run, stop)
@@ -404,4 +455,4 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, ctx: DistConte
         logger.warning("%s received: checkpoint written at step %d; exiting", stop.signal_name or "signal", run.step)
     else:
         logger.info("training finished at step %d", run.step)
-    return {"step": run.step, "stopped_by_signal": stopped}
+    return {"step": run.step, "stopped_by_signal": stopped, "signal": stop.signum if stopped else None}

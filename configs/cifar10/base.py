@@ -5,7 +5,7 @@ NCSN++ / DDPM++ with nf 128, ch_mult (1, 2, 2, 2), 4 residual blocks per level, 
 dropout 0.1."""
 import ml_collections
 
-from configs.default import add_unet, get_default_config, use_ddpmpp
+from configs.default import set_unet, get_default_config, use_ddpmpp
 
 
 def get_cifar10_config(sde: str) -> ml_collections.ConfigDict:
@@ -32,7 +32,7 @@ def get_cifar10_config(sde: str) -> ml_collections.ConfigDict:
     model.beta_min = 0.1
     model.beta_max = 20.0
     model.num_scales = 1000
-    add_unet(model, nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), dropout=0.1)
+    set_unet(model, nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), dropout=0.1)
 
     optim = config.optim
     optim.lr = 2e-4

@@ -2,7 +2,7 @@
 at 4x4): trains in minutes on a CPU. Uniform dequantisation in training, as bits/dim assumes."""
 import ml_collections
 
-from configs.default import add_unet, get_default_config
+from configs.default import set_unet, get_default_config
 
 
 def get_digits_config(sde: str) -> ml_collections.ConfigDict:
@@ -24,7 +24,7 @@ def get_digits_config(sde: str) -> ml_collections.ConfigDict:
 
     model = config.model
     model.ema_rate = 0.999
-    add_unet(model, nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1)
+    set_unet(model, nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1)
 
     optim = config.optim
     optim.lr = 1e-3

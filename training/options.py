@@ -1,0 +1,228 @@
+"""Plain, frozen options: one object per concern (data, process, network, loss, optimiser, sampler,
+evaluation, training loop), built once from the config by ``training/factory.py``. The drivers
+(``train``, ``evaluate``, ``sample``) take a ``RunOptions`` and never see the ``ConfigDict``.
+
+Each object builds what it describes (``SDEOptions.build()``, ``NetworkOptions.build(shape)``, ...), so
+the mapping from a name to a constructor and its arguments lives next to the values it uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+import samplers
+from models import get_model
+from sde_lib import SDE, get_sde
+from sde_lib.utils import Registry
+from training.losses import get_loss_fn, get_noise_fn
+from training.optim import build_optimizer
+
+
+def frozen_mapping(values: Mapping) -> Mapping:
+    """A read-only dict, so that options holding keyword arguments stay immutable."""
+    return MappingProxyType(dict(values))
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class DataOptions:
+    dataset: str                   # gmm | checkerboard | digits | cifar10 | mnist
+    root: str | None               # image files; None means ./data/<dataset>
+    num_train: int                 # toy: points drawn; images: first N (0 = all)
+    num_test: int                  # held-out items for the loss and the likelihood
+    centered: bool                 # model space [-1, 1] instead of [0, 1]
+    uniform_dequantization: bool   # (v + u) / K in training instead of the cell centre
+    random_flip: bool              # horizontal flips in training
+
+
+# ---------------------------------------------------------------------------------------- process
+@dataclass(frozen=True)
+class SDEOptions:
+    name: str                      # a name in sde_lib.SDES
+    kwargs: Mapping                # its constructor's arguments (beta_min, ..., N)
+
+    def build(self) -> SDE:
+        return get_sde(self.name, **self.kwargs)
+
+
+# ---------------------------------------------------------------------------------------- network
+@dataclass(frozen=True)
+class NetworkOptions:
+    name: str                      # a name in models.MODELS
+    kwargs: Mapping                # its constructor's arguments, data shape excluded
+    continuous: bool               # continuous-time noise labels (else the discrete chain's)
+    parameterization: str | None   # eps | x0 | score; None: the SDE's default
+    scale_by_sigma: bool           # divide a "score" output by sigma(t)
+
+    def build(self, data_shape: tuple) -> nn.Module:
+        """The network for data items of ``data_shape`` ((D,) vectors or (C, H, W) images)."""
+        return get_model(self.name, **self.kwargs, **shape_kwargs(data_shape))
+
+    @property
+    def score_kwargs(self) -> dict:
+        """Arguments of ``models.get_score_fn`` besides the SDE and the network."""
+        return {"continuous": self.continuous, "parameterization": self.parameterization,
+                "scale_by_sigma": self.scale_by_sigma}
+
+
+def shape_kwargs(data_shape: tuple) -> dict:
+    """The data shape as a network's constructor takes it."""
+    if len(data_shape) == 1:
+        return {"dim": data_shape[0]}
+    return {"in_channels": data_shape[0], "image_size": data_shape[1]}
+
+
+# ---------------------------------------------------------------------------------------- loss
+@dataclass(frozen=True)
+class LossOptions:
+    name: str                      # dsm | ddpm | smld
+    kwargs: Mapping                # the loss function's arguments (reduce, weighting, eps)
+    noise_kwargs: Mapping          # the matching noise drawer's arguments
+
+    @property
+    def fn(self) -> Callable[..., torch.Tensor]:
+        return get_loss_fn(self.name)
+
+    @property
+    def noise_fn(self) -> Callable[..., dict]:
+        return get_noise_fn(self.name)
+
+
+# ---------------------------------------------------------------------------------------- optimiser
+@dataclass(frozen=True)
+class OptimOptions:
+    optimizer: str                 # adam
+    lr: float                      # peak learning rate
+    beta1: float
+    eps: float
+    weight_decay: float
+    warmup: int                    # linear warm-up updates
+    grad_clip: float               # max global gradient norm; 0 disables clipping
+
+    def build(self, params) -> torch.optim.Optimizer:
+        return build_optimizer(params, self.optimizer, lr=self.lr, beta1=self.beta1, eps=self.eps,
+                               weight_decay=self.weight_decay)
+
+
+# ---------------------------------------------------------------------------------------- sampler
+@dataclass(frozen=True)
+class SamplingMethod:
+    """A sampler of ``samplers`` and the builder of its keyword arguments from ``SamplerOptions``."""
+
+    sample: Callable               # samplers.pc_sample, ...: (sde, score_fn, shape, **kwargs) -> (x, nfe)
+    arguments: Callable[["SamplerOptions"], dict]
+
+
+SAMPLING_METHODS: Registry = Registry("sampling method")
+SAMPLING_METHODS.register("pc", SamplingMethod(samplers.pc_sample, lambda s: {
+    "predictor": s.predictor, "corrector": s.corrector, "snr": s.snr, "n_steps": s.n_steps,
+    "probability_flow": s.probability_flow, "denoise": s.denoise, "eps": s.eps}))
+SAMPLING_METHODS.register("ode", SamplingMethod(samplers.ode_sample, lambda s: {
+    "method": s.ode_method, "rtol": s.rtol, "atol": s.atol, "denoise": s.denoise, "eps": s.eps,
+    "steps": s.steps if s.ode_method in samplers.ode.FIXED_METHODS else None}))
+SAMPLING_METHODS.register("fast", SamplingMethod(samplers.fast_sample, lambda s: {
+    "steps": s.steps, "order": s.order, "denoise": s.denoise, "eps": s.eps}))
+SAMPLING_METHODS.register("ddim", SamplingMethod(samplers.ddim_sample, lambda s: {
+    "steps": s.steps, "eta": s.eta, "denoise": s.denoise, "eps": s.eps}))
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    method: str                    # a name in SAMPLING_METHODS
+    predictor: str
+    corrector: str
+    snr: float
+    n_steps: int
+    probability_flow: bool
+    denoise: bool
+    eps: float
+    steps: int
+    order: int
+    eta: float
+    ode_method: str
+    rtol: float
+    atol: float
+    num_samples: int
+    batch_size: int
+
+    @property
+    def kwargs(self) -> dict:
+        """Keyword arguments of the chosen sampler."""
+        return SAMPLING_METHODS.get(self.method).arguments(self)
+
+    def draw(self, sde: SDE, score_fn, shape: tuple, **kwargs):
+        """``(x, nfe)`` from the chosen sampler; ``kwargs`` add ``device``, ``generator``, ..."""
+        return SAMPLING_METHODS.get(self.method).sample(sde, score_fn, shape, **self.kwargs, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class EvalOptions:
+    batch_size: int
+    num_samples: int               # held-out items
+    likelihood: bool               # compute bits/dim or nll
+    trace: str                     # exact | gaussian | rademacher
+    method: str                    # ODE solver
+    rtol: float
+    atol: float
+    eps: float                     # likelihood of p_eps
+    true_nll_samples: int          # Monte Carlo size of the toy data's entropy
+
+    @property
+    def likelihood_kwargs(self) -> dict:
+        """Keyword arguments of ``samplers.log_likelihood``."""
+        return {"trace": self.trace, "method": self.method, "rtol": self.rtol, "atol": self.atol,
+                "eps": self.eps}
+
+
+# ---------------------------------------------------------------------------------------- training loop
+@dataclass(frozen=True)
+class Accel:
+    """GPU performance switches (``runtime.resolve_accel`` turns them off off CUDA)."""
+
+    bf16: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    tf32: bool = False
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    batch_size: int                # the global batch
+    n_iters: int
+    ema_rate: float
+    log_freq: int
+    eval_freq: int
+    checkpoint_freq: int
+    snapshot_freq: int
+    keep_last: int
+    max_nonfinite_steps: int       # consecutive skipped updates before the run stops
+    exit_zero_on_signal: bool      # exit status 0 (else 128 + signal) after SIGTERM / SIGINT
+    snapshot_sampling: bool
+    snapshot_num_samples: int
+    progress_bar: bool
+    tensorboard: bool
+    accel: Accel = field(default_factory=Accel)
+
+
+# ---------------------------------------------------------------------------------------- a run
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a mode needs, as plain values; ``config_json`` is the resolved config, stored with
+    checkpoints and results."""
+
+    seed: int
+    device: str                    # auto | cpu | cuda
+    data: DataOptions
+    sde: SDEOptions
+    network: NetworkOptions
+    loss: LossOptions
+    optim: OptimOptions
+    sampler: SamplerOptions
+    eval: EvalOptions
+    train: TrainOptions
+    config_json: str = "{}"
