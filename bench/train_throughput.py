@@ -34,11 +34,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import numpy as np
 import torch
 import torch.multiprocessing as mp
 
 from configs.cifar10.ddpmpp_vp import get_config as cifar10_config
 from configs.digits.ddpmpp_vp import get_config as digits_config
+from configs.toy.gmm_vp import get_config as gmm_config
+from training import trainer
+from training.optim import clip_gradients, set_lr, warmup_lr
 from training.distributed import DistContext, barrier, cleanup, init_distributed
 from training.factory import options_from_config
 from training.pipeline import DataSpec
@@ -66,6 +70,7 @@ def _small_cifar(config):
 
 
 WORKLOADS = {
+    "toy": gmm_config,
     "digits": digits_config,
     "cifar10-small": lambda: _small_cifar(cifar10_config()),
     "cifar10": cifar10_config,
@@ -143,6 +148,53 @@ def run_case(case: Case, warmup: int, steps: int) -> dict:
     return queue.get()
 
 
+# ---------------------------------------------------------------------------------------- guard overhead
+def _unguarded_optimize_step(optimizer, params, update, lr, warmup, grad_clip, loss=None):
+    """The update without the non-finite guard (no isfinite, no found_inf): the baseline."""
+    current = warmup_lr(update, lr, warmup)
+    set_lr(optimizer, current)
+    grad_norm = clip_gradients(params, grad_clip)
+    optimizer.grad_scale = optimizer.found_inf = None
+    optimizer.step()
+    return current, grad_norm, torch.zeros((), dtype=torch.bool, device=grad_norm.device)
+
+
+def _steps_per_s(run, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(run, trainer.next_batch(run))
+    return steps / (time.perf_counter() - start)
+
+
+def guard_overhead(workload: str, steps: int, repeats: int = 5) -> tuple[float, float]:
+    """Median steps/s of the trainer's step with and without the non-finite guard (one process, one
+    thread), alternating the two on one run so that machine noise hits both alike."""
+    torch.set_num_threads(1)
+    case = Case(workload, "cpu", 1, 1)
+    guarded_step, guarded_record = trainer.optimize_step, trainer.SkipCounter.record
+    with tempfile.TemporaryDirectory() as workdir:
+        run = setup_run(options_from_config(workload_config(case)), workdir, DistContext(), data=workload_data(case))
+        _steps_per_s(run, 3)
+        rates = {True: [], False: []}
+        for _ in range(repeats):
+            for guard in (True, False):
+                trainer.optimize_step = guarded_step if guard else _unguarded_optimize_step
+                trainer.SkipCounter.record = guarded_record if guard else (lambda self, skipped, step: None)
+                rates[guard].append(_steps_per_s(run, steps))
+        trainer.optimize_step, trainer.SkipCounter.record = guarded_step, guarded_record
+        run.metrics.close()
+    return float(np.median(rates[True])), float(np.median(rates[False]))
+
+
+def print_guard_overhead(steps: int) -> None:
+    print("\nnon-finite guard (isfinite of the gradient norm, fused Adam's found_inf, device-side counters):")
+    print(f"| {'workload':<8} | {'with guard':>10} | {'without':>10} | {'ratio':>6} |")
+    print("|" + "|".join("-" * w for w in (10, 12, 12, 8)) + "|")
+    for workload, n in (("toy", 20 * steps), ("digits", steps)):
+        on, off = guard_overhead(workload, n)
+        print(f"| {workload:<8} | {on:10.2f} | {off:10.2f} | {on / off:6.3f} |")
+
+
 # ---------------------------------------------------------------------------------------- plan and table
 def cpu_cases(workloads, procs, cores: int) -> list[Case]:
     """Per workload: 1 process with 1 thread (the base), 1 process with all cores, then ``procs``
@@ -184,7 +236,11 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--no-gpu", action="store_true", help="skip the CUDA runs even with a GPU")
+    parser.add_argument("--guard-only", action="store_true", help="only the non-finite guard's overhead")
     args = parser.parse_args(argv)
+    if args.guard_only:
+        print_guard_overhead(args.steps)
+        return
     cores = len(os.sched_getaffinity(0))
     cases = cpu_cases(["digits", "cifar10-small"], args.procs, cores)
     if torch.cuda.is_available() and not args.no_gpu:
@@ -195,6 +251,7 @@ def main(argv=None) -> None:
     for case in cases:
         rows.append((case, run_case(case, args.warmup, args.steps)))
     print_table(rows)
+    print_guard_overhead(args.steps)
     print(f"({time.time() - start:.0f} s)")
 
 

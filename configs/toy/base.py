@@ -1,7 +1,7 @@
 """Shared settings of the 2-D toy experiments: residual MLP, continuous DSM with likelihood weighting
 and importance sampling (Song, Durkan, Murray & Ermon 2021), exact-trace likelihoods. Sized to train to
-a good model in a few minutes on two CPU cores (measured: eval NLL within 0.03 nats of the true NLL for
-the mixture, 0.11 for the checkerboard)."""
+a good model in minutes on two CPU cores (measured, README: eval NLL 0.047 nats above the true NLL for
+the mixture after 45 s of training, 0.11 for the checkerboard)."""
 import ml_collections
 
 from configs.default import get_default_config
