@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -195,6 +196,118 @@ def print_guard_overhead(steps: int) -> None:
         print(f"| {workload:<8} | {on:10.2f} | {off:10.2f} | {on / off:6.3f} |")
 
 
+# ---------------------------------------------------------------------------------------- bare loop
+def bare_loop_rate(run, steps: int) -> float:
+    """Steps/s of a plain PyTorch loop with the trainer's network, fused Adam, EMA, batch and loss
+    (the same importance-sampled, likelihood-weighted DSM for the toy config): the floor the trainer's
+    bookkeeping (data pipeline, seeded noise, warm-up, clipping, non-finite guard) is measured against."""
+    from models import get_score_fn
+    from training.losses import dsm_loss
+    model, sde, data = run.model, run.sde, run.data.train
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.options.optim.lr, fused=True)
+    averaged = [p.detach().clone() for p in model.parameters()]
+    batch, kwargs = run.options.train.batch_size, dict(run.options.loss.kwargs)
+    score_fn = get_score_fn(sde, model, train=True, **run.options.network.score_kwargs)
+    gen = torch.Generator().manual_seed(0)
+
+    def step():
+        x = data[torch.randint(0, len(data), (batch,), generator=gen)].float()
+        loss = dsm_loss(sde, score_fn, x, generator=gen, **kwargs).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 0.001)
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
+def print_bare_loop(steps: int, repeats: int = 5) -> None:
+    """The trainer's step against the bare loop, alternated in one process (toy main job, 1 thread)."""
+    torch.set_num_threads(1)
+    case = Case("toy", "cpu", 1, 1)
+    with tempfile.TemporaryDirectory() as workdir:
+        run = setup_run(options_from_config(workload_config(case)), workdir, DistContext())
+        torch.set_num_threads(1)
+        trainer_rates, bare_rates = [], []
+        for _ in range(repeats):
+            trainer_rates.append(_steps_per_s(run, steps))
+            bare_rates.append(bare_loop_rate(run, steps))
+        run.metrics.close()
+    t, b = float(np.median(trainer_rates)), float(np.median(bare_rates))
+    print("\ntoy main job, 1 thread: the trainer's step against a bare PyTorch loop (same network, fused Adam, "
+          "EMA, batch, loss):")
+    print(f"| trainer steps/s | bare loop steps/s | trainer / bare |\n|---|---|---|\n| {t:.1f} | {b:.1f} | {t / b:.3f} |")
+
+
+# ---------------------------------------------------------------------------------------- busy neighbour
+_BUSY = """
+import torch
+a = torch.randn(1500, 1500)
+while True:
+    a = torch.tanh(a @ a) * 0.1 + 1.0
+"""
+
+_POLICY_RUN = """
+import os, sys, time, tempfile
+sys.path.insert(0, {repo!r})
+import torch
+from bench.train_throughput import workload_config, Case
+from training.distributed import DistContext
+from training.factory import options_from_config
+from training.trainer import next_batch, setup_run, train_step
+config = workload_config(Case({workload!r}, "cpu", 1, 1))
+config.training.threads = {threads}
+with tempfile.TemporaryDirectory() as workdir:
+    run = setup_run(options_from_config(config), workdir, DistContext())
+    for _ in range(5):
+        train_step(run, next_batch(run))
+    start = time.perf_counter()
+    for _ in range({steps}):
+        train_step(run, next_batch(run))
+    print((time.perf_counter() - start), torch.get_num_threads(), flush=True)
+"""
+
+# before: torch's defaults (all cores, spinning OpenMP threads); after: the toolkit's policy
+POLICIES = {"before (torch default: all cores, spin-waiting)": ({}, -1),
+            "after (threads=auto, OMP_WAIT_POLICY=PASSIVE)": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0)}
+
+
+def _policy_rate(workload: str, env: dict, threads: int, steps: int) -> tuple[float, int]:
+    """Steps/s of ``workload`` in a fresh process (the OpenMP runtime reads its environment once)."""
+    repo = str(Path(__file__).resolve().parents[1])
+    child_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    child_env.update(env)
+    code = _POLICY_RUN.format(repo=repo, workload=workload, threads=max(threads, 0) if threads >= 0 else
+                              len(os.sched_getaffinity(0)), steps=steps)
+    out = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True, check=True)
+    elapsed, used = out.stdout.split()[-2:]
+    return steps / float(elapsed), int(used)
+
+
+def print_busy_neighbour(workload: str, steps: int) -> None:
+    """The main job's training alone and beside a busy 2-thread process, before and after the policy."""
+    print(f"\n{workload}: training alone and beside a busy neighbour (a 2-thread matrix-multiply loop):")
+    print(f"| {'thread policy':<48} | {'threads':>7} | {'quiet':>8} | {'busy':>8} | {'busy / quiet':>12} |")
+    print("|" + "|".join("-" * w for w in (50, 9, 10, 10, 14)) + "|")
+    for name, (env, threads) in POLICIES.items():
+        quiet, used = _policy_rate(workload, env, threads, steps)
+        neighbour = subprocess.Popen([sys.executable, "-c", _BUSY], env={**os.environ, "OMP_NUM_THREADS": "2"})
+        try:
+            time.sleep(2.0)
+            busy, _ = _policy_rate(workload, env, threads, steps)
+        finally:
+            neighbour.kill()
+            neighbour.wait()
+        print(f"| {name:<48} | {used:>7} | {quiet:8.1f} | {busy:8.1f} | {busy / quiet:11.0%} |")
+
+
 # ---------------------------------------------------------------------------------------- plan and table
 def cpu_cases(workloads, procs, cores: int) -> list[Case]:
     """Per workload: 1 process with 1 thread (the base), 1 process with all cores, then ``procs``
@@ -237,9 +350,18 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--no-gpu", action="store_true", help="skip the CUDA runs even with a GPU")
     parser.add_argument("--guard-only", action="store_true", help="only the non-finite guard's overhead")
+    parser.add_argument("--busy", action="store_true", help="only the thread policy beside a busy neighbour")
+    parser.add_argument("--bare", action="store_true", help="only the trainer against a bare PyTorch loop")
     args = parser.parse_args(argv)
     if args.guard_only:
         print_guard_overhead(args.steps)
+        return
+    if args.busy:
+        print_busy_neighbour("toy", 40 * args.steps)
+        print_busy_neighbour("digits", 2 * args.steps)
+        return
+    if args.bare:
+        print_bare_loop(40 * args.steps)
         return
     cores = len(os.sched_getaffinity(0))
     cases = cpu_cases(["digits", "cifar10-small"], args.procs, cores)

@@ -23,6 +23,11 @@ def _tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
+def _some(names: list, k: int = 3) -> str:
+    """The first ``k`` names as a list, with the total when there are more."""
+    return str(names[:k])[:-1] + (f", ...] ({len(names)} in all)" if len(names) > k else "]")
+
+
 class ExponentialMovingAverage:
     """``s <- d s + (1 - d) p`` for the trainable floating-point parameters, ``d = decay``; buffers and
     frozen parameters are copied.
@@ -87,7 +92,8 @@ class ExponentialMovingAverage:
         shadow, mine = state["shadow"], _tensors(self.module)
         if shadow.keys() != mine.keys():
             missing, extra = sorted(mine.keys() - shadow.keys()), sorted(shadow.keys() - mine.keys())
-            raise ValueError(f"EMA state does not match the network: missing {missing}, unexpected {extra}")
+            raise ValueError(f"EMA state does not match the network: missing {_some(missing)}, "
+                             f"unexpected {_some(extra)}")
         for name, value in shadow.items():
             if value.shape != mine[name].shape:
                 raise ValueError(f"EMA state {name!r} has shape {tuple(value.shape)}, "

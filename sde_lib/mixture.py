@@ -96,16 +96,23 @@ class GaussianMixture:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
 
-    def log_prob_t(self, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Exact ``log p_t(x)`` of the mixture pushed through ``sde`` (nats, float64, ``(B,)``)."""
+    @staticmethod
+    def _times(t, x: torch.Tensor) -> torch.Tensor:
+        """``t`` as float64 of shape ``(B,)``: a scalar (float or 0-d tensor) or one time per point."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+    def log_prob_t(self, sde: SDE, x: torch.Tensor, t) -> torch.Tensor:
+        """Exact ``log p_t(x)`` of the mixture pushed through ``sde`` (nats, float64, ``(B,)``); ``t`` is
+        a scalar or one time per point."""
         self._check_x(x)
-        alpha, sigma = sde.marginal_coeffs(t.to(torch.float64))
+        alpha, sigma = sde.marginal_coeffs(self._times(t, x))
         return self._log_prob(x, alpha, sigma)
 
     def score_t(self, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Exact ``grad_x log p_t(x) = -sum_k r_k(x) Sigma_k^{-1} (x - m_k)``, in ``x``'s dtype."""
         self._check_x(x)
-        alpha, sigma = sde.marginal_coeffs(t.to(torch.float64))
+        alpha, sigma = sde.marginal_coeffs(self._times(t, x))
         logw, sol = self._component_terms(x, alpha, sigma)
         resp = torch.softmax(logw, dim=1)
         return -(resp[..., None] * sol).sum(1).to(x.dtype)

@@ -237,7 +237,7 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
 def test_failed_eval_writes_nothing_and_outdir_keeps_the_workdir_untouched(trained, tmp_path, monkeypatch):
     import training.evaluate as evaluate
     main.run(tiny_config(), trained, "eval")
-    before = {p: p.read_bytes() for p in (trained / "eval").iterdir()}
+    before = {p: p.read_bytes() for p in (trained / "eval").rglob("*") if p.is_file()}
 
     def broken(*args, **kwargs):
         raise RuntimeError("likelihood solver failed")
@@ -247,14 +247,17 @@ def test_failed_eval_writes_nothing_and_outdir_keeps_the_workdir_untouched(train
     config.eval.rtol = 1e-4                                            # a new setting that then fails
     with pytest.raises(RuntimeError, match="solver failed"):
         main.run(config, trained, "eval")
-    assert {p: p.read_bytes() for p in (trained / "eval").iterdir()} == before      # old results and config
+    after = {p: p.read_bytes() for p in (trained / "eval").rglob("*") if p.is_file()}
+    assert after == before                                  # old results and config, no new folder
     monkeypatch.undo()
 
     listing = sorted(str(p) for p in trained.rglob("*"))
     out = tmp_path / "elsewhere"
     main.run(tiny_config(), trained, "sample", outdir=out)
     assert sorted(str(p) for p in trained.rglob("*")) == listing
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "info.json", "samples.npz", "samples.png"]
+    latest = ["config.json", "info.json", "samples.npz", "samples.png"]
+    assert sorted(p.name for p in out.iterdir()) == latest + ["step00000010_fast"]
+    assert sorted(p.name for p in (out / "step00000010_fast").iterdir()) == latest
     assert json.loads((out / "config.json").read_text())["sampling"]["steps"] == 5
 
 

@@ -93,7 +93,7 @@ def test_train_from_the_command_line_then_eval_and_sample(tmp_path):
     samples = np.load(tmp_path / "samples" / "samples.npz")["samples"]
     assert samples.shape == (500, 2) and np.isfinite(samples).all()
     with Image.open(tmp_path / "samples" / "samples.png") as png:
-        assert png.size == (600, 600)
+        assert png.format == "PNG" and min(png.size) > 300          # a matplotlib figure, not a thumbnail
     info = json.loads((tmp_path / "samples" / "info.json").read_text())
     assert info["method"] == "fast" and info["in_support_frac"] > SUPPORT_FLOOR
     assert json.loads((tmp_path / "samples" / "config.json").read_text())["sampling"]["method"] == "fast"
@@ -123,7 +123,7 @@ def test_images_train_eval_sample_in_process(tmp_path):
     samples = np.load(tmp_path / "samples" / "samples.npz")["samples"]
     assert samples.shape == (6, 1, 8, 8) and samples.min() >= 0.0 and samples.max() <= 1.0
     with Image.open(tmp_path / "samples" / "samples.png") as png:
-        assert png.mode == "L"
+        assert png.format == "PNG" and min(png.size) > 200
 
 
 @pytest.fixture

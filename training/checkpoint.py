@@ -260,10 +260,27 @@ def gather_rng_states(state: Dict[str, torch.Tensor], ctx: DistContext) -> List[
     return [{k: chunks[k][r].clone() for k in state} for r in range(ctx.world_size)]
 
 
+def _some(names: list, k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+def state_mismatch(expected: dict, given: dict) -> str:
+    """One line: how many names are missing, unexpected or of another shape, with the first few."""
+    missing = [name for name in expected if name not in given]
+    unexpected = [name for name in given if name not in expected]
+    shapes = [f"{name} {tuple(given[name].shape)} vs {tuple(expected[name].shape)}" for name in expected
+              if name in given and tuple(given[name].shape) != tuple(expected[name].shape)]
+    parts = [f"{len(missing)} missing ({_some(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({_some(unexpected)})" if unexpected else "",
+             f"{len(shapes)} of another shape ({_some(shapes)})" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
 def load_module_state(module: torch.nn.Module, state_dict: dict, path: Path) -> None:
-    """``module.load_state_dict(strict=True)``; a mismatch is a ``ValueError`` naming the checkpoint."""
-    try:
-        module.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the weights do not match the network built from the config "
-                         f"(strict load): {err}") from err
+    """``module.load_state_dict(strict=True)``; a mismatch is a one-line ``ValueError`` naming the
+    checkpoint and the first few parameters that do not fit."""
+    mismatch = state_mismatch(module.state_dict(), state_dict)
+    if mismatch:
+        raise ValueError(f"{path}: the weights do not match the network built from the config (strict load): "
+                         f"{mismatch}")
+    module.load_state_dict(state_dict, strict=True)

@@ -28,7 +28,7 @@ FREE_FIELDS = frozenset({
     "training.checkpoint_freq", "training.snapshot_freq", "training.keep_last", "training.snapshot_sampling",
     "training.snapshot_num_samples", "training.progress_bar", "training.tensorboard", "training.bf16",
     "training.compile", "training.channels_last", "training.tf32", "training.max_nonfinite_steps",
-    "training.exit_zero_on_signal",
+    "training.exit_zero_on_signal", "training.threads",
 })
 FREE_SECTIONS = ("sampling.", "eval.")
 _MODEL_ALWAYS = ("training.sde", "training.continuous", "model.name", "model.parameterization",

@@ -23,9 +23,10 @@ from training.distributed import DistContext
 from training.heldout import heldout_loss, log_likelihoods
 from training.inference import Inference, load_for_inference
 from training.options import RunOptions
+from training.runtime import bars_enabled, logs_above_bars
 from training.pipeline import DataSpec, load_data
 from training.streams import Stream, generator
-from training.workdir import EVAL_DIR, NonFiniteResultsError, write_results
+from training.workdir import EVAL_DIR, METRICS_FILE, NonFiniteResultsError, write_loss_curve, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,64 @@ def true_nll(spec: DataSpec, n: int, seed: int) -> dict:
 def _likelihood_metrics(options: RunOptions, inf: Inference, spec: DataSpec, ctx: DistContext) -> dict:
     start = time.perf_counter()
     logp, nfe = log_likelihoods(inf.sde, inf.score_fn, spec.test, spec, options.eval,
-                                generator=generator(options.seed, Stream.LIKELIHOOD, ctx.rank, ctx.device), ctx=ctx)
-    return {**likelihood_summary(logp, spec), "likelihood_nfe": nfe,
+                                generator=generator(options.seed, Stream.LIKELIHOOD, ctx.rank, ctx.device), ctx=ctx,
+                                show_progress=bars_enabled(options.train.progress_bar) and ctx.is_main)
+    return {**likelihood_summary(logp, spec), **paired_gap(logp, spec), "likelihood_nfe": nfe,
             "likelihood_time_s": round(time.perf_counter() - start, 3)}
+
+
+def paired_gap(logp: torch.Tensor, spec: DataSpec) -> dict:
+    """For data with a known density: ``mean_i [log p_data(x_i) - log p_model(x_i)]`` over the same
+    held-out points (a Monte Carlo estimate of KL(p_data || p_model)), whose standard error is far
+    smaller than that of the difference of two independent means, the points' spread cancelling."""
+    if spec.toy is None or not bool(torch.isfinite(logp).all()):
+        return {}
+    diff = spec.toy.log_prob(spec.test.double().cpu()) - logp.double().cpu()
+    stderr = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return {"nll_gap": float(diff.mean()), "nll_gap_stderr": stderr}
+
+
+def comparisons(metrics: dict, spec: DataSpec) -> dict:
+    """What each figure is compared with: the gap to the data's own entropy (toy data, with its
+    standard error), or the bits/dim of a uniform model over the ``K`` levels (images)."""
+    out = {}
+    if metrics.get("nll") is not None and "true_nll" in metrics and "nll_gap" not in metrics:
+        out["nll_gap"] = metrics["nll"] - metrics["true_nll"]
+        out["nll_gap_stderr"] = math.hypot(metrics["nll_stderr"], metrics["true_nll_stderr"])
+    if spec.is_image:
+        out["uniform_bpd"] = math.log2(spec.num_levels)
+    return out
+
+
+def summary_lines(metrics: dict, options: RunOptions) -> list[str]:
+    """The results as a person reads them, each figure beside what it is compared with."""
+    lines = [f"held-out loss {metrics['loss']:.5g} ({options.loss.describe})"]
+    how = (f"{metrics.get('likelihood_nfe', 0):.0f} score evaluations per batch, "
+           f"{metrics.get('likelihood_time_s', 0):.1f} s; {options.eval.trace} trace, {options.eval.method}")
+    if metrics.get("nll") is not None:
+        line = f"nll {metrics['nll']:.4f} +- {metrics['nll_stderr']:.4f} nats per sample"
+        if "nll_gap" in metrics:
+            line += (f"; the data's own entropy is {metrics['true_nll']:.4f} +- {metrics['true_nll_stderr']:.4f}; "
+                     f"the gap (log p_data - log p_model on the same points, an estimate of the KL) is "
+                     f"{metrics['nll_gap']:.4f} +- {metrics['nll_gap_stderr']:.4f} (0 is perfect)")
+        lines.append(f"{line} ({how})")
+    if metrics.get("bpd") is not None:
+        lines.append(f"bits/dim {metrics['bpd']:.4f} +- {metrics['bpd_stderr']:.4f} (a uniform model over the "
+                     f"levels scores {metrics['uniform_bpd']:.3f}; lower is better) ({how})")
+    if metrics.get("nonfinite_items"):
+        lines.append(f"{metrics['nonfinite_items']} items had a non-finite likelihood")
+    return lines
+
+
+def record_in_training_metrics(workdir: Path, metrics: dict, options: RunOptions) -> None:
+    """Append the likelihood to ``metrics.jsonl`` (one line, ``"event": "eval"``) and redraw the loss
+    curve with it; a trainer running beside appends its own lines, each write being one short line."""
+    key = "bpd" if "bpd" in metrics else "nll" if "nll" in metrics else None
+    if key is None or metrics[key] is None:
+        return
+    with open(workdir / METRICS_FILE, "a") as f:
+        f.write(json.dumps({"step": metrics["step"], key: metrics[key], "event": "eval"}) + "\n")
+    write_loss_curve(workdir, options)
 
 
 def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: str | Path | None = None) -> dict:
@@ -71,16 +127,26 @@ def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir:
     inf = load_for_inference(options, workdir, ctx)
     spec = load_data(options.data, options.seed, with_train=False)
     metrics = {"step": inf.step, "checkpoint": inf.checkpoint.name, "num_samples": int(len(spec.test))}
-    metrics["loss"] = heldout_loss(inf.sde, inf.score_fn, options.loss, spec.test, spec,
-                                   batch_size=options.eval.batch_size,
-                                   generator=generator(options.seed, Stream.EVAL_LOSS, ctx.rank, ctx.device), ctx=ctx)
-    if options.eval.likelihood:
-        metrics.update(_likelihood_metrics(options, inf, spec, ctx))
+    logger.info("evaluating the EMA weights of step %d on %d held-out items", inf.step, len(spec.test))
+    with logs_above_bars():
+        metrics["loss"] = heldout_loss(inf.sde, inf.score_fn, options.loss, spec.test, spec,
+                                       batch_size=options.eval.batch_size,
+                                       generator=generator(options.seed, Stream.EVAL_LOSS, ctx.rank, ctx.device),
+                                       ctx=ctx)
+        if options.eval.likelihood:
+            metrics.update(_likelihood_metrics(options, inf, spec, ctx))
     metrics.update(true_nll(spec, options.eval.true_nll_samples, options.seed))
+    metrics.update(comparisons(metrics, spec))
+    metrics["loss_meaning"] = options.loss.describe
     directory = Path(outdir) if outdir is not None else Path(workdir) / EVAL_DIR
     if ctx.is_main:
-        write_results(directory, {"metrics.json": json.dumps(metrics, indent=2) + "\n"}, options.config_json)
-        logger.info("eval metrics written to %s: %s", directory / "metrics.json", metrics)
+        run_dir = write_results(directory, f"step{inf.step:08d}", {"metrics.json": json.dumps(metrics, indent=2) + "\n"},
+                                options.config_json)
+        if outdir is None:
+            record_in_training_metrics(Path(workdir), metrics, options)
+        for line in summary_lines(metrics, options):
+            logger.info("eval: %s", line)
+        logger.info("eval results in %s (kept) and %s (the latest)", run_dir, directory / "metrics.json")
     if metrics.get("nonfinite_items"):
         raise NonFiniteResultsError(f"{metrics['nonfinite_items']} of {metrics['num_samples']} held-out items got a "
                                     f"NaN or infinite likelihood (see {directory / 'metrics.json'}); the model or "

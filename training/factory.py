@@ -11,7 +11,9 @@ Nothing downstream sees the config.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import re
 
 import ml_collections
 import torch
@@ -87,13 +89,44 @@ def check_field_names(config: ml_collections.ConfigDict) -> None:
                              f"configs.default.get_default_config() (default: {known[path]!r})")
 
 
+_SECTION_OF = {"t": "training", "d": "data", "m": "model", "o": "optim", "s": "sampling", "e": "eval", "config": ""}
+_FIELD_LINE = re.compile(r"^\s+(t|d|m|o|s|e|config)\.(\w+) = (.+?)\s+# (.+)$")
+
+
+def field_comments() -> dict:
+    """``{"training.sde": "the process: vpsde | ...", ...}``: the one-line comment of each field, read
+    from ``configs/default.py`` (where every field is defined, with its comment)."""
+    import configs.default as default_module
+
+    comments = {}
+    for line in inspect.getsource(default_module).splitlines():
+        match = _FIELD_LINE.match(line)
+        if match:
+            section = _SECTION_OF[match.group(1)]
+            comments[f"{section}.{match.group(2)}" if section else match.group(2)] = match.group(4)
+    return comments
+
+
+def config_help() -> str:
+    """Every config field with its default and comment, section by section (``main.py --config_help``)."""
+    comments, defaults, lines, section = field_comments(), schema_fields(), [], None
+    ordered = [p for p in comments if p in defaults] + [p for p in defaults if p not in comments]
+    for path, default in ((p, defaults[p]) for p in ordered):
+        head = path.rsplit(".", 1)[0] if "." in path else ""
+        if head != section:
+            section = head
+            lines.append(f"\n[{section or 'top level'}]")
+        lines.append(f"  {path} = {default!r}".ljust(48) + f"  # {comments.get(path, '')}")
+    return "\n".join(lines).lstrip("\n")
+
+
 # ---------------------------------------------------------------------------------------- values
 _CHOICES = {
     "device": lambda: DEVICES,
     "data.dataset": dataset_names,
     "training.sde": SDES.names,
     "training.loss": LOSSES.names,
-    "model.name": MODELS.names,
+    "model.name": lambda: sorted(set(MODELS.names()) & set(NETWORK_ARGS)),
     "model.parameterization": lambda: ("auto",) + tuple(PARAMETERIZATIONS),
     "optim.optimizer": lambda: OPTIMIZERS,
     "sampling.method": SAMPLING_METHODS.names,
@@ -107,7 +140,7 @@ _CHOICES = {
 _INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_iters": 0,
          "training.log_freq": 1, "training.eval_freq": 1, "training.checkpoint_freq": 1,
          "training.snapshot_freq": 1, "training.keep_last": 1, "training.max_nonfinite_steps": 1,
-         "training.snapshot_num_samples": 0,
+         "training.snapshot_num_samples": 0, "training.threads": 0,
          "model.num_scales": 1, "model.hidden": 1, "model.n_blocks": 0, "model.nf": 1, "model.num_res_blocks": 1,
          "optim.warmup": 0, "sampling.n_steps": 0, "sampling.steps": 1, "sampling.num_samples": 1,
          "sampling.batch_size": 1, "eval.batch_size": 1, "eval.num_samples": 1, "eval.true_nll_samples": 2}
@@ -308,7 +341,8 @@ def _train(config) -> TrainOptions:
         eval_freq=t.eval_freq, checkpoint_freq=t.checkpoint_freq, snapshot_freq=t.snapshot_freq,
         keep_last=t.keep_last, max_nonfinite_steps=t.max_nonfinite_steps,
         exit_zero_on_signal=t.exit_zero_on_signal, snapshot_sampling=t.snapshot_sampling,
-        snapshot_num_samples=t.snapshot_num_samples, progress_bar=t.progress_bar, tensorboard=t.tensorboard,
+        snapshot_num_samples=t.snapshot_num_samples, threads=t.threads, progress_bar=t.progress_bar,
+        tensorboard=t.tensorboard,
         accel=Accel(bf16=t.bf16, compile=t.compile, channels_last=t.channels_last, tf32=t.tf32))
 
 

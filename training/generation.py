@@ -15,23 +15,28 @@ from training.distributed import DistContext, all_gather_cat, shard_range
 from training.options import SamplerOptions
 from training.pipeline import DataSpec
 from training.plots import image_grid, scatter_plot
+from training.runtime import progress_bar
 
 
 def generate(sde: SDE, score_fn, num: int, item_shape: tuple, sampler: SamplerOptions, *,
-             generator: torch.Generator, ctx: DistContext) -> tuple[torch.Tensor, int]:
+             generator: torch.Generator, ctx: DistContext, show_progress: bool = False) -> tuple[torch.Tensor, int]:
     """``num`` samples in model space from ``sampler``, split over ranks and batches of
-    ``sampler.batch_size``; all ranks get them all.
+    ``sampler.batch_size``; all ranks get them all. ``show_progress`` draws a bar over samples and the
+    sampler's own bar over its steps.
 
     Returns the samples (on this rank's device) and the score evaluations per batch (max over batches).
     """
     mine = shard_range(num, ctx)
     chunks, nfe = [], 0
-    with torch.no_grad():
+    with torch.no_grad(), progress_bar(len(mine), enabled=show_progress, unit="sample",
+                                       desc=f"sampling ({sampler.method})") as bar:
         for start in range(0, len(mine), sampler.batch_size):
             shape = (min(sampler.batch_size, len(mine) - start),) + tuple(item_shape)
-            x, n = sampler.draw(sde, score_fn, shape, device=ctx.device, generator=generator)
+            x, n = sampler.draw(sde, score_fn, shape, device=ctx.device, generator=generator,
+                                progress=show_progress)
             chunks.append(x)
             nfe = max(nfe, int(n))
+            bar.update(shape[0])
     local = torch.cat(chunks) if chunks else torch.empty((0,) + tuple(item_shape), device=ctx.device)
     return all_gather_cat(local, ctx), nfe
 
@@ -62,19 +67,34 @@ def _npz_bytes(samples: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def sample_files(samples: torch.Tensor, spec: DataSpec, stem: str) -> dict:
+def sample_picture(samples: np.ndarray, spec: DataSpec, caption: str) -> bytes:
+    """PNG of data-space samples: an image grid with ``caption`` underneath, or for 2-D points a
+    scatter plot titled ``caption`` over the true density's contours (toy data)."""
+    if spec.is_image:
+        return image_grid(samples, caption=caption)
+    if spec.toy is None:
+        return scatter_plot(samples, title=caption)
+
+    def log_density(points: np.ndarray) -> np.ndarray:
+        return spec.toy.log_prob(torch.from_numpy(points).double()).numpy()
+
+    # the view frames the data (plus a margin), not a bad model's outliers (those are counted)
+    draws = spec.toy.sample(2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    half = max(2.5, 1.3 * float(draws.abs().max()))
+    return scatter_plot(samples, title=caption, log_density=log_density, half_width=half)
+
+
+def sample_files(samples: torch.Tensor, spec: DataSpec, stem: str, caption: str = "") -> dict:
     """Data-space samples as ``{"<stem>.npz": ..., "<stem>.png": ...}`` (bytes; array ``samples``)."""
     array = samples.detach().float().cpu().numpy()
-    picture = image_grid(array) if spec.is_image else scatter_plot(array)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return {f"{stem}.npz": _npz_bytes(array), f"{stem}.png": buffer.getvalue()}
+    return {f"{stem}.npz": _npz_bytes(array), f"{stem}.png": sample_picture(array, spec, caption)}
 
 
-def write_samples(samples: torch.Tensor, spec: DataSpec, directory: Path, stem: str) -> tuple[Path, Path]:
+def write_samples(samples: torch.Tensor, spec: DataSpec, directory: Path, stem: str,
+                  caption: str = "") -> tuple[Path, Path]:
     """``sample_files`` written atomically into ``directory``; returns the ``.npz`` and ``.png`` paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name, content in sample_files(samples, spec, stem).items():
+    for name, content in sample_files(samples, spec, stem, caption).items():
         atomic_write_bytes(directory / name, content)
     return directory / f"{stem}.npz", directory / f"{stem}.png"
 

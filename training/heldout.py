@@ -11,6 +11,7 @@ from sde_lib import SDE
 from training.distributed import DistContext, all_gather_cat, shard_range
 from training.options import EvalOptions, LossOptions
 from training.pipeline import DataSpec, to_model_space
+from training.runtime import progress_bar
 
 
 def my_items(items: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -32,13 +33,21 @@ def heldout_loss(sde: SDE, score_fn: Callable, loss: LossOptions, items: torch.T
 
 
 def log_likelihoods(sde: SDE, score_fn: Callable, items: torch.Tensor, spec: DataSpec, options: EvalOptions, *,
-                    generator: torch.Generator, ctx: DistContext) -> tuple[torch.Tensor, float]:
-    """``log p_eps(x)`` (nats) of every item in model space, and the mean score evaluations per batch."""
+                    generator: torch.Generator, ctx: DistContext,
+                    show_progress: bool = False) -> tuple[torch.Tensor, float]:
+    """``log p_eps(x)`` (nats) of every item in model space, and the mean score evaluations per batch;
+    ``show_progress`` draws a bar over items and one over each batch's ODE."""
     values, nfes = [], []
-    for batch in my_items(items, ctx).split(options.batch_size):
-        x = to_model_space(batch.to(ctx.device), spec, generator, train=False)
-        logp, _, nfe = samplers.log_likelihood(sde, score_fn, x, generator=generator, **options.likelihood_kwargs)
-        values.append(logp.float())
-        nfes.append(nfe)
+    mine = my_items(items, ctx)
+    desc = f"log-likelihood ({options.trace} trace, {options.method})"
+    with progress_bar(len(mine), enabled=show_progress, unit="item", desc=desc) as bar:
+        for batch in mine.split(options.batch_size):
+            x = to_model_space(batch.to(ctx.device), spec, generator, train=False)
+            logp, _, nfe = samplers.log_likelihood(sde, score_fn, x, generator=generator, progress=show_progress,
+                                                   **options.likelihood_kwargs)
+            values.append(logp.float())
+            nfes.append(nfe)
+            bar.update(len(batch))
+            bar.set_postfix(nfe=nfe)
     local = torch.cat(values) if values else torch.empty(0, device=ctx.device)
     return all_gather_cat(local, ctx), (sum(nfes) / len(nfes) if nfes else 0.0)

@@ -17,6 +17,7 @@ from training.config_drift import check_config_drift
 from training.distributed import DistContext
 from training.options import DataOptions, RunOptions
 from training.pipeline import DataSpec, spec_from_meta
+from training.runtime import accelerated_score_fn, local_processes, resolve_accel, set_threads
 from training.workdir import checkpoint_dir
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,13 @@ def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContex
         ema.load_state_dict(state["ema"])
     except ValueError as err:
         raise ValueError(f"{path}: the EMA weights do not match the network built from the config: {err}") from err
+    if ctx.device.type == "cpu":
+        set_threads(options.train.threads, ema.module, local_processes())
     sde = options.sde.build()
     logger.info("loaded EMA weights of step %d from %s", state["step"], path)
-    score_fn = get_score_fn(sde, ema.module, train=False, **options.network.score_kwargs)
+    accel = resolve_accel(ctx.device, options.train.accel)
+    network = torch.compile(ema.module) if accel.compile else ema.module
+    score_fn = accelerated_score_fn(get_score_fn(sde, network, train=False, **options.network.score_kwargs),
+                                    accel, ctx.device)
     return Inference(sde=sde, model=ema.module, score_fn=score_fn, data=data, step=int(state["step"]),
                      checkpoint=path)

@@ -88,6 +88,20 @@ class LossOptions:
         return get_loss_fn(self.name)
 
     @property
+    def describe(self) -> str:
+        """What the number called "loss" is, in one line."""
+        reduce = "mean over dimensions" if self.kwargs.get("reduce") == "mean" else "half sum over dimensions"
+        if self.name == "dsm" and self.kwargs.get("likelihood_weighting"):
+            what = ("likelihood-weighted denoising score matching (Song, Durkan et al. 2021): up to a constant, "
+                    "an upper bound on the NLL")
+        else:
+            what = {"dsm": "denoising score matching ||sigma_t s(x_t, t) + z||^2 (Song et al. 2021, eq. 7)",
+                    "ddpm": "DDPM's L_simple ||eps - eps_theta||^2 (Ho et al. 2020, eq. 14)",
+                    "smld": "SMLD's sigma^2-weighted denoising score matching (Song & Ermon 2019)"}.get(
+                        self.name, f"the {self.name!r} loss")
+        return f"{what}; per sample, {reduce}; lower is better"
+
+    @property
     def noise_fn(self) -> Callable[..., dict]:
         return get_noise_fn(self.name)
 
@@ -204,6 +218,7 @@ class TrainOptions:
     exit_zero_on_signal: bool      # exit status 0 (else 128 + signal) after SIGTERM / SIGINT
     snapshot_sampling: bool
     snapshot_num_samples: int
+    threads: int                   # intra-op CPU threads; 0 = auto (runtime.choose_threads)
     progress_bar: bool
     tensorboard: bool
     accel: Accel = field(default_factory=Accel)

@@ -1,57 +1,135 @@
-"""Pictures of samples with Pillow only: an image grid, or a scatter plot of 2-D points."""
+"""Figures a person reads at a glance, drawn with matplotlib (Agg backend, no display needed): sample
+scatter plots with axes, a title and the true density's contours; image grids with a caption (and
+one row per class when asked); the training loss curve. Each function returns PNG bytes."""
 from __future__ import annotations
 
+import io
 import math
+import textwrap
+from typing import Callable, Sequence
 
-import numpy as np
-from PIL import Image, ImageDraw
+import matplotlib
 
-GRID_PAD = 2
-MIN_TILE = 32          # small images (8x8 digits) are enlarged to at least this many pixels
-CANVAS = 600
-POINT_RADIUS = 1.5
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+GRID_PAD = 1           # pixels between tiles, in tile pixels
+DPI = 100
 
 
-def image_grid(images: np.ndarray, pad: int = GRID_PAD) -> Image.Image:
-    """Images ``(N, C, H, W)`` with values in [0, 1] -> one RGB/greyscale grid, about square."""
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def tile_images(images: np.ndarray, cols: int | None = None, pad: int = GRID_PAD) -> np.ndarray:
+    """Images ``(N, C, H, W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, cols*(W+pad)+pad, C)`` array on white,
+    about square unless ``cols`` is given (row-major: image i is in row ``i // cols``)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must have shape (N, 1 or 3, H, W), got {images.shape}")
     n, c, h, w = images.shape
-    scale = max(1, math.ceil(MIN_TILE / max(h, w)))
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    th, tw = h * scale + pad, w * scale + pad
-    grid = np.full((rows * th + pad, cols * tw + pad, c), 255, dtype=np.uint8)
-    tiles = np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
-    for i, tile in enumerate(tiles):
+    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.float32)
+    for i, image in enumerate(np.clip(images, 0.0, 1.0)):
         r, col = divmod(i, cols)
-        grid[pad + r * th: pad + r * th + h * scale, pad + col * tw: pad + col * tw + w * scale] = tile
-    return Image.fromarray(grid[..., 0] if c == 1 else grid, mode="L" if c == 1 else "RGB")
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[top:top + h, left:left + w] = image.transpose(1, 2, 0)
+    return grid
+
+
+def image_grid(images: np.ndarray, caption: str = "", cols: int | None = None,
+               row_labels: Sequence[str] | None = None) -> bytes:
+    """A grid of images with ``caption`` underneath (what was run: step, sampler, NFE) and, for
+    class-conditional grids, a label per row."""
+    grid = tile_images(images, cols)
+    height, width = grid.shape[:2]
+    scale = max(1.0, 360.0 / max(height, width))          # 8x8 digits are enlarged, pixels kept sharp
+    fig, ax = plt.subplots(figsize=(width * scale / DPI + 0.6, height * scale / DPI + 0.6))
+    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels:
+        h = images.shape[2]
+        ax.set_yticks([GRID_PAD + i * (h + GRID_PAD) + h / 2 for i in range(len(row_labels))])
+        ax.set_yticklabels(row_labels)
+    else:
+        ax.set_yticks([])
+    if caption:
+        ax.set_xlabel(caption, fontsize=8)
+    return _png(fig)
 
 
 def _extent(points: np.ndarray) -> float:
     """Half-width of the square view: the data's 99.5% |coordinate| quantile, with a margin, at least 2.5."""
-    return max(2.5, 1.15 * float(np.quantile(np.abs(points), 0.995)))
+    finite = points[np.isfinite(points).all(axis=1)]
+    return max(2.5, 1.15 * float(np.quantile(np.abs(finite), 0.995))) if len(finite) else 2.5
 
 
-def scatter_plot(points: np.ndarray, size: int = CANVAS) -> Image.Image:
-    """2-D points ``(N, 2)`` as dots on a square canvas centred on the origin, with unit grid lines."""
+def scatter_plot(points: np.ndarray, title: str = "",
+                 log_density: Callable[[np.ndarray], np.ndarray] | None = None, half_width: float | None = None) -> bytes:
+    """2-D points ``(N, 2)`` as dots, square axes with tick values, ``title``, and the contours of the
+    true log-density (``log_density(grid (M, 2)) -> (M,)``) when it is known. The view is
+    ``[-half_width, half_width]^2`` (default: from the points); points outside it are counted."""
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"points must have shape (N, 2), got {points.shape}")
-    half = _extent(points)
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
+    half = half_width or _extent(points)
+    fig, ax = plt.subplots(figsize=(6.0, 6.0))
+    if log_density is not None:
+        axis = np.linspace(-half, half, 200)
+        gx, gy = np.meshgrid(axis, axis)
+        logp = log_density(np.stack([gx.ravel(), gy.ravel()], axis=1)).reshape(gx.shape)
+        density = np.exp(logp - np.nanmax(logp))
+        ax.contour(gx, gy, density, levels=[0.01, 0.1, 0.5], colors="0.55", linewidths=0.8)
+    finite = points[np.isfinite(points).all(axis=1)]
+    outside = int((np.abs(finite) > half).any(axis=1).sum())
+    label = f"{len(finite)} samples" + (f" ({outside} outside this view)" if outside else "")
+    ax.scatter(finite[:, 0], finite[:, 1], s=2, color="#1f5ab4", alpha=0.6, linewidths=0, label=label)
+    ax.set_xlim(-half, half)
+    ax.set_ylim(-half, half)
+    ax.set_aspect("equal")
+    ax.grid(True, color="0.92")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    if log_density is not None:
+        ax.plot([], [], color="0.55", label="true density (1%, 10%, 50% of max)")
+    ax.legend(loc="upper right", fontsize=8)
+    if title:
+        ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    return _png(fig)
 
-    def to_pixel(x: float, y: float) -> tuple[float, float]:
-        return (x + half) / (2 * half) * (size - 1), (half - y) / (2 * half) * (size - 1)
 
-    for k in range(-math.floor(half), math.floor(half) + 1):
-        colour = (150, 150, 150) if k == 0 else (225, 225, 225)
-        draw.line([to_pixel(k, -half), to_pixel(k, half)], fill=colour)
-        draw.line([to_pixel(-half, k), to_pixel(half, k)], fill=colour)
-    for x, y in points[np.isfinite(points).all(axis=1)]:
-        px, py = to_pixel(float(x), float(y))
-        draw.ellipse([px - POINT_RADIUS, py - POINT_RADIUS, px + POINT_RADIUS, py + POINT_RADIUS],
-                     fill=(31, 90, 180))
-    return img
+def loss_curve(records: Sequence[dict], title: str = "") -> bytes:
+    """Training loss and held-out loss against step from ``metrics.jsonl`` records, with the eval NLL /
+    bits/dim (right axis) where it was measured."""
+    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    heldout = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
+    measured = [(r["step"], r[key], key) for r in records for key in ("nll", "bpd") if r.get(key) is not None]
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    if train:
+        ax.plot(*zip(*train), color="#1f5ab4", linewidth=1.0, label="training loss (mean since last line)")
+    if heldout:
+        ax.plot(*zip(*heldout), "o-", color="#d1603d", markersize=3, linewidth=1.0, label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    values = [v for _, v in train + heldout]
+    if values and min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+    ax.grid(True, color="0.92")
+    handles, labels = ax.get_legend_handles_labels()
+    if measured:
+        right = ax.twinx()
+        key = measured[0][2]
+        right.plot([s for s, _, _ in measured], [v for _, v, _ in measured], "s", color="#3a9a4a", markersize=5,
+                   label=f"eval {key}")
+        right.set_ylabel(key)
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:
+        ax.legend(handles, labels, loc="upper right", fontsize=8)
+    if title:
+        ax.set_title(textwrap.fill(title, 90), fontsize=9)
+    return _png(fig)

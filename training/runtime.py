@@ -4,10 +4,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
 import signal
 import sys
 import threading
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -20,14 +21,19 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------- GPU switches
+CUDA_ONLY = ("channels_last", "tf32")
+
+
 def resolve_accel(device: torch.device, asked: Accel) -> Accel:
-    """The switches asked for, on CUDA; on any other device none, with one log line naming them."""
+    """The switches asked for. bf16 autocast and ``torch.compile`` run on a CPU too (inductor compiles
+    with the system C++ compiler), so the path GPUs take is exercised everywhere; channels_last and TF32
+    apply on CUDA only and are ignored elsewhere, with one log line naming them."""
     if device.type == "cuda":
         return asked
-    ignored = [f"training.{f.name}" for f in fields(Accel) if getattr(asked, f.name)]
+    ignored = [f"training.{name}" for name in CUDA_ONLY if getattr(asked, name)]
     if ignored:
-        logger.info("no CUDA device (running on %s): GPU-only options ignored: %s", device, ", ".join(ignored))
-    return Accel()
+        logger.info("no CUDA device (running on %s): CUDA-only options ignored: %s", device, ", ".join(ignored))
+    return Accel(bf16=asked.bf16, compile=asked.compile)
 
 
 def apply_tf32(accel: Accel) -> None:
@@ -37,11 +43,25 @@ def apply_tf32(accel: Accel) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def autocast(accel: Accel):
-    """bfloat16 autocast of the forward pass on CUDA, else a no-op context."""
+def autocast(accel: Accel, device: torch.device):
+    """bfloat16 autocast of the forward pass on ``device`` when ``accel.bf16``, else a no-op context."""
     if accel.bf16:
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def accelerated_score_fn(score_fn, accel: Accel, device: torch.device):
+    """``score_fn`` under bf16 autocast when asked, returning the dtype of its input (samplers
+    integrate in the data's precision)."""
+    if not accel.bf16:
+        return score_fn
+
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast(accel, device):
+            out = score_fn(x, t)
+        return out.to(x.dtype)
+
+    return score
 
 
 def memory_format(x: torch.Tensor, accel: Accel) -> torch.Tensor:
@@ -49,6 +69,67 @@ def memory_format(x: torch.Tensor, accel: Accel) -> torch.Tensor:
     if accel.channels_last and x.ndim == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+# ---------------------------------------------------------------------------------------- threads
+# Below this many parameters a network's kernels are too small to split: one intra-op thread is as fast
+# on a quiet machine and far faster on a busy one (bench/train_throughput.py --busy).
+SMALL_MODEL_PARAMS = 500_000
+
+
+def cgroup_cpu_limit() -> float | None:
+    """The CPU quota of this process's cgroup in cores (v2 ``cpu.max`` or v1 ``cfs_quota_us``), if any."""
+    candidates = [("/sys/fs/cgroup/cpu.max", None),
+                  ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")]
+    for quota_file, period_file in candidates:
+        try:
+            if period_file is None:
+                quota, period = Path(quota_file).read_text().split()[:2]
+            else:
+                quota, period = Path(quota_file).read_text().strip(), Path(period_file).read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and float(period) > 0:
+            return float(quota) / float(period)
+    return None
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit()
+    return max(1, min(cores, math.floor(quota))) if quota else cores
+
+
+def choose_threads(asked: int, num_params: int, local_processes: int = 1) -> tuple[int, str]:
+    """Intra-op threads and why: ``asked`` if > 0; else ``OMP_NUM_THREADS`` if set; else one thread for a
+    small network; else the available cores shared by the local processes (``torchrun``)."""
+    if asked > 0:
+        return asked, "training.threads"
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    if num_params < SMALL_MODEL_PARAMS:
+        return 1, f"a small network ({num_params / 1e6:.2f}M parameters < {SMALL_MODEL_PARAMS / 1e6:.1f}M)"
+    cores = available_cores()
+    share = max(1, cores // max(local_processes, 1))
+    return share, f"{cores} available cores / {local_processes} local process(es)"
+
+
+def local_processes() -> int:
+    """Processes of this job on this machine (``torchrun`` sets ``LOCAL_WORLD_SIZE``; else 1)."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def set_threads(asked: int, model: torch.nn.Module, local_processes: int = 1) -> int:
+    """Apply ``choose_threads`` to this process (CPU only matters) and log the choice."""
+    num_params = sum(p.numel() for p in model.parameters())
+    threads, why = choose_threads(asked, num_params, local_processes)
+    torch.set_num_threads(threads)
+    logger.info("intra-op threads: %d (%s; OpenMP wait policy %s)", threads, why,
+                os.environ.get("OMP_WAIT_POLICY", "default"))
+    return threads
 
 
 # ---------------------------------------------------------------------------------------- signals
@@ -126,6 +207,12 @@ class MetricsWriter:
         if len(kept) != len(lines):
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
+    def records(self) -> list[dict]:
+        """Every record written so far (rank 0; other ranks have none)."""
+        if not (self.enabled and self.path.is_file()):
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
@@ -141,7 +228,43 @@ class MetricsWriter:
             self._tb.close()
 
 
-def progress_bar(total: int, initial: int, enabled: bool):
-    """A tqdm bar over training steps; off when asked, or when stderr is not a terminal."""
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                disable=not (enabled and sys.stderr.isatty()))
+def bars_enabled(asked: bool) -> bool:
+    """Progress bars when asked for and stderr is a terminal (never in log files)."""
+    return asked and sys.stderr.isatty()
+
+
+def progress_bar(total: int, initial: int = 0, enabled: bool = True, unit: str = "step", desc: str | None = None):
+    """A tqdm bar; off when not asked for, or when stderr is not a terminal."""
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True,
+                disable=not bars_enabled(enabled))
+
+
+class _AboveBars:
+    """A stream for log handlers: each line goes through ``tqdm.write``, which clears the bar, prints
+    the line and redraws the bar below it (so log lines never glue onto a bar)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            tqdm.write(text.rstrip("\n"), file=self.stream)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def logs_above_bars():
+    """Route console log handlers (absl's included) through ``tqdm.write`` while bars are shown."""
+    swapped = []
+    for handler in logging.root.handlers:
+        target = getattr(handler, "_python_handler", handler)       # absl wraps a StreamHandler
+        if isinstance(target, logging.StreamHandler) and target.stream in (sys.stderr, sys.stdout):
+            swapped.append((target, target.stream))
+            target.setStream(_AboveBars(target.stream))
+    try:
+        yield
+    finally:
+        for target, stream in swapped:
+            target.setStream(stream)

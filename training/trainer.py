@@ -37,10 +37,12 @@ from training.heldout import heldout_loss
 from training.optim import optimize_step
 from training.options import Accel, RunOptions
 from training.pipeline import DataSpec, data_meta, load_data, to_data_space, to_model_space
-from training.runtime import (GracefulStop, MetricsWriter, apply_tf32, autocast, memory_format, progress_bar,
-                              resolve_accel)
+from training.runtime import (GracefulStop, MetricsWriter, accelerated_score_fn, apply_tf32, autocast,
+                              local_processes, logs_above_bars, memory_format, progress_bar, resolve_accel,
+                              set_threads)
 from training.streams import Stream, generator, step_seed
-from training.workdir import METRICS_FILE, SNAPSHOT_DIR, TENSORBOARD_DIR, WorkdirLock, checkpoint_dir
+from training.workdir import (METRICS_FILE, SNAPSHOT_DIR, TENSORBOARD_DIR, WorkdirLock, checkpoint_dir,
+                              write_loss_curve)
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +141,8 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
     data = data if data is not None else load_data(options.data, options.seed)
     check_data_size(train.batch_size, data)
     model = _build_network(options, data, ctx, accel)
+    if ctx.device.type == "cpu":
+        set_threads(train.threads, model, local_processes())
     run = TrainRun(
         options=options, ctx=ctx, workdir=workdir, data=data, sde=options.sde.build(), model=model,
         ema=ExponentialMovingAverage(model, decay=train.ema_rate), optimizer=options.optim.build(model.parameters()),
@@ -291,7 +295,7 @@ def train_step(run: TrainRun, x: torch.Tensor) -> torch.Tensor:
     run.optimizer.zero_grad(set_to_none=True)
     score_fn = get_score_fn(run.sde, run.train_model, train=True, **options.network.score_kwargs)
     noise = loss_noise(run, x)
-    with autocast(run.accel):
+    with autocast(run.accel, run.ctx.device):
         per_sample = options.loss.fn(run.sde, score_fn, x, **noise, **options.loss.kwargs)
     loss = per_sample.float().mean()
     loss.backward()
@@ -346,31 +350,40 @@ def _rng_devices(run: TrainRun) -> list:
 
 
 def ema_score_fn(run: TrainRun):
-    """The score function of the EMA weights (what evaluation and sampling use)."""
-    return get_score_fn(run.sde, run.ema.module, train=False, **run.options.network.score_kwargs)
+    """The score function of the EMA weights (what evaluation and sampling use), under bf16 autocast
+    when ``training.bf16``."""
+    score_fn = get_score_fn(run.sde, run.ema.module, train=False, **run.options.network.score_kwargs)
+    return accelerated_score_fn(score_fn, run.accel, run.ctx.device)
 
 
-def log_eval_loss(run: TrainRun) -> None:
-    """Held-out loss of the EMA weights on one eval batch (fixed noise, global RNG untouched)."""
+def log_eval_loss(run: TrainRun, bar=None) -> None:
+    """Held-out loss of the EMA weights on one eval batch (fixed noise, global RNG untouched), shown
+    and logged; then the loss curve ``loss_curve.png`` is redrawn."""
     items = run.data.test[: run.options.eval.batch_size]
     with torch.random.fork_rng(devices=_rng_devices(run)):
         loss = heldout_loss(run.sde, ema_score_fn(run), run.options.loss, items, run.data, batch_size=len(items),
                             generator=generator(run.options.seed, Stream.EVAL_LOSS, run.ctx.rank, run.ctx.device),
                             ctx=run.ctx)
     run.metrics.write({"step": run.step, "eval_loss": loss})
+    logger.info("step %d: held-out loss %.5g (EMA weights, %d items)", run.step, loss, len(items))
+    if bar is not None and not bar.disable:
+        bar.set_postfix_str(f"{getattr(bar, 'postfix', None) or ''} held_out={loss:.4g}".strip())
+    if run.ctx.is_main:
+        write_loss_curve(run.workdir, run.options)
 
 
 def write_snapshot_samples(run: TrainRun) -> None:
     """A few samples of the EMA weights into ``snapshots/samples_<step>.npz/.png``."""
     options = run.options
     with torch.random.fork_rng(devices=_rng_devices(run)):
-        x, _ = generate(run.sde, ema_score_fn(run), options.train.snapshot_num_samples, run.data.shape,
+        x, nfe = generate(run.sde, ema_score_fn(run), options.train.snapshot_num_samples, run.data.shape,
                         options.sampler,
                         generator=generator(options.seed, Stream.SNAPSHOT, run.ctx.rank, run.ctx.device),
                         ctx=run.ctx)
     samples = to_data_space(x.cpu(), run.data)
     if run.ctx.is_main:
-        write_samples(samples, run.data, run.workdir / SNAPSHOT_DIR, f"samples_{run.step:08d}")
+        caption = f"step {run.step}, EMA weights, {options.sampler.method} sampler, {nfe} NFE"
+        write_samples(samples, run.data, run.workdir / SNAPSHOT_DIR, f"samples_{run.step:08d}", caption)
         run.metrics.write({"step": run.step, **{f"snapshot_{k}": v for k, v in sample_stats(samples, run.data).items()}})
 
 
@@ -382,11 +395,16 @@ def after_step(run: TrainRun, loss: torch.Tensor, meter: LossMeter, bar) -> None
     if step % o.log_freq == 0:
         log_metrics(run, meter, bar)
     if step % o.eval_freq == 0:
-        log_eval_loss(run)
+        log_eval_loss(run, bar)
     if step % o.checkpoint_freq == 0 or step % o.snapshot_freq == 0:
         save_checkpoint(run)
     if step % o.snapshot_freq == 0 and o.snapshot_sampling and o.snapshot_num_samples > 0:
+        what = f"drawing {o.snapshot_num_samples} snapshot samples ({run.options.sampler.method})"
+        bar.set_description_str(what)
+        if bar.disable:
+            logger.info("step %d: %s", step, what)
         write_snapshot_samples(run)
+        bar.set_description_str("")
 
 
 def stop_requested(stop: GracefulStop, ctx: DistContext) -> bool:
@@ -401,7 +419,7 @@ def run_loop(run: TrainRun, stop: GracefulStop) -> bool:
     """Train until ``n_iters`` or a stop signal; returns whether a signal stopped it."""
     meter = LossMeter()
     train = run.options.train
-    with progress_bar(train.n_iters, run.step, train.progress_bar) as bar:
+    with logs_above_bars(), progress_bar(train.n_iters, run.step, train.progress_bar) as bar:
         while run.step < train.n_iters:
             loss = train_step(run, next_batch(run))
             after_step(run, loss, meter, bar)
@@ -443,6 +461,13 @@ def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = No
 
 def _train_locked(options: RunOptions, workdir: str | Path, ctx: DistContext) -> dict:
     run = setup_run(options, workdir, ctx)
+    if run.step >= options.train.n_iters and run.last_saved == run.step:
+        run.metrics.close()
+        logger.info("training is already finished: the newest checkpoint is at step %d and training.n_iters=%d; "
+                    "to train longer, run again with a larger --config.training.n_iters (e.g. %d)", run.step,
+                    options.train.n_iters, 2 * max(run.step, 1))
+        return {"step": run.step, "stopped_by_signal": False, "signal": None, "already_finished": True}
+    logger.info("loss: %s", options.loss.describe)
     try:
         with GracefulStop() as stop:
             stopped = run_loop(run, stop)

@@ -4,14 +4,18 @@
     <workdir>/config.json                resolved config of the last ``train``
     <workdir>/checkpoints/checkpoint_<step>.pt (+ .sha256)
     <workdir>/metrics.jsonl              training metrics, one JSON object per line
+    <workdir>/loss_curve.png             training and held-out loss against step, redrawn at each eval
     <workdir>/snapshots/samples_<step>.npz / .png
     <workdir>/tensorboard/
-    <workdir>/eval/metrics.json, config.json
-    <workdir>/samples/samples.npz / .png, info.json, config.json
+    <workdir>/eval/metrics.json, config.json                    the latest evaluation; each run also in
+    <workdir>/eval/step<step>[-k]/                               its own folder, kept
+    <workdir>/samples/samples.npz / .png, info.json, config.json  the latest samples; each run also in
+    <workdir>/samples/step<step>_<sampler>[-k]/                  its own folder, kept
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 import time
@@ -25,6 +29,7 @@ TENSORBOARD_DIR = "tensorboard"
 EVAL_DIR = "eval"
 SAMPLES_DIR = "samples"
 METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
 CONFIG_FILE = "config.json"
 
 
@@ -83,17 +88,44 @@ class WorkdirLock:
             self._file = None
 
 
+def write_loss_curve(workdir: str | Path, options) -> Path:
+    """``<workdir>/loss_curve.png``: training and held-out loss, and the eval likelihood where it was
+    measured, against step, from ``metrics.jsonl``; ``options`` (``RunOptions``) names the run."""
+    from training.plots import loss_curve     # matplotlib only when a figure is drawn
+
+    path = Path(workdir) / METRICS_FILE
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    title = f"{options.data.dataset}, {options.sde.name}, {options.network.name}; loss: {options.loss.describe}"
+    target = Path(workdir) / LOSS_CURVE_FILE
+    atomic_write_bytes(target, loss_curve(records, title=title))
+    return target
+
+
 class NonFiniteResultsError(RuntimeError):
     """Some likelihoods or samples came out NaN or inf; the results were written with their count."""
 
 
-def write_results(directory: str | Path, files: dict, config_json: str) -> None:
-    """Write ``files`` (name -> text or bytes) into ``directory``, each atomically, then the resolved
-    ``config.json`` last: a run that fails writes nothing, and a stale config never sits beside new
-    results (it is removed first)."""
+def _fresh(directory: Path, name: str) -> Path:
+    """``directory/name``, or ``name-2``, ``name-3``, ... if taken: a new folder per run."""
+    candidate, k = directory / name, 1
+    while candidate.exists():
+        k += 1
+        candidate = directory / f"{name}-{k}"
+    return candidate
+
+
+def write_results(directory: str | Path, run_name: str, files: dict, config_json: str) -> Path:
+    """Write ``files`` (name -> text or bytes) and the resolved ``config.json`` into a new folder
+    ``directory/<run_name>`` (earlier runs are kept), then the same files at the top of ``directory`` as
+    the latest results. Each file is written atomically and the config last, so a run that fails writes
+    nothing and a stale config never sits beside new results (it is removed first). Returns the folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).unlink(missing_ok=True)
-    for name, content in files.items():
-        atomic_write_bytes(directory / name, content.encode("utf-8") if isinstance(content, str) else content)
-    atomic_write_bytes(directory / CONFIG_FILE, (config_json + "\n").encode("utf-8"))
+    run_dir = _fresh(directory, run_name)
+    run_dir.mkdir()
+    for folder in (run_dir, directory):
+        (folder / CONFIG_FILE).unlink(missing_ok=True)
+        for name, content in files.items():
+            atomic_write_bytes(folder / name, content.encode("utf-8") if isinstance(content, str) else content)
+        atomic_write_bytes(folder / CONFIG_FILE, (config_json + "\n").encode("utf-8"))
+    return run_dir
