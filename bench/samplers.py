@@ -2,6 +2,7 @@
 
     python -m bench.samplers            # VP and VE (sigma_max = 50), ~2-3 min on 2 CPU cores
     python -m bench.samplers --sdes vp --n 1000
+    python -m bench.samplers --sdes vp,ve,rf,edm --n 1000   # + rectified flow and EDM's process
 
 Data: a 2-D mixture of four Gaussians with unequal weights (0.4 / 0.3 / 0.2 / 0.1; one correlated, one
 elongated and one narrow mode, std 0.14). With the exact score the only errors are the sampler's, so:
@@ -13,6 +14,26 @@ elongated and one narrow mode, std 0.14). With the exact score the only errors a
   fresh data set of the same size. Its floor is the same statistic between fresh data sets and that
   one (mean and 95th percentile over 20 draws); a sampler "reaches the floor" at the smallest NFE from
   which on it stays below that 95th percentile.
+
+With several processes a last table gives, per (sampler, process), the NFE to reach the floor. Measured
+with ``--sdes vp,ve,rf,edm`` (2000 samples, one seed: a stochastic sampler's entry moves by one setting
+between seeds; 10 min on 2 busy cores)::
+
+    sampler                 vp      ve      rf     edm
+    pc rd+langevin          51     101     201    2001
+    pc euler_maruyama       51      51     101    1001
+    pc ancestral           101      51     101    >max
+    ode dopri5              39      57      51      87
+    ddim eta=0              31     101      51     101
+    ddim eta=1              31     101      31     201
+    dpm++ 2M                16      16      31      21
+    dpm++ 3M                11      11      16      16
+    sde-dpm++ 2M            21      21     101      31
+    edm heun                35      25      49      35
+    edm churn=10            69      69      69      69
+
+``edm heun`` runs over each process's whole scaled-noise range (sigma_T/alpha_T: 152 VP, 50 VE, 999 RF,
+80 EDM); EDM's process puts the PC samplers' uniform grid uniformly in sigma, hence their cost there.
 
 The summary gives each sampler's NFE to reach the floor and the speed-up against the PC baseline
 (reverse diffusion + Langevin, score_sde's default) measured in the same run; for deterministic
@@ -51,7 +72,7 @@ if __package__ in (None, ""):  # run as a script: bench/ itself would shadow the
 import torch
 
 import sde_lib
-from samplers import ddim_sample, fast_sample, ode_sample, pc_sample
+from samplers import ddim_sample, edm_sample, fast_sample, ode_sample, pc_sample
 from samplers.fast import SKIP_TYPES
 
 MIXTURE = sde_lib.GaussianMixture(
@@ -63,9 +84,12 @@ MIXTURE = sde_lib.GaussianMixture(
 SDE_FACTORIES: Dict[str, Callable[[int], sde_lib.SDE]] = {
     "vp": lambda n: sde_lib.VPSDE(N=n),
     "ve": lambda n: sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=n),
+    "rf": lambda n: sde_lib.RectifiedFlow(N=n),                       # T = 0.999
+    "edm": lambda n: sde_lib.EDMSDE(sigma_min=0.002, sigma_max=80.0, N=n),
 }
 STEPS = (5, 8, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
 PC_STEPS = (25, 50, 100, 200, 500, 1000)  # VP's discrete betas need N > beta_max = 20
+EDM_STEPS = (3, 5, 8, 10, 13, 18, 25, 35, 50, 100, 250)  # edm_sample: 2 N - 1 NFE
 ODE_TOLS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-5)
 SPACING_STEPS = (10, 15, 20)
 BASELINE = "pc rd+langevin"
@@ -131,6 +155,25 @@ def ddim_family(make_sde, eta: float) -> Family:
     return Family(f"ddim eta={eta:g}", STEPS, run, eta == 0)
 
 
+def sde_dpm_family(make_sde) -> Family:
+    sde = make_sde(1000)
+
+    def run(steps, z, g):
+        return fast_sample(sde, MIXTURE.score_fn(sde), z.shape, steps=steps, order=2, z=z, generator=g,
+                           solver="sde-dpmsolver++")
+    return Family("sde-dpm++ 2M", STEPS, run, False)
+
+
+def edm_family(make_sde, churn: float) -> Family:
+    """EDM's Heun sampler (churn 0) or Alg. 2 with S_churn = ``churn``, over the process's whole scaled-noise
+    range (sigma_T / alpha_T down to sigma at eps = 1e-3)."""
+    sde = make_sde(1000)
+
+    def run(steps, z, g):
+        return edm_sample(sde, MIXTURE.score_fn(sde), z.shape, steps=steps, churn=churn, z=z, generator=g)
+    return Family("edm heun" if churn == 0 else f"edm churn={churn:g}", EDM_STEPS, run, churn == 0)
+
+
 def ode_family(make_sde) -> Family:
     sde = make_sde(1000)
 
@@ -157,6 +200,9 @@ def families(make_sde) -> List[Family]:
         ddim_family(make_sde, 1.0),
         fast_family(make_sde, 2),
         fast_family(make_sde, 3),
+        sde_dpm_family(make_sde),
+        edm_family(make_sde, 0.0),
+        edm_family(make_sde, 10.0),
     ]
 
 
@@ -241,7 +287,18 @@ def print_spacings(problem: Problem) -> None:
             print(f"  {order:<6} {skip:<15} " + " ".join(f"{e:9.2e}" for e in errs))
 
 
-def bench_sde(name: str, n: int) -> None:
+def print_matrix(runs: Dict[str, Tuple[Dict[str, List[Point]], float]]) -> None:
+    """One row per sampler, one column per process: NFE to reach that process's MMD^2 floor."""
+    names = list(next(iter(runs.values()))[0])
+    print(f"\n=== NFE to reach the MMD^2 floor (95th percentile of fresh data), per (sampler, process); "
+          f"'>max' = not within the swept settings")
+    print(f"  {'sampler':<18} " + " ".join(f"{p:>7}" for p in runs))
+    for sampler in names:
+        cells = [_fmt(nfe_to_reach(res[sampler], lambda p: p.mmd2, q95)) for res, q95 in runs.values()]
+        print(f"  {sampler:<18} " + " ".join(f"{c:>7}" for c in cells))
+
+
+def bench_sde(name: str, n: int) -> Tuple[Dict[str, List[Point]], float]:
     start = time.time()
     problem = build_problem(name, n)
     floor_mean, floor_q95 = data_floor(problem.reference)
@@ -255,6 +312,7 @@ def bench_sde(name: str, n: int) -> None:
     print(f"\n--- {name}: fast_sample mean decode error by spacing")
     print_spacings(problem)
     print(f"({name}: {time.time() - start:.0f} s)")
+    return results, floor_q95
 
 
 def main(argv=None) -> None:
@@ -267,8 +325,9 @@ def main(argv=None) -> None:
     if unknown:
         raise ValueError(f"--sdes must name SDEs among {sorted(SDE_FACTORIES)}, got {unknown}")
     torch.set_num_threads(1)  # tensors of 2000 x 2: threads only add overhead
-    for name in names:
-        bench_sde(name, args.n)
+    runs = {name: bench_sde(name, args.n) for name in names}
+    if len(runs) > 1:
+        print_matrix(runs)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ def _training() -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
     t.batch_size = 128             # GLOBAL batch; each of W ranks takes batch_size / W
     t.n_iters = 1_300_001          # optimizer updates in total (a resumed run continues to this step)
-    t.sde = "vpsde"                # the process: vpsde | subvpsde | vesde | cosine_vpsde
-    t.loss = "dsm"                 # dsm (continuous) | ddpm (discrete VP) | smld (discrete VE)
-    t.continuous = True            # continuous-time noise labels; True for dsm, False for ddpm / smld
+    t.sde = "vpsde"                # the process: vpsde | subvpsde | vesde | cosine_vpsde | rectified_flow | edm
+    t.loss = "dsm"                 # continuous: dsm | flow | edm; discrete: ddpm | smld | v
+    t.continuous = True            # continuous-time noise labels; True for dsm / flow / edm, False for the others
     t.reduce_mean = True           # per-sample mean over dims (else ½ sum, Song et al. 2021 eq. 7)
     t.likelihood_weighting = False  # dsm: lambda(t) = g(t)^2 (Song, Durkan et al. 2021)
     t.importance_sampling = False  # dsm: t ~ g^2 / sigma^2 (needs likelihood_weighting)
-    t.eps = 1e-5                   # dsm: smallest training time
+    t.eps = 1e-5                   # dsm / flow / edm: smallest training time
+    t.p_mean = -1.2                # edm: mean of ln sigma (Karras et al. 2022, P_mean)
+    t.p_std = 1.2                  # edm: std of ln sigma (P_std)
     t.log_freq = 50                # steps between metrics.jsonl lines
     t.eval_freq = 1000             # steps between held-out loss evaluations (one eval batch)
     t.checkpoint_freq = 10_000     # steps between preemption checkpoints (the newest keep_last are kept)
@@ -55,11 +57,12 @@ def _model() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.name = "ddpmpp"              # network: mlp (vector data) | ddpmpp | ncsnpp (U-Nets for images)
     m.ema_rate = 0.9999            # decay of the exponential moving average of the weights
-    m.parameterization = "auto"    # network output: auto (the SDE's default) | eps | x0 | score
+    m.parameterization = "auto"    # network output: auto (the SDE's default) | eps | x0 | score | velocity | v | edm
     m.scale_by_sigma = False       # divide a "score" output by sigma(t) (NCSN++)
+    m.sigma_data = 0.5             # edm parameterisation and loss: the data's standard deviation
     # the process (training.sde) reads these
-    m.sigma_min = 0.01             # VE: smallest noise level
-    m.sigma_max = 50.0             # VE: largest noise level
+    m.sigma_min = 0.01             # VE / EDM: smallest noise level (EDM's own: 0.002)
+    m.sigma_max = 50.0             # VE / EDM: largest noise level (EDM's own: 80)
     m.beta_min = 0.1               # VP / sub-VP: beta(0)
     m.beta_max = 20.0              # VP / sub-VP: beta(1)
     m.num_scales = 1000            # N, the discretisation of the SDE (every process)
@@ -101,7 +104,7 @@ def _optim() -> ml_collections.ConfigDict:
 
 def _sampling() -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
-    s.method = "pc"                # pc | ode | fast (DPM-Solver++) | ddim
+    s.method = "pc"                # pc | ode | fast (DPM-Solver++) | ddim | edm (Heun, with churn)
     s.predictor = "euler_maruyama"  # pc: predictor
     s.corrector = "none"           # pc: corrector
     s.snr = 0.16                   # pc: corrector signal-to-noise ratio
@@ -109,8 +112,11 @@ def _sampling() -> ml_collections.ConfigDict:
     s.probability_flow = False     # pc: predict along the probability-flow ODE
     s.denoise = True               # Tweedie denoising at the last step (every method)
     s.eps = 1e-3                   # smallest time of every method
-    s.steps = 10                   # fast / ddim: number of steps
+    s.steps = 10                   # fast / ddim / edm: number of steps
     s.order = 2                    # fast: solver order 1 | 2 | 3
+    s.solver = "dpmsolver++"       # fast: dpmsolver++ (ODE) | sde-dpmsolver++ (stochastic, orders 1-2)
+    s.churn = 0.0                  # edm: S_churn (0 = deterministic Heun, Karras et al. 2022 Alg. 2)
+    s.s_noise = 1.0                # edm: S_noise
     s.eta = 0.0                    # ddim: 0 deterministic, 1 DDPM-like noise
     s.ode_method = "dopri5"        # ode: torchdiffeq method (or rk45 through SciPy)
     s.rtol = 1e-5                  # ode: relative tolerance

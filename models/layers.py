@@ -7,6 +7,7 @@ zero. FIR resampling follows StyleGAN2 (Karras et al. 2020): ``upfirdn2d`` is wr
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Sequence
 
 import torch
@@ -101,12 +102,36 @@ class GaussianFourierProjection(nn.Module):
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
 
 
+def null_label(num_classes: int) -> int:
+    """The "no class" label of a class-conditional network, for classifier-free guidance (Ho & Salimans
+    2022): index ``num_classes``, one past the real classes ``0..num_classes-1``."""
+    return check_int("num_classes", num_classes, 1)
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, allow_null: bool = False, name: str = "cond") -> None:
+    """``ValueError`` unless ``labels`` are integers in ``[0, num_classes)`` (``[0, num_classes]`` with the
+    null label when ``allow_null``); one host sync on an accelerator."""
+    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.is_complex() \
+            or labels.dtype == torch.bool:
+        got = labels.dtype if torch.is_tensor(labels) else type(labels).__name__
+        raise ValueError(f"{name} must be an integer tensor of class labels, got {got}")
+    high = num_classes if allow_null else num_classes - 1
+    if labels.numel() and bool(((labels < 0) | (labels > high)).any()):
+        allowed = (f"[0, {num_classes}) or the null label {num_classes}" if allow_null
+                   else f"[0, {num_classes})")
+        raise ValueError(f"{name} must hold class labels in {allowed}, got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+
+
 class NoiseEmbedding(nn.Module):
     """Noise label ``(B,)`` -> features ``(B, out_dim)``: sinusoidal or Fourier, then dense-SiLU-dense (NCSN++).
 
     ``embedding_type="positional"`` embeds the label itself (e.g. ``999 t`` or a timestep index);
     ``"fourier"`` embeds ``log(label)`` and so needs positive labels (sigmas), as NCSN++ does.
-    With ``num_classes > 0`` a learned class embedding of ``cond`` is added to the result.
+    With ``num_classes > 0`` a learned class embedding of ``cond`` is added to the result (as in ADM/EDM);
+    its table has ``num_classes + 1`` rows, the last for the null label ``null_label(num_classes)`` that
+    classifier-free guidance trains with label dropout. A label outside ``[0, num_classes]`` is a
+    ``ValueError``.
     """
 
     def __init__(self, embedding_type: str, base_dim: int, out_dim: int, fourier_scale: float = 16.0,
@@ -119,7 +144,9 @@ class NoiseEmbedding(nn.Module):
         in_dim = 2 * base_dim if embedding_type == "fourier" else base_dim
         self.dense_0 = dense(in_dim, out_dim)
         self.dense_1 = dense(out_dim, out_dim)
-        self.class_embed = nn.Embedding(num_classes, out_dim) if num_classes > 0 else None
+        # rows 0..num_classes-1 are the classes, row num_classes the null label (classifier-free guidance)
+        self.class_embed = nn.Embedding(num_classes + 1, out_dim) if num_classes > 0 else None
+        self._checked = None  # (weakref to the last labels tensor checked, its version): see _class_term
 
     def forward(self, noise_label: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.fourier is not None:
@@ -134,10 +161,28 @@ class NoiseEmbedding(nn.Module):
             if cond is not None:
                 raise ValueError("cond was given but the network is unconditional (num_classes=0)")
             return 0.0
-        if cond is None or cond.shape != (batch,):
-            shape = None if cond is None else tuple(cond.shape)
+        if not torch.is_tensor(cond) or cond.shape != (batch,):
+            shape = tuple(cond.shape) if torch.is_tensor(cond) else cond
             raise ValueError(f"cond must be class labels of shape ({batch},) when num_classes > 0, got {shape}")
+        if not self._seen(cond):
+            check_labels(cond, self.num_classes, allow_null=True)
+            self._checked = (weakref.ref(cond), cond._version)
         return self.class_embed(cond.long())
+
+    def _seen(self, cond: torch.Tensor) -> bool:
+        """Whether this very labels tensor, unmodified since, was checked last time. A sampler passes the
+        same labels at every step, so on an accelerator the range check costs one host sync per sampler
+        call (and one per training step, whose labels are new); on a CPU it never waits on a device.
+        Under ``torch.compile`` the check is a device assertion (``torch._assert_async``) instead."""
+        if torch.compiler.is_compiling():
+            torch._assert_async(((cond >= 0) & (cond <= self.num_classes)).all(),
+                                "cond holds a label outside [0, num_classes]")
+            return True
+        return self._checked is not None and self._checked[0]() is cond and self._checked[1] == cond._version
+
+    def __getstate__(self):
+        """Pickling and ``copy.deepcopy`` drop the memo of the last labels checked (a weak reference)."""
+        return {**self.__dict__, "_checked": None}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, NamedTuple
 import torch
 
 from samplers.common import ScoreFn, CountingScore, batch_time, check_eps, initial_noise, progress_iter, tweedie_denoise
+from samplers.guidance import dynamic_thresholding
 from sde_lib import SDE
 from sde_lib.utils import check_choice, check_float, check_int
 
@@ -167,6 +168,34 @@ def _update_3(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) ->
 _UPDATES = {1: _update_1, 2: _update_2, 3: _update_3}
 
 
+# ----- SDE-DPM-Solver++ (issue 14) -----------------------------------------------------------------
+# fast_sample's solvers: the probability-flow ODE (DPM-Solver++) or the reverse SDE (SDE-DPM-Solver++)
+SOLVERS = ("dpmsolver++", "sde-dpmsolver++")
+SDE_ORDERS = (1, 2)
+
+
+def _sde_update(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """SDE-DPM-Solver++(1) / (2M) (Lu et al. 2022b, DPM-Solver++; as ``"sde-dpmsolver++"`` in
+    LuChengTHU/dpm-solver and k-diffusion's ``sample_dpmpp_2m_sde``), the reverse SDE in data-prediction form:
+    ``x_t = (sigma_t/sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) (x0_s + D1/2) + sigma_t sqrt(1 - e^{-2h}) z``
+    with ``D1 = (x0_s - x0_prev) / r0`` for 2M (``len(m) == 2``), 0 at order 1 (which is DDIM, ``eta = 1``)."""
+    h = _step_size(grid, i)
+    decay = -math.expm1(-2.0 * h)  # 1 - e^{-2h}
+    a = grid.alpha[i + 1] * decay
+    x = (grid.sigma[i + 1] / grid.sigma[i] * math.exp(-h)) * x + a * m[-1]
+    if len(m) > 1:
+        r0 = (grid.lam[i] - grid.lam[i - 1]) / h
+        x = x + (0.5 * a / r0) * (m[-1] - m[-2])
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + (grid.sigma[i + 1] * math.sqrt(decay)) * noise
+
+
+def _sde_updates(generator: torch.Generator | None) -> Dict[int, Callable]:
+    """``_UPDATES``'s counterpart for the reverse SDE, drawing its noise from ``generator``."""
+    return {k: (lambda x, m, grid, i, k=k: _sde_update(x, m[-k:], grid, i, generator)) for k in SDE_ORDERS}
+
+
 def _step_order(i: int, steps: int, order: int, lower_order_final: bool) -> int:
     """Order of step ``i``: warm up with the predictions available (``i + 1``); with few steps drop to
     order 1 at the last step and 2 at the one before (Lu et al. 2022b's ``lower_order_final``)."""
@@ -178,13 +207,14 @@ def _step_order(i: int, steps: int, order: int, lower_order_final: bool) -> int:
 
 # ----- the drivers -------------------------------------------------------------------------------
 def _multistep(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, order: int, lower_order_final: bool,
-               show: bool) -> torch.Tensor:
-    """Multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2): one score evaluation per step."""
+               show: bool, updates: Dict[int, Callable] = _UPDATES) -> torch.Tensor:
+    """Multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2): one score evaluation per step; ``updates`` maps an
+    order to its step (the ODE's, or ``_sde_updates`` for SDE-DPM-Solver++)."""
     steps = len(grid.t) - 1
     history: List[torch.Tensor] = []
     for i in progress_iter(range(steps), show, "dpm-solver++", total=steps):
         history = (history + [_data_prediction(score, x, grid, i)])[-order:]
-        x = _UPDATES[_step_order(i, steps, order, lower_order_final)](x, history, grid, i)
+        x = updates[_step_order(i, steps, order, lower_order_final)](x, history, grid, i)
     return x
 
 
@@ -221,6 +251,11 @@ def _check_dtype(dtype) -> None:
         raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
 
 
+def _thresholded(sde: SDE, score_fn: ScoreFn, thresholding: float | None) -> ScoreFn:
+    """``score_fn``, or with ``thresholding`` the score of the dynamically thresholded data prediction."""
+    return score_fn if thresholding is None else dynamic_thresholding(sde, score_fn, thresholding)
+
+
 def _start(sampler: str, sde: SDE, score_fn: ScoreFn, shape, steps: int, eps: float, skip_type: str, z,
            device, generator, dtype):
     """Shared set-up: checks, the counting score, the initial ``x_T`` and the grid."""
@@ -245,7 +280,8 @@ def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int 
                 denoise: bool = True, z: torch.Tensor | None = None, device=None,
                 generator: torch.Generator | None = None, skip_type: str = DEFAULT_SKIP_TYPE,
                 dtype: torch.dtype | None = None, progress: bool = False,
-                lower_order_final: bool = True):
+                lower_order_final: bool = True, thresholding: float | None = None,
+                solver: str = "dpmsolver++"):
     """Solve the probability-flow ODE from ``T`` to ``eps`` with multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2).
 
     ``steps`` score evaluations on a ``skip_type`` grid (one of ``SKIP_TYPES``: ``"inverse_karras"``, the
@@ -254,11 +290,21 @@ def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int 
     (so ``steps < order`` runs at order ``steps``) and, when ``lower_order_final`` and ``steps < 15``,
     lowered at the last two steps. ``z`` is the latent at ``T`` (else drawn from the prior with
     ``generator``). With ``denoise`` the result is the data prediction ``E[x_0 | x_eps]`` at ``eps``,
-    which costs one more evaluation: ``nfe = steps + denoise``. Returns ``(x, nfe)``.
+    which costs one more evaluation: ``nfe = steps + denoise``. ``thresholding`` (a fraction in
+    ``(0, 1]``, Imagen's 0.995) applies dynamic thresholding to every data prediction, the final one
+    included (Saharia et al. 2022; ``samplers.dynamic_thresholding``), for data in ``[-1, 1]``.
+    Returns ``(x, nfe)``. ``solver="sde-dpmsolver++"`` solves the reverse SDE instead with
+    SDE-DPM-Solver++(1) (= DDIM with ``eta = 1``) or (2M) (``order`` 1 or 2; Lu et al. 2022b), its noise
+    drawn from ``generator``.
     """
     order = _check_order(order)
+    check_choice("solver", solver, SOLVERS)
+    if solver == "sde-dpmsolver++" and order not in SDE_ORDERS:
+        raise ValueError(f"order must be one of {list(SDE_ORDERS)} for solver 'sde-dpmsolver++', got {order!r}")
+    score_fn = _thresholded(sde, score_fn, thresholding)
     score, x, grid = _start("fast_sample", sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
-    x = _multistep(score, x, grid, order, bool(lower_order_final), progress)
+    updates = _UPDATES if solver == "dpmsolver++" else _sde_updates(generator)
+    x = _multistep(score, x, grid, order, bool(lower_order_final), progress, updates)
     return _finish(sde, score, x, grid.t[-1], denoise)
 
 
@@ -266,15 +312,17 @@ def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int 
 def ddim_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 50, eta: float = 0.0, eps: float = 1e-3,
                 denoise: bool = True, z: torch.Tensor | None = None, device=None,
                 generator: torch.Generator | None = None, skip_type: str = DDIM_SKIP_TYPE,
-                dtype: torch.dtype | None = None, progress: bool = False):
+                dtype: torch.dtype | None = None, progress: bool = False, thresholding: float | None = None):
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on any linear SDE, ``steps`` score evaluations.
 
     ``eta = 0`` is the deterministic sampler, identical to ``fast_sample(order=1)`` on the same grid
     (note the defaults differ: DDIM's is ``"time_quadratic"``, see ``DDIM_SKIP_TYPE``);
     ``eta = 1`` adds the DDPM posterior variance at every step (ancestral sampling on the coarse grid).
-    The step noise comes from ``generator``; ``nfe = steps + denoise``. Returns ``(x, nfe)``.
+    The step noise comes from ``generator``; ``nfe = steps + denoise``. ``thresholding`` as in
+    ``fast_sample``. Returns ``(x, nfe)``.
     """
     eta = check_float("eta", eta, 0.0, 1.0)  # 0: deterministic DDIM, 1: DDPM-like
+    score_fn = _thresholded(sde, score_fn, thresholding)
     score, x, grid = _start("ddim_sample", sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
     x = _ddim_loop(score, x, grid, eta, generator, progress)
     return _finish(sde, score, x, grid.t[-1], denoise)

@@ -1,6 +1,8 @@
 """Forward processes: VP (DDPM), sub-VP, VE (SMLD/NCSN) and cosine-VP SDEs, plus exact Gaussian mixtures."""
 from sde_lib.base import SDE, ReverseSDE
 from sde_lib.mixture import GaussianMixture
+from sde_lib.labelled import LabelledGaussianMixture, condition_mixture, marginal_mixture
+from sde_lib.paths import EDMSDE, PathSDE, RectifiedFlow
 from sde_lib.utils import Registry, append_dims
 from sde_lib.ve import VESDE
 from sde_lib.vp import CosineVPSDE, VPSDE, subVPSDE
@@ -10,6 +12,9 @@ SDES.register("vpsde", VPSDE)
 SDES.register("subvpsde", subVPSDE)
 SDES.register("vesde", VESDE)
 SDES.register("cosine_vpsde", CosineVPSDE)
+# flow matching and EDM (issue 14)
+SDES.register("rectified_flow", RectifiedFlow)
+SDES.register("edm", EDMSDE)
 
 
 def get_sde(name: str, **kwargs) -> SDE:
@@ -18,4 +23,6 @@ def get_sde(name: str, **kwargs) -> SDE:
 
 
 __all__ = ["SDE", "ReverseSDE", "VPSDE", "subVPSDE", "VESDE", "CosineVPSDE", "GaussianMixture",
-           "SDES", "get_sde", "Registry", "append_dims"]
+           "SDES", "get_sde", "Registry", "append_dims",
+           "LabelledGaussianMixture", "condition_mixture", "marginal_mixture",
+           "RectifiedFlow", "EDMSDE", "PathSDE"]

@@ -92,6 +92,15 @@ class SDE(abc.ABC):
         alpha, sigma = self.marginal_coeffs(t)
         return 2.0 * (torch.log(alpha) - torch.log(sigma))
 
+    def marginal_derivatives(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(d alpha_t / dt, d sigma_t / dt)``, each ``(B,)``: the moment ODEs of ``dx = f x dt + g dw``
+        solved for them, ``alpha' = f alpha`` and ``sigma' = (½ g^2 + f sigma^2) / sigma`` (Särkkä & Solin
+        2019, eq. 5.51). The conditional flow-matching velocity is ``alpha' x_0 + sigma' z``
+        (Lipman et al. 2023, eq. 15). Subclasses with closed forms override this."""
+        alpha, sigma = self.marginal_coeffs(t)
+        f, g = self.drift_coeff(t), self.diffusion_coeff(t)
+        return f * alpha, (0.5 * g ** 2 + f * sigma ** 2) / sigma
+
     def prior_sampling(self, shape, generator: torch.Generator | None = None, device=None,
                        dtype: torch.dtype | None = None) -> torch.Tensor:
         """A draw from the prior ``N(0, prior_std^2 I)``."""

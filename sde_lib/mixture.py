@@ -128,6 +128,28 @@ class GaussianMixture:
             return -append_dims(sigma.to(x.dtype), x.ndim) * self.score_t(sde, x, t)
         return eps
 
+    # ----- posterior means: the flow-matching velocity (issue 14) -----------------------------------
+    def velocity_t(self, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Exact ``E[alpha' x_0 + sigma' z | x_t = x]`` (the conditional flow-matching target's regression,
+        Lipman et al. 2023, eq. 15), component by component and not through the score:
+        ``sum_k r_k(x) [alpha' mu_k + (alpha' alpha S_k + sigma' sigma I) Sigma_k^{-1} (x - alpha mu_k)]``,
+        from ``E[x_0 | x, k] = mu_k + alpha S_k Sigma_k^{-1} (x - m_k)`` and ``E[z | x, k] = sigma Sigma_k^{-1} (x - m_k)``."""
+        self._check_x(x)
+        t64 = t.to(torch.float64)
+        alpha, sigma = sde.marginal_coeffs(t64)
+        d_alpha, d_sigma = sde.marginal_derivatives(t64)
+        logw, sol = self._component_terms(x, alpha, sigma)
+        resp = torch.softmax(logw, dim=1)                                                   # (B, K)
+        covs = self.covs.to(x.device)
+        x0_part = alpha[:, None, None] * torch.einsum("kij,bkj->bki", covs, sol)           # alpha S_k Sigma^-1 (x - m)
+        vel = (d_alpha[:, None, None] * (self.means.to(x.device) + x0_part)
+               + (d_sigma * sigma)[:, None, None] * sol)
+        return (resp[..., None] * vel).sum(1).to(x.dtype)
+
+    def velocity_fn(self, sde: SDE):
+        """A ``velocity_fn(x, t)``: the exact probability-flow velocity of ``p_t``."""
+        return lambda x, t: self.velocity_t(sde, x, t)
+
     def prior_logp_fn(self, sde: SDE):
         """Exact ``log p_T``, to replace ``sde.prior_logp`` when isolating ODE error from prior mismatch."""
         def logp(z):

@@ -329,3 +329,85 @@ def test_paper_scale_parameter_counts():
         count = sum(p.numel() for p in build().parameters())
         print(f"{build.__name__}: {count / 1e6:.2f}M parameters")
         assert 55e6 < count < 70e6
+
+
+# ---------------------------------------------------------------------------------------------- class labels
+def test_null_label_is_one_past_the_classes():
+    """Classifier-free guidance's null label is index num_classes: a row of its own in the embedding."""
+    import models
+    assert models.null_label(10) == 10
+    with pytest.raises(ValueError, match="num_classes"):
+        models.null_label(0)
+    torch.manual_seed(0)
+    for net, x, t in ((perturb_(ddpmpp(**TINY_8, num_classes=10)), torch.randn(3, 1, 8, 8), torch.full((3,), 100.0)),
+                      (perturb_(mlp(num_classes=10)), torch.randn(3, 2), torch.full((3,), 100.0))):
+        assert net.embed.class_embed.num_embeddings == 11
+        with torch.no_grad():
+            null = net(x, t, torch.full((3,), models.null_label(10)))
+            assert rel_diff(net(x, t, torch.full((3,), 9)), null) > 1e-3
+            assert torch.isfinite(null).all()
+
+
+@pytest.mark.parametrize("labels,message", [
+    (torch.tensor([0, 11]), r"cond must hold class labels in \[0, 10\) or the null label 10, got values in \[0, 11\]"),
+    (torch.tensor([-1, 3]), r"cond must hold class labels in \[0, 10\) or the null label 10, got values in \[-1, 3\]"),
+    (torch.tensor([0.0, 1.0]), "cond must be an integer tensor of class labels, got torch.float32"),
+    (torch.tensor([True, False]), "cond must be an integer tensor"),
+    (torch.tensor([0, 1, 2]), r"cond must be class labels of shape \(2,\)"),
+    ([0, 1], r"cond must be class labels of shape \(2,\)"),
+])
+def test_labels_outside_the_range_are_errors(labels, message):
+    for net in (mlp(num_classes=10), ddpmpp(**TINY_8, num_classes=10)):
+        x = torch.randn(2, 2) if isinstance(net, MLP) else torch.randn(2, 1, 8, 8)
+        with pytest.raises(ValueError, match=message):
+            net(x, torch.ones(2), labels)
+
+
+def test_label_check_runs_once_per_labels_tensor(monkeypatch):
+    """A sampler passes the same labels at every step: checked once (one host sync on an accelerator);
+    a new tensor, or the same one modified in place, is checked again."""
+    net = mlp(num_classes=3)
+    x, t = torch.randn(2, 2), torch.ones(2)
+    labels = torch.tensor([0, 2])
+    calls = []
+    real = layers.check_labels
+    monkeypatch.setattr(layers, "check_labels", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    for _ in range(5):
+        net(x, t, labels)
+    assert len(calls) == 1
+    net(x, t, labels.clone())
+    assert len(calls) == 2
+    labels[1] = 5
+    with pytest.raises(ValueError, match="null label 3"):
+        net(x, t, labels)
+
+
+# ---------------------------------------------------------------------------------------------- classifiers
+def test_classifier_networks_give_logits_and_depend_on_inputs():
+    from models.classifier import ClassifierMLP, ClassifierUNet
+    torch.manual_seed(0)
+    mlp_kwargs = {k: v for k, v in network_defaults("mlp").items() if k != "num_classes"}
+    clf = get_model("classifier_mlp", **{**mlp_kwargs, "dim": 2, "hidden": 16, "num_classes": 4})
+    assert isinstance(clf, ClassifierMLP)
+    x, t = torch.randn(5, 2), 999 * torch.rand(5)
+    out = clf(x, t)
+    assert out.shape == (5, 4)
+    assert rel_diff(clf(x, t * 0.5), out) > 1e-4 and rel_diff(clf(x + 1, t), out) > 1e-4
+    unet_kwargs = {k: v for k, v in network_defaults("ddpmpp").items() if not k.startswith("progressive")}
+    for resblock_type, embedding_type in (("biggan", "positional"), ("ddpm", "fourier")):
+        net = perturb_(get_model("classifier_unet", **{**unet_kwargs, **TINY_16, "resblock_type": resblock_type,
+                                                      "embedding_type": embedding_type, "num_classes": 10}))
+        assert isinstance(net, ClassifierUNet)
+        x, t = torch.randn(2, 3, 16, 16), labels_for(embedding_type, 2, torch.Generator().manual_seed(0))
+        out = net(x, t)
+        assert out.shape == (2, 10)
+        assert rel_diff(net(x, t * 0.5), out) > 1e-4 and rel_diff(net(x.flip(-1), t), out) > 1e-4
+    net = get_model("classifier_unet", **{**unet_kwargs, **TINY_8, "num_classes": 10}).double()
+    net(torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.ones(2, dtype=torch.float64)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        get_model("classifier_mlp", **{**mlp_kwargs, "dim": 2, "num_classes": 1})
+    with pytest.raises(TypeError, match="missing .* required keyword-only argument"):
+        ClassifierUNet(**TINY_8)
+    with pytest.raises(ValueError, match="x must have shape"):
+        net(torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.ones(2, dtype=torch.float64))

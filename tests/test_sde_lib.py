@@ -312,7 +312,7 @@ def test_t_outside_range_is_rejected(cls):
 def test_registry_builds_by_name():
     sde = sde_lib.get_sde("vesde", sigma_min=0.02, sigma_max=10.0, N=50)
     assert isinstance(sde, VESDE) and sde.N == 50 and sde.sigma_max == 10.0
-    assert sde_lib.SDES.names() == ["cosine_vpsde", "subvpsde", "vesde", "vpsde"]
+    assert sde_lib.SDES.names() == ["cosine_vpsde", "edm", "rectified_flow", "subvpsde", "vesde", "vpsde"]
 
 
 def test_gaussian_mixture_density_and_score():

@@ -62,7 +62,7 @@ def tiny_digits_config():
 @pytest.mark.parametrize("path, value, message", [
     ("training.sde", "vpsdee", r"config\.training\.sde must be one of \[.*'vpsde'"),
     ("sampling.predictor", "magic", r"config\.sampling\.predictor must be one of \[.*'euler_maruyama'"),
-    ("sampling.method", "gibbs", r"config\.sampling\.method must be one of \['ddim', 'fast', 'ode', 'pc'\]"),
+    ("sampling.method", "gibbs", r"config\.sampling\.method must be one of \['ddim', 'edm', 'fast', 'ode', 'pc'\]"),
     ("sampling.order", 7, r"config\.sampling\.order must be one of \[1, 2, 3\], got 7"),
     ("sampling.ode_method", "foo", r"config\.sampling\.ode_method must be one of \[.*'dopri5'"),
     ("eval.trace", "hutch", r"config\.eval\.trace must be one of"),
@@ -108,15 +108,23 @@ def test_every_field_is_mapped_and_every_mapped_field_exists():
     mapped = {f for table in (*NETWORK_ARGS.values(), *SDE_ARGS.values()) for f in table.values()}
     assert mapped <= fields
     model_fields = {f for f in fields if f.startswith("model.")}
-    read_elsewhere = {"model.name", "model.ema_rate", "model.parameterization", "model.scale_by_sigma"}
+    read_elsewhere = {"model.name", "model.ema_rate", "model.parameterization", "model.scale_by_sigma",
+                      "model.sigma_data"}
     assert model_fields == mapped | read_elsewhere
     # every other section's fields reach the options: change each, and the options change
     def plain(config):                                     # the options without the config's own text
         return dataclasses.replace(options_from_config(config), config_json="")
 
-    base = plain(tiny_toy_config())
+    def edm_config():                                      # the fields only EDM's loss reads
+        from configs.toy.gmm_edm import get_config
+        config = get_config()
+        config.model.hidden, config.model.n_blocks = 16, 1
+        return config
+
+    edm_only = {"training.p_mean", "training.p_std"}
     for path in sorted(fields - model_fields):
-        config = tiny_toy_config()
+        make = edm_config if path in edm_only else tiny_toy_config
+        base, config = plain(make()), make()
         section, _, name = path.rpartition(".")
         node = config[section] if section else config
         default = node[name]
@@ -185,10 +193,13 @@ def test_combinations_that_cannot_work_are_rejected():
 
 
 def test_every_shipped_config_validates():
-    from configs.cifar10 import ddpmpp_subvp, ddpmpp_vp, ncsnpp_ve
+    from configs.cifar10 import ddpmpp_edm, ddpmpp_subvp, ddpmpp_vp, ncsnpp_ve
+    from configs.digits import ddpmpp_edm as digits_edm
+    from configs.digits import ddpmpp_flow as digits_flow
     from configs.digits import ncsnpp_ve as digits_ve
-    from configs.toy import checkerboard_vp, gmm_subvp, gmm_ve
-    for module in (ddpmpp_vp, ddpmpp_subvp, ncsnpp_ve, digits_ve, checkerboard_vp, gmm_subvp, gmm_ve):
+    from configs.toy import checkerboard_vp, gmm_edm, gmm_flow, gmm_subvp, gmm_ve
+    for module in (ddpmpp_vp, ddpmpp_subvp, ncsnpp_ve, ddpmpp_edm, digits_ve, digits_flow, digits_edm,
+                   checkerboard_vp, gmm_subvp, gmm_ve, gmm_flow, gmm_edm):
         validate_config(module.get_config())
     validate_config(digits_config())
     validate_config(gmm_config())

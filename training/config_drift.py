@@ -32,7 +32,7 @@ FREE_FIELDS = frozenset({
 })
 FREE_SECTIONS = ("sampling.", "eval.")
 _MODEL_ALWAYS = ("training.sde", "training.continuous", "model.name", "model.parameterization",
-                 "model.scale_by_sigma", "data.dataset", "data.centered")
+                 "model.scale_by_sigma", "model.sigma_data", "data.dataset", "data.centered")
 
 
 def model_fields(fields: dict) -> list[str]:

@@ -36,6 +36,8 @@ SDE_ARGS = {
     "subvpsde": {"beta_min": "model.beta_min", "beta_max": "model.beta_max", "N": "model.num_scales"},
     "vesde": {"sigma_min": "model.sigma_min", "sigma_max": "model.sigma_max", "N": "model.num_scales"},
     "cosine_vpsde": {"N": "model.num_scales"},
+    "rectified_flow": {"N": "model.num_scales"},
+    "edm": {"sigma_min": "model.sigma_min", "sigma_max": "model.sigma_max", "N": "model.num_scales"},
 }
 # The network's constructor arguments, per network (the data shape is added from the data).
 _UNET_ARGS = {name: f"model.{name}" for name in (
@@ -49,7 +51,7 @@ NETWORK_ARGS = {
     "ncsnpp": _UNET_ARGS,
 }
 # Losses defined in continuous time (the others are on the discrete chain).
-CONTINUOUS_LOSSES = ("dsm",)
+CONTINUOUS_LOSSES = ("dsm", "flow", "edm")
 # The likelihood's ODE solvers: the adaptive ones (the fixed-step ones would need a step count).
 LIKELIHOOD_METHODS = samplers.ode.ADAPTIVE_METHODS + samplers.ode.SCIPY_METHODS
 
@@ -133,6 +135,7 @@ _CHOICES = {
     "sampling.predictor": samplers.PREDICTORS.names,
     "sampling.corrector": samplers.CORRECTORS.names,
     "sampling.order": lambda: samplers.FAST_ORDERS,
+    "sampling.solver": lambda: samplers.FAST_SOLVERS,
     "sampling.ode_method": lambda: samplers.ODE_METHODS,
     "eval.trace": lambda: samplers.TRACES,
     "eval.method": lambda: LIKELIHOOD_METHODS,
@@ -153,6 +156,8 @@ _FLOATS = {"training.eps": _OPEN_UNIT, "model.ema_rate": dict(low=0.0, high=1.0)
            "optim.lr": _POSITIVE, "optim.beta1": dict(low=0.0, high=1.0, open_high=True), "optim.eps": _POSITIVE,
            "optim.weight_decay": dict(low=0.0), "optim.grad_clip": dict(low=0.0), "sampling.snr": _POSITIVE,
            "sampling.eps": _OPEN_UNIT, "sampling.eta": dict(low=0.0), "sampling.rtol": _POSITIVE,
+           "sampling.churn": dict(low=0.0), "sampling.s_noise": _POSITIVE, "model.sigma_data": _POSITIVE,
+           "training.p_std": _POSITIVE, "training.p_mean": {},
            "sampling.atol": _POSITIVE, "eval.rtol": _POSITIVE, "eval.atol": _POSITIVE,
            "eval.likelihood_eps": _OPEN_UNIT}
 _INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1}
@@ -202,7 +207,11 @@ def check_combinations(config: ml_collections.ConfigDict) -> None:
     continuous_loss = t.loss in CONTINUOUS_LOSSES
     if t.continuous != continuous_loss:
         raise ValueError(f"config.training.continuous must be {continuous_loss} for training.loss={t.loss!r} "
-                         f"(dsm is continuous-time, ddpm and smld are discrete), got {t.continuous!r}")
+                         f"({', '.join(CONTINUOUS_LOSSES)} are continuous-time, the others discrete), "
+                         f"got {t.continuous!r}")
+    if m.parameterization == "velocity" and not t.continuous:
+        raise ValueError("config.model.parameterization='velocity' needs training.continuous=True (the discrete "
+                         "chain has no velocity)")
     if not continuous_loss and (t.likelihood_weighting or t.importance_sampling):
         raise ValueError(f"config.training.likelihood_weighting / importance_sampling apply to "
                          f"training.loss='dsm' only, got loss={t.loss!r}")
@@ -298,7 +307,7 @@ def _network(config) -> NetworkOptions:
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return NetworkOptions(name=m.name, kwargs=frozen_mapping(kwargs), continuous=config.training.continuous,
                           parameterization=None if m.parameterization == "auto" else m.parameterization,
-                          scale_by_sigma=m.scale_by_sigma)
+                          scale_by_sigma=m.scale_by_sigma, sigma_data=m.sigma_data)
 
 
 def _loss(config) -> LossOptions:
@@ -308,7 +317,13 @@ def _loss(config) -> LossOptions:
         kwargs = {"reduce": reduce, "likelihood_weighting": t.likelihood_weighting,
                   "importance_sampling": t.importance_sampling, "eps": t.eps}
         noise = {"importance_sampling": t.importance_sampling, "eps": t.eps}
-    else:                                       # ddpm / smld: uniform levels of the discrete chain
+    elif t.loss == "flow":                      # t ~ U(eps, T), velocity target
+        kwargs, noise = {"reduce": reduce, "eps": t.eps}, {"eps": t.eps}
+    elif t.loss == "edm":                       # ln sigma ~ N(p_mean, p_std^2), EDM's weight
+        kwargs = {"reduce": reduce, "sigma_data": config.model.sigma_data, "p_mean": t.p_mean,
+                  "p_std": t.p_std, "eps": t.eps}
+        noise = {"p_mean": t.p_mean, "p_std": t.p_std, "eps": t.eps}
+    else:                                       # ddpm / smld / v: uniform levels of the discrete chain
         kwargs, noise = {"reduce": reduce}, {}
     return LossOptions(name=t.loss, kwargs=frozen_mapping(kwargs), noise_kwargs=frozen_mapping(noise))
 
@@ -323,8 +338,9 @@ def _sampler(config) -> SamplerOptions:
     s = config.sampling
     return SamplerOptions(method=s.method, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
                           n_steps=s.n_steps, probability_flow=s.probability_flow, denoise=s.denoise, eps=s.eps,
-                          steps=s.steps, order=s.order, eta=s.eta, ode_method=s.ode_method, rtol=s.rtol,
-                          atol=s.atol, num_samples=s.num_samples, batch_size=s.batch_size)
+                          steps=s.steps, order=s.order, solver=s.solver, eta=s.eta, churn=s.churn,
+                          s_noise=s.s_noise, ode_method=s.ode_method, rtol=s.rtol, atol=s.atol,
+                          num_samples=s.num_samples, batch_size=s.batch_size)
 
 
 def _eval(config) -> EvalOptions:

@@ -21,6 +21,9 @@ import torch
 
 from sde_lib import SDE
 from sde_lib.utils import Registry, append_dims, check_choice
+from sde_lib import predictions  # flow / v / EDM losses
+from sde_lib.predictions import SIGMA_DATA, PathCoeffs
+from sde_lib.utils import check_positive
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 REDUCTIONS = ("mean", "sum")
@@ -154,3 +157,108 @@ def get_noise_fn(name: str) -> Callable[..., dict]:
 def get_loss_fn(name: str) -> Callable[..., torch.Tensor]:
     """``"dsm"``, ``"ddpm"`` or ``"smld"``."""
     return LOSSES.get(name)
+
+
+# ----- flow matching, v-prediction and EDM (issue 14) ----------------------------------------------------
+# Each compares the network's prediction, recovered from ``score_fn`` through the exact maps of
+# ``sde_lib.predictions`` (so any parameterisation trains with any of these losses), with its target.
+@LOSSES.register("flow")
+def flow_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "mean", eps: float = 1e-5,
+              generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+              z: torch.Tensor | None = None) -> torch.Tensor:
+    """Conditional flow matching with the Gaussian path (Lipman et al. 2023, eq. 23; rectified flow, Liu et
+    al. 2023, eq. 1): ``||v_theta(x_t, t) - (alpha_t' x_0 + sigma_t' z)||^2``, ``t ~ U(eps, T)``; shape ``(B,)``.
+
+    On ``RectifiedFlow`` the target is ``z - x_0``. In noise-prediction terms the loss is
+    ``(sigma' - alpha' sigma / alpha)^2 ||eps_theta - z||^2`` (``1/(1-t)^2`` on the linear path). Given ``t``
+    and ``z`` (``get_noise_fn("flow")`` draws them), nothing is drawn.
+    """
+    check_choice("reduce", reduce, REDUCTIONS)
+    _check_eps(sde, eps)
+    if t is None:
+        t, _ = dsm_times(sde, x0.shape[0], eps=eps, importance_sampling=False, generator=generator,
+                         device=x0.device, dtype=x0.dtype)
+    z = _noise(x0, z, generator)
+    c = PathCoeffs.at(sde, t, x0, derivatives=True)
+    xt = c.alpha * x0 + c.sigma * z
+    velocity = predictions.velocity_from_score(xt, score_fn(xt, t), c)
+    return _reduce((velocity - (c.d_alpha * x0 + c.d_sigma * z)) ** 2, reduce)
+
+
+NOISE.register("flow", dsm_noise)  # t ~ U(eps, T) and z, as the unweighted DSM loss draws them
+
+
+@LOSSES.register("v")
+def v_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "mean",
+           generator: torch.Generator | None = None, index: torch.Tensor | None = None,
+           z: torch.Tensor | None = None) -> torch.Tensor:
+    """DDPM's ``L_simple`` with the v target (Salimans & Ho 2022, Sec. 4): ``||v - v_theta||^2`` with
+    ``v = (alpha_i z - sigma_i x_0) / sqrt(alpha_i^2 + sigma_i^2)`` at uniform random levels ``i`` of the
+    discrete chain, like ``ddpm_loss`` (so ``continuous=False`` networks, DDPM's integer timesteps, as
+    diffusers' ``prediction_type="v_prediction"``). It equals ``(1 + sigma_i^2/alpha_i^2) ||eps_theta - z||^2``,
+    i.e. ``(SNR + 1) ||x0_theta - x_0||^2``. ``get_noise_fn("v")`` draws ``index`` and ``z``.
+    """
+    check_choice("reduce", reduce, REDUCTIONS)
+    if index is None:
+        index = _levels(sde, x0.shape[0], generator, x0.device)
+    z = _noise(x0, z, generator)
+    c = PathCoeffs(*sde.discrete_marginal(index, x0)).broadcast(x0)
+    xt = c.alpha * x0 + c.sigma * z
+    t = index.to(x0.dtype) * (sde.T / max(sde.N - 1, 1))  # the grid time of level i
+    target = (c.alpha * z - c.sigma * x0) / (c.alpha ** 2 + c.sigma ** 2).sqrt()
+    return _reduce((predictions.v_from_score(xt, score_fn(xt, t), c) - target) ** 2, reduce)
+
+
+NOISE.register("v", discrete_noise)
+
+# EDM's training noise distribution (Karras et al. 2022, Table 1): ln sigma ~ N(P_mean, P_std^2)
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2
+
+
+def edm_times(sde: SDE, n: int, *, p_mean: float = EDM_P_MEAN, p_std: float = EDM_P_STD, eps: float = 1e-5,
+              generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Times whose scaled noise level ``sigma_t / alpha_t`` is EDM's log-normal ``sigma``:
+    ``t = lambda^{-1}(-2 ln sigma)`` on any process (``t = sigma`` on ``EDMSDE``), clamped to ``[eps, T]``
+    (on EDM's defaults a draw beyond ``sigma_max = 80`` has probability 2e-6)."""
+    log_sigma = p_mean + p_std * torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+    return sde.inverse_log_snr(-2.0 * log_sigma).clamp(eps, sde.T).to(dtype)
+
+
+@LOSSES.register("edm")
+def edm_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "mean",
+             sigma_data: float = SIGMA_DATA, p_mean: float = EDM_P_MEAN, p_std: float = EDM_P_STD,
+             eps: float = 1e-5, generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+             z: torch.Tensor | None = None) -> torch.Tensor:
+    """EDM's loss (Karras et al. 2022, eq. 8 and Table 1): ``lambda(sigma) ||D_theta(x^; sigma) - x_0||^2`` with
+    ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``, ``ln sigma ~ N(p_mean, p_std^2)``; shape ``(B,)``.
+
+    On a general process ``x_t = alpha_t x_0 + sigma_t z`` the noise level is that of ``x^ = x_t / alpha_t``,
+    ``sigma = sigma_t / alpha_t``, and the time is ``edm_times``; ``D_theta`` is Tweedie's ``x_0`` from the
+    score. The weight is computed from the time used, so a clamped draw stays consistently weighted. With
+    ``sigma_data`` the data's standard deviation and Gaussian data the minimum is exactly 1 per dimension.
+    Given ``t`` and ``z`` (``get_noise_fn("edm")`` draws them), nothing is drawn.
+    """
+    check_choice("reduce", reduce, REDUCTIONS)
+    _check_eps(sde, eps)
+    sigma_data = check_positive("sigma_data", sigma_data)
+    if t is None:
+        t = edm_times(sde, x0.shape[0], p_mean=p_mean, p_std=p_std, eps=eps, generator=generator,
+                      device=x0.device, dtype=x0.dtype)
+    z = _noise(x0, z, generator)
+    c = PathCoeffs.at(sde, t, x0)
+    xt = c.alpha * x0 + c.sigma * z
+    denoised = predictions.x0_from_score(xt, score_fn(xt, t), c)
+    alpha, sigma = sde.marginal_coeffs(t)
+    weight = predictions.edm_loss_weight((sigma / alpha).to(x0.dtype), sigma_data)
+    return weight * _reduce((denoised - x0) ** 2, reduce)
+
+
+@NOISE.register("edm")
+def edm_noise(sde: SDE, shape: tuple, *, p_mean: float = EDM_P_MEAN, p_std: float = EDM_P_STD,
+              eps: float = 1e-5, generator: torch.Generator | None = None, device=None,
+              dtype=torch.float32) -> dict:
+    """The ``t`` and ``z`` ``edm_loss`` would draw for a batch of ``shape``, in the same order."""
+    _check_eps(sde, eps)
+    t = edm_times(sde, shape[0], p_mean=p_mean, p_std=p_std, eps=eps, generator=generator, device=device,
+                  dtype=dtype)
+    return {"t": t, "z": torch.randn(shape, generator=generator, device=device, dtype=dtype)}

@@ -57,6 +57,7 @@ class NetworkOptions:
     continuous: bool               # continuous-time noise labels (else the discrete chain's)
     parameterization: str | None   # eps | x0 | score; None: the SDE's default
     scale_by_sigma: bool           # divide a "score" output by sigma(t)
+    sigma_data: float = 0.5        # the edm parameterisation's data standard deviation
 
     def build(self, data_shape: tuple) -> nn.Module:
         """The network for data items of ``data_shape`` ((D,) vectors or (C, H, W) images)."""
@@ -66,7 +67,7 @@ class NetworkOptions:
     def score_kwargs(self) -> dict:
         """Arguments of ``models.get_score_fn`` besides the SDE and the network."""
         return {"continuous": self.continuous, "parameterization": self.parameterization,
-                "scale_by_sigma": self.scale_by_sigma}
+                "scale_by_sigma": self.scale_by_sigma, "sigma_data": self.sigma_data}
 
 
 def shape_kwargs(data_shape: tuple) -> dict:
@@ -91,7 +92,11 @@ class LossOptions:
     def describe(self) -> str:
         """What the number called "loss" is, in one line."""
         reduce = "mean over dimensions" if self.kwargs.get("reduce") == "mean" else "half sum over dimensions"
-        if self.name == "dsm" and self.kwargs.get("likelihood_weighting"):
+        if self.name in ("flow", "edm", "v"):
+            what = {"flow": "conditional flow matching ||v_theta - (alpha' x_0 + sigma' z)||^2 (Lipman et al. 2023)",
+                    "edm": "EDM's weighted denoising loss (Karras et al. 2022, eq. 8)",
+                    "v": "DDPM's loss on the v target ||v - v_theta||^2 (Salimans & Ho 2022)"}[self.name]
+        elif self.name == "dsm" and self.kwargs.get("likelihood_weighting"):
             what = ("likelihood-weighted denoising score matching (Song, Durkan et al. 2021): up to a constant, "
                     "an upper bound on the NLL")
         else:
@@ -139,9 +144,11 @@ SAMPLING_METHODS.register("ode", SamplingMethod(samplers.ode_sample, lambda s: {
     "method": s.ode_method, "rtol": s.rtol, "atol": s.atol, "denoise": s.denoise, "eps": s.eps,
     "steps": s.steps if s.ode_method in samplers.ode.FIXED_METHODS else None}))
 SAMPLING_METHODS.register("fast", SamplingMethod(samplers.fast_sample, lambda s: {
-    "steps": s.steps, "order": s.order, "denoise": s.denoise, "eps": s.eps}))
+    "steps": s.steps, "order": s.order, "solver": s.solver, "denoise": s.denoise, "eps": s.eps}))
 SAMPLING_METHODS.register("ddim", SamplingMethod(samplers.ddim_sample, lambda s: {
     "steps": s.steps, "eta": s.eta, "denoise": s.denoise, "eps": s.eps}))
+SAMPLING_METHODS.register("edm", SamplingMethod(samplers.edm_sample, lambda s: {
+    "steps": s.steps, "churn": s.churn, "s_noise": s.s_noise, "eps": s.eps}))
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,10 @@ class SamplerOptions:
     eps: float
     steps: int
     order: int
+    solver: str
     eta: float
+    churn: float
+    s_noise: float
     ode_method: str
     rtol: float
     atol: float
