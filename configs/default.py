@@ -182,6 +182,18 @@ def use_ncsnpp(model: ml_collections.ConfigDict) -> None:
     model.scale_by_sigma = True
 
 
+def use_edm(config: ml_collections.ConfigDict, sigma_data: float) -> None:
+    """EDM (Karras et al. 2022): sigma(t) = t in [0.002, 80], its preconditioning with ``sigma_data``,
+    its loss (ln sigma ~ N(-1.2, 1.2^2)) and its Heun sampler with 18 steps; times are noise levels, so
+    the smallest training, sampling and likelihood time is sigma_min."""
+    config.training.sde, config.training.loss, config.training.eps = "edm", "edm", 0.002
+    m = config.model
+    m.sigma_min, m.sigma_max, m.sigma_data, m.parameterization = 0.002, 80.0, sigma_data, "edm"
+    s = config.sampling
+    s.method, s.steps, s.eps = "edm", 18, 0.002
+    config.eval.likelihood_eps = 0.002
+
+
 def use_ve_pc_sampling(sampling: ml_collections.ConfigDict) -> None:
     """Reverse-diffusion predictor + Langevin corrector at snr 0.16 (Song et al. 2021, PC for VE)."""
     sampling.method = "pc"

@@ -1,7 +1,7 @@
 """Tiny DDPM++ on 8x8 digits with EDM (Karras et al. 2022): sigma in [0.002, 80], EDM's preconditioning
 with sigma_data 0.5 (centred data), its loss, a Fourier embedding of log sigma (EDM's c_noise = ln(sigma)/4
 up to scale), and the Heun sampler (18 steps, 35 NFE)."""
-from configs.default import use_ddpmpp
+from configs.default import use_ddpmpp, use_edm
 from configs.digits.base import get_digits_config
 
 
@@ -9,14 +9,6 @@ def get_config():
     config = get_digits_config("edm")
     config.data.centered = True
     use_ddpmpp(config.model)
-    m = config.model
-    m.embedding_type = "fourier"
-    m.sigma_min, m.sigma_max, m.sigma_data = 0.002, 80.0, 0.5
-    m.parameterization = "edm"
-    t = config.training
-    t.loss = "edm"
-    t.eps = 0.002
-    s = config.sampling
-    s.method, s.steps, s.eps = "edm", 18, 0.002
-    config.eval.likelihood_eps = 0.002
+    config.model.embedding_type = "fourier"
+    use_edm(config, sigma_data=0.5)
     return config
