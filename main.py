@@ -12,19 +12,13 @@ config into plain options, which the modes take.
 """
 from __future__ import annotations
 
-import os
+import sys
+import warnings
+from pathlib import Path
 
-# Before torch loads its OpenMP runtime: idle threads sleep instead of spinning, so that a busy
-# neighbour (or several processes on few cores) costs its fair share, not the whole machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import sys  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import ml_collections  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 from training.checkpoint import atomic_write_text
 from training.distributed import DistContext, cleanup, init_distributed

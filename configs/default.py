@@ -31,7 +31,7 @@ def _training() -> ml_collections.ConfigDict:
     t.exit_zero_on_signal = False  # after SIGTERM / SIGINT: exit 0 instead of 128 + signal (143 / 130)
     t.snapshot_sampling = True     # write a few samples to <workdir>/snapshots/ at each snapshot
     t.snapshot_num_samples = 64    # how many samples a snapshot draws
-    t.threads = 0                  # intra-op CPU threads; 0 = auto: 1 for small networks, else the free cores
+    t.threads = 0                  # intra-op CPU threads; 0 = auto: the cores not busy with other work
     t.progress_bar = True          # tqdm bar (also off when stderr is not a terminal)
     t.tensorboard = True           # also log to <workdir>/tensorboard if torch.utils.tensorboard imports
     # GPU-only switches; on CPU they are logged as ignored

@@ -1,4 +1,6 @@
 """Suite-wide test settings."""
+import os
+
 import pytest
 import torch
 
@@ -10,5 +12,6 @@ def one_intra_op_thread():
     Multi-process tests set one thread in each worker too."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"      # the trainer's thread policy reads it (training.threads = 0)
     yield
     torch.set_num_threads(previous)

@@ -377,3 +377,18 @@ def test_cuda_only_switches_are_ignored_on_cpu_with_a_log_line(caplog):
 
 def test_world_of_one_context_is_the_default(tmp_path):
     assert train(tiny_toy_config(), tmp_path, DistContext())["step"] == 8
+
+
+def test_thread_policy_takes_the_free_cores(monkeypatch):
+    from training import runtime
+    monkeypatch.setattr(runtime, "available_cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert runtime.choose_threads(3)[0] == 3                              # asked for
+    assert runtime.choose_threads(0, busy=0.0)[0] == 4                    # a quiet machine: every core
+    assert runtime.choose_threads(0, busy=2.2)[0] == 2                    # two cores busy elsewhere
+    assert runtime.choose_threads(0, busy=3.9)[0] == 1                    # never fewer than one
+    assert runtime.choose_threads(0, local_processes=2, busy=0.0)[0] == 2  # torchrun shares the cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    threads, why = runtime.choose_threads(0, busy=0.0)
+    assert threads == 3 and why == "OMP_NUM_THREADS"
+    assert runtime.busy_cores(0.05) >= 0.0

@@ -55,7 +55,7 @@ def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContex
     except ValueError as err:
         raise ValueError(f"{path}: the EMA weights do not match the network built from the config: {err}") from err
     if ctx.device.type == "cpu":
-        set_threads(options.train.threads, ema.module, local_processes())
+        set_threads(options.train.threads, local_processes())
     sde = options.sde.build()
     logger.info("loaded EMA weights of step %d from %s", state["step"], path)
     accel = resolve_accel(ctx.device, options.train.accel)

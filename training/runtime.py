@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import time
 import signal
 import sys
 import threading
@@ -72,11 +73,6 @@ def memory_format(x: torch.Tensor, accel: Accel) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------- threads
-# Below this many parameters a network's kernels are too small to split: one intra-op thread is as fast
-# on a quiet machine and far faster on a busy one (bench/train_throughput.py --busy).
-SMALL_MODEL_PARAMS = 500_000
-
-
 def cgroup_cpu_limit() -> float | None:
     """The CPU quota of this process's cgroup in cores (v2 ``cpu.max`` or v1 ``cfs_quota_us``), if any."""
     candidates = [("/sys/fs/cgroup/cpu.max", None),
@@ -101,19 +97,44 @@ def available_cores() -> int:
     return max(1, min(cores, math.floor(quota))) if quota else cores
 
 
-def choose_threads(asked: int, num_params: int, local_processes: int = 1) -> tuple[int, str]:
-    """Intra-op threads and why: ``asked`` if > 0; else ``OMP_NUM_THREADS`` if set; else one thread for a
-    small network; else the available cores shared by the local processes (``torchrun``)."""
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat`` (Linux), else ``None``."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)        # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(window_s: float = 0.3) -> float:
+    """How many cores other processes keep busy now: the machine's non-idle CPU time over a short
+    window while this process sleeps (the load average reacts over a minute, too slowly for this)."""
+    before = _cpu_times()
+    if before is None:
+        return 0.0
+    time.sleep(window_s)
+    after = _cpu_times()
+    total = after[1] - before[1]
+    return 0.0 if total <= 0 else (after[0] - before[0]) / total * (os.cpu_count() or 1)
+
+
+def choose_threads(asked: int, local_processes: int = 1, busy: float | None = None) -> tuple[int, str]:
+    """Intra-op threads and why: ``asked`` if > 0; else ``OMP_NUM_THREADS`` if set; else the cores
+    this process may use (affinity, cgroup quota), shared by the local ``torchrun`` processes, less
+    those other processes keep busy right now. Measured (bench/train_throughput.py --busy): with every
+    core's thread a busy neighbour cuts training to 20 % of its quiet speed (the threads wait on each
+    other), with the free cores only it keeps 48-58 % of the quiet speed of all cores."""
     if asked > 0:
         return asked, "training.threads"
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env), "OMP_NUM_THREADS"
-    if num_params < SMALL_MODEL_PARAMS:
-        return 1, f"a small network ({num_params / 1e6:.2f}M parameters < {SMALL_MODEL_PARAMS / 1e6:.1f}M)"
-    cores = available_cores()
-    share = max(1, cores // max(local_processes, 1))
-    return share, f"{cores} available cores / {local_processes} local process(es)"
+    cores = max(1, available_cores() // max(local_processes, 1))
+    busy = busy_cores() if busy is None else busy
+    free = max(1, min(cores, round(available_cores() - busy) // max(local_processes, 1)))
+    return free, (f"{available_cores()} available cores, {busy:.1f} busy with other work, "
+                  f"{local_processes} local process(es)")
 
 
 def local_processes() -> int:
@@ -122,13 +143,11 @@ def local_processes() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
-def set_threads(asked: int, model: torch.nn.Module, local_processes: int = 1) -> int:
-    """Apply ``choose_threads`` to this process (CPU only matters) and log the choice."""
-    num_params = sum(p.numel() for p in model.parameters())
-    threads, why = choose_threads(asked, num_params, local_processes)
+def set_threads(asked: int, local_processes: int = 1) -> int:
+    """Apply ``choose_threads`` to this process (it matters on a CPU) and log the choice."""
+    threads, why = choose_threads(asked, local_processes)
     torch.set_num_threads(threads)
-    logger.info("intra-op threads: %d (%s; OpenMP wait policy %s)", threads, why,
-                os.environ.get("OMP_WAIT_POLICY", "default"))
+    logger.info("intra-op threads: %d (%s)", threads, why)
     return threads
 
 

@@ -142,7 +142,7 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
     check_data_size(train.batch_size, data)
     model = _build_network(options, data, ctx, accel)
     if ctx.device.type == "cpu":
-        set_threads(train.threads, model, local_processes())
+        set_threads(train.threads, local_processes())
     run = TrainRun(
         options=options, ctx=ctx, workdir=workdir, data=data, sde=options.sde.build(), model=model,
         ema=ExponentialMovingAverage(model, decay=train.ema_rate), optimizer=options.optim.build(model.parameters()),
