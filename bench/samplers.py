@@ -290,8 +290,8 @@ def print_spacings(problem: Problem) -> None:
 def print_matrix(runs: Dict[str, Tuple[Dict[str, List[Point]], float]]) -> None:
     """One row per sampler, one column per process: NFE to reach that process's MMD^2 floor."""
     names = list(next(iter(runs.values()))[0])
-    print(f"\n=== NFE to reach the MMD^2 floor (95th percentile of fresh data), per (sampler, process); "
-          f"'>max' = not within the swept settings")
+    print("\n=== NFE to reach the MMD^2 floor (95th percentile of fresh data), per (sampler, process); "
+          "'>max' = not within the swept settings")
     print(f"  {'sampler':<18} " + " ".join(f"{p:>7}" for p in runs))
     for sampler in names:
         cells = [_fmt(nfe_to_reach(res[sampler], lambda p: p.mmd2, q95)) for res, q95 in runs.values()]

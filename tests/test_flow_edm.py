@@ -21,7 +21,7 @@ from torch import nn
 
 import samplers
 import sde_lib
-from gmm_utils import assert_matches_mixture, gen, make_test_mixture, mode_stats, reference_sample, shared_time_score
+from gmm_utils import assert_matches_mixture, gen, make_test_mixture, reference_sample, shared_time_score
 from models import PARAMETERIZATIONS, get_score_fn
 from samplers import edm_sample, fast_sample, karras_sigmas, log_likelihood, ode_sample, pc_sample
 from samplers.common import CountingScore
