@@ -226,12 +226,6 @@ class MetricsWriter:
         if len(kept) != len(lines):
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
-    def records(self) -> list[dict]:
-        """Every record written so far (rank 0; other ranks have none)."""
-        if not (self.enabled and self.path.is_file()):
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
     def write(self, record: dict) -> None:
         if not self.enabled:
             return

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,10 @@ from training.workdir import (METRICS_FILE, SNAPSHOT_DIR, TENSORBOARD_DIR, Workd
                               write_loss_curve)
 
 logger = logging.getLogger(__name__)
+
+# The loss curve is redrawn at an eval at most this often (reading metrics.jsonl and drawing take
+# ~0.3 s: every eval of a GPU run with eval_freq 100 would cost hours), and once when training ends.
+LOSS_CURVE_EVERY_S = 60.0
 
 
 class TrainingDivergedError(RuntimeError):
@@ -101,6 +106,7 @@ class TrainRun:
     grad_norm: torch.Tensor | None = None
     skipped: torch.Tensor | None = None       # whether the last update was skipped (on the device)
     skips: SkipCounter | None = None
+    curve_drawn: float = -math.inf            # time.monotonic() of the last loss-curve drawing
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -368,8 +374,9 @@ def log_eval_loss(run: TrainRun, bar=None) -> None:
     logger.info("step %d: held-out loss %.5g (EMA weights, %d items)", run.step, loss, len(items))
     if bar is not None and not bar.disable:
         bar.set_postfix_str(f"{getattr(bar, 'postfix', None) or ''} held_out={loss:.4g}".strip())
-    if run.ctx.is_main:
+    if run.ctx.is_main and time.monotonic() - run.curve_drawn >= LOSS_CURVE_EVERY_S:
         write_loss_curve(run.workdir, run.options)
+        run.curve_drawn = time.monotonic()
 
 
 def write_snapshot_samples(run: TrainRun) -> None:
@@ -474,6 +481,8 @@ def _train_locked(options: RunOptions, workdir: str | Path, ctx: DistContext) ->
             if run.last_saved != run.step:
                 save_checkpoint(run)
         run.metrics.write({"step": run.step, "event": "stopped" if stopped else "finished"})
+        if run.ctx.is_main:
+            write_loss_curve(run.workdir, run.options)
     finally:
         run.metrics.close()
     if stopped:
