@@ -5,7 +5,8 @@
 
 ``--mode train`` writes ``<workdir>/checkpoints/`` (and resumes from the newest), ``metrics.jsonl`` and
 ``snapshots/``; ``--mode eval`` writes ``<workdir>/eval/metrics.json``; ``--mode sample`` writes
-``<workdir>/samples/samples.npz`` and a PNG. For several processes launch with ``torchrun``.
+``<workdir>/samples/samples.npz`` and a PNG; ``--mode inpaint`` / ``colorize`` write
+``<workdir>/inpaint/`` / ``colorize/``. For several processes launch with ``torchrun``.
 
 The config stops here: ``training.factory.options_from_config`` validates every field and turns the
 config into plain options, which the modes take.
@@ -22,14 +23,23 @@ from ml_collections import config_flags
 
 from training.checkpoint import atomic_write_text
 from training.distributed import DistContext, cleanup, init_distributed
+from training.classifier_eval import evaluate_classifier
 from training.evaluate import evaluate
+from training.imputation import colorize, inpaint
 from training.factory import config_help, options_from_config, schema_fields
 from training.options import RunOptions
 from training.sampling import sample
 from training.trainer import train
 from training.workdir import config_path
 
-MODES = {"train": train, "eval": evaluate, "sample": sample}
+def evaluate_model(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: str | Path | None = None) -> dict:
+    """``--mode eval``: likelihoods and held-out loss of a score model, or a classifier's accuracy."""
+    if options.loss.is_classifier:
+        return evaluate_classifier(options, workdir, ctx, outdir=outdir)
+    return evaluate(options, workdir, ctx, outdir=outdir)
+
+
+MODES = {"train": train, "eval": evaluate_model, "sample": sample, "inpaint": inpaint, "colorize": colorize}
 # ml_collections loads config files with the deprecated importlib load_module(): not the user's concern
 LOAD_MODULE_WARNING = r"the load_module\(\) method is deprecated"
 
@@ -59,14 +69,14 @@ def quiet_other_ranks(ctx: DistContext) -> None:
         logging.set_verbosity(logging.WARNING)
 
 
-def check_workdir(workdir: str | Path, mode: str) -> None:
+def check_workdir(workdir: str | Path, mode: str, pretrained: bool = False) -> None:
     """The work directory must be a directory (or, for ``train``, creatable); eval and sample read an
     existing one and never create it."""
     path = Path(workdir)
     for folder in (path, *path.parents):
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"--workdir {workdir}: {folder} is a file, not a directory")
-    if mode != "train" and not path.is_dir():
+    if mode != "train" and not pretrained and not path.is_dir():
         raise ValueError(f"--workdir {workdir} does not exist; train a model there first (--mode train)")
 
 
@@ -77,9 +87,13 @@ def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mod
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     if outdir is not None and mode == "train":
-        raise ValueError("--outdir applies to --mode eval and sample; training writes into --workdir")
+        raise ValueError("--outdir applies to --mode eval, sample, inpaint and colorize; training writes into "
+                         "--workdir")
     options = config if isinstance(config, RunOptions) else options_from_config(config)
-    check_workdir(workdir, mode)
+    if mode == "train" and options.network.pretrained is not None:
+        raise ValueError("config.model.pretrained applies to eval, sample, inpaint and colorize (it replaces the "
+                         "work directory's checkpoints); --mode train trains the config's own network")
+    check_workdir(workdir, mode, pretrained=options.network.pretrained is not None)
     ctx = init_distributed(options.device)
     quiet_other_ranks(ctx)
     try:
@@ -142,7 +156,10 @@ HELP = """
 modes (--mode):
   train    train a model in --workdir, resuming from its newest checkpoint (Ctrl-C / SIGTERM checkpoint first)
   eval     held-out loss and likelihood (bits/dim or nll, next to what they compare with) of the EMA weights
-  sample   draw samples from the EMA weights: samples.npz, a PNG and info.json
+  sample   draw samples from the EMA weights: samples.npz, a PNG and info.json (class-conditional and guided:
+           --config.sampling.label=3|all --config.sampling.guidance=cfg|classifier --config.sampling.guidance_scale=2)
+  inpaint  complete held-out items (or sampling.inpaint_data) with sampling.mask missing: a PNG sheet and .npz
+  colorize colour images from their grey version (3-channel data)
 
 example (the main job, about a minute and a half on 2 CPU cores):
   python main.py --config configs/toy/gmm_vp.py --workdir runs/gmm_vp --mode train
@@ -199,7 +216,7 @@ def main(argv) -> None:
         fail(f"unexpected arguments: {argv[1:]}", 2)
     try:
         options = options_from_config(FLAGS.config)
-        check_workdir(FLAGS.workdir, FLAGS.mode)
+        check_workdir(FLAGS.workdir, FLAGS.mode, pretrained=options.network.pretrained is not None)
     except ValueError as err:
         if _verbose():
             raise

@@ -3,6 +3,8 @@
     python -m bench.samplers            # VP and VE (sigma_max = 50), ~2-3 min on 2 CPU cores
     python -m bench.samplers --sdes vp --n 1000
     python -m bench.samplers --sdes vp,ve,rf,edm --n 1000   # + rectified flow and EDM's process
+    python -m bench.samplers --sdes vp,subvp,ve             # the three score-SDE processes (issue 11)
+    python -m bench.samplers --sdes vp,subvp,ve --only "dpm++,unipc,opt-grid"   # few-step solvers only
 
 Data: a 2-D mixture of four Gaussians with unequal weights (0.4 / 0.3 / 0.2 / 0.1; one correlated, one
 elongated and one narrow mode, std 0.14). With the exact score the only errors are the sampler's, so:
@@ -14,6 +16,22 @@ elongated and one narrow mode, std 0.14). With the exact score the only errors a
   fresh data set of the same size. Its floor is the same statistic between fresh data sets and that
   one (mean and 95th percentile over 20 draws); a sampler "reaches the floor" at the smallest NFE from
   which on it stays below that 95th percentile.
+
+``unipc K bhN`` rows are UniPC (``fast_sample(solver="unipc", order=K, unipc_variant="bhN")``, issue 11).
+The fast samplers are swept from 3 steps (4 NFE) so that the floor at <= 6 NFE would show; measured
+(MMD^2 over the floor's 95th percentile at 6 NFE, vp / subvp / ve): dpm++ 2M 19 / 69 / 11, dpm++ 3M
+76 / 74 / 57, unipc 2 bh2 24 / 68 / 14, unipc 3 bh1 113 / 195 / 100, unipc 3 bh2 74 / 71 / 56: no
+setting reaches the floor at 6 NFE; UniPC 3 reaches it at 9-11 NFE on VP and VE (as dpm++ 3M).
+
+``opt-grid`` rows (issue 11): ``fast_sample(denoise=False)`` (nfe = steps) on a grid fitted by
+``samplers.optimize_time_grid`` (default ``init="inverse_karras"``, 4 sweeps x 8 evaluations) to 1000
+latents of another seed, so the bench's latents are held out; ``nodenoise`` rows are the same solver on
+the default grid. Measured (``--sdes vp,subvp,ve --only "dpm++,unipc,opt-grid"``), MMD^2 / floor q95 at
+4 / 5 / 6 NFE: opt-grid unipc 2: vp 6.98 / 2.78 / 1.37, subvp 18.97 / 19.33 / 20.20, ve 6.03 / 4.82 /
+1.31; opt-grid unipc 3 at 6 NFE: vp 1.03, subvp 25.81, ve 2.12. NFE to the floor: opt-grid unipc 2 7 /
+20 / 8 (vp / subvp / ve), against 11 / 21 / 9 for the best default-grid setting: <= 6 NFE is not met.
+Fitting cost (NFE, batched over 1000 latents): 353 / 546 / 803 / 1124 at 3 / 4 / 5 / 6 steps. On subVP a
+fit started from ``init="logSNR"`` with 8 sweeps x 10 evaluations reached 1.46 at 6 NFE (one run).
 
 With several processes a last table gives, per (sampler, process), the NFE to reach the floor. Measured
 with ``--sdes vp,ve,rf,edm`` (2000 samples, one seed: a stochastic sampler's entry moves by one setting
@@ -74,6 +92,7 @@ import torch
 import sde_lib
 from samplers import ddim_sample, edm_sample, fast_sample, ode_sample, pc_sample
 from samplers.fast import SKIP_TYPES
+from samplers.time_grid import optimize_time_grid
 
 MIXTURE = sde_lib.GaussianMixture(
     weights=[0.4, 0.3, 0.2, 0.1],
@@ -83,11 +102,12 @@ MIXTURE = sde_lib.GaussianMixture(
 )
 SDE_FACTORIES: Dict[str, Callable[[int], sde_lib.SDE]] = {
     "vp": lambda n: sde_lib.VPSDE(N=n),
+    "subvp": lambda n: sde_lib.subVPSDE(N=n),
     "ve": lambda n: sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=n),
     "rf": lambda n: sde_lib.RectifiedFlow(N=n),                       # T = 0.999
     "edm": lambda n: sde_lib.EDMSDE(sigma_min=0.002, sigma_max=80.0, N=n),
 }
-STEPS = (5, 8, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
+STEPS = (3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
 PC_STEPS = (25, 50, 100, 200, 500, 1000)  # VP's discrete betas need N > beta_max = 20
 EDM_STEPS = (3, 5, 8, 10, 13, 18, 25, 35, 50, 100, 250)  # edm_sample: 2 N - 1 NFE
 ODE_TOLS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-5)
@@ -147,6 +167,39 @@ def fast_family(make_sde, order: int) -> Family:
     return Family(f"dpm++ {order}M", STEPS, run, True)
 
 
+def unipc_family(make_sde, order: int, variant: str) -> Family:
+    """UniPC (Zhao et al. 2023): UniP-``order`` + UniC, ``B(h)`` variant ``variant``, the default grid."""
+    sde = make_sde(1000)
+
+    def run(steps, z, g):
+        return fast_sample(sde, MIXTURE.score_fn(sde), z.shape, steps=steps, order=order, z=z,
+                           solver="unipc", unipc_variant=variant)
+    return Family(f"unipc {order} {variant}", STEPS, run, True)
+
+
+GRID_STEPS = (3, 4, 5, 6, 7, 8, 10, 15, 20)  # fitted grids: the search costs ~ steps^2 solver NFE
+GRID_FIT_SAMPLES = 1000
+GRID_FIT_SEED = 10  # fitting latents; the bench's latents (seed 0) are held out
+GRID_COSTS: Dict[str, Dict[int, int]] = {}  # family name -> {steps: NFE spent fitting the grid}
+
+
+def grid_family(make_sde, order: int, solver: str, fitted: bool, label: str) -> Family:
+    """``fast_sample`` without the final denoising step (``nfe = steps``) on a grid fitted by
+    ``samplers.optimize_time_grid`` to ``GRID_FIT_SAMPLES`` other latents, or on the default grid."""
+    sde = make_sde(1000)
+    score_fn = MIXTURE.score_fn(sde)
+    kwargs = dict(order=order, solver=solver, denoise=False)
+
+    def run(steps, z, g):
+        if not fitted:
+            return fast_sample(sde, score_fn, z.shape, steps=steps, z=z, **kwargs)
+        fit = optimize_time_grid(sde, score_fn, (GRID_FIT_SAMPLES,) + tuple(z.shape[1:]), steps,
+                                 generator=torch.Generator().manual_seed(GRID_FIT_SEED), return_info=True, **kwargs)
+        GRID_COSTS.setdefault(label, {})[steps] = fit.nfe
+        return fast_sample(sde, score_fn, z.shape, z=z, times=fit.times, **kwargs)
+    return Family(label, GRID_STEPS, run, True)
+
+
 def ddim_family(make_sde, eta: float) -> Family:
     sde = make_sde(1000)
 
@@ -200,7 +253,16 @@ def families(make_sde) -> List[Family]:
         ddim_family(make_sde, 1.0),
         fast_family(make_sde, 2),
         fast_family(make_sde, 3),
+        unipc_family(make_sde, 2, "bh1"),
+        unipc_family(make_sde, 2, "bh2"),
+        unipc_family(make_sde, 3, "bh1"),
+        unipc_family(make_sde, 3, "bh2"),
         sde_dpm_family(make_sde),
+        grid_family(make_sde, 2, "dpmsolver++", False, "dpm++ 2M nodenoise"),
+        grid_family(make_sde, 2, "dpmsolver++", True, "opt-grid dpm++ 2M"),
+        grid_family(make_sde, 2, "unipc", False, "unipc 2 nodenoise"),
+        grid_family(make_sde, 2, "unipc", True, "opt-grid unipc 2"),
+        grid_family(make_sde, 3, "unipc", True, "opt-grid unipc 3"),
         edm_family(make_sde, 0.0),
         edm_family(make_sde, 10.0),
     ]
@@ -261,7 +323,7 @@ def _fmt(nfe: Optional[int]) -> str:
 
 
 def print_summary(results: Dict[str, List[Point]], floor_q95: float) -> None:
-    base = nfe_to_reach(results[BASELINE], lambda p: p.mmd2, floor_q95)
+    base = nfe_to_reach(results[BASELINE], lambda p: p.mmd2, floor_q95) if BASELINE in results else None
     print(f"  {'sampler':<18} {'NFE@floor':>9} {'vs PC':>7} {'NFE@1e-2':>9} {'NFE@1e-3':>9}")
     for name, points in results.items():
         at_floor = nfe_to_reach(points, lambda p: p.mmd2, floor_q95)
@@ -287,6 +349,21 @@ def print_spacings(problem: Problem) -> None:
             print(f"  {order:<6} {skip:<15} " + " ".join(f"{e:9.2e}" for e in errs))
 
 
+FEW_NFE = (4, 5, 6)
+
+
+def print_few_nfe(results: Dict[str, List[Point]], floor_q95: float) -> None:
+    """MMD^2 over the floor's 95th percentile at ``FEW_NFE`` (1 = at the floor), and the grid fits' cost."""
+    print(f"  {'sampler':<18} " + " ".join(f"{'@' + str(n) + ' NFE':>9}" for n in FEW_NFE) + "   grid fit NFE (steps: cost)")
+    for name, points in results.items():
+        by_nfe = {p.nfe: p.mmd2 / floor_q95 for p in points}
+        if not any(n in by_nfe for n in FEW_NFE):
+            continue
+        cells = [f"{by_nfe[n]:9.2f}" if n in by_nfe else f"{'-':>9}" for n in FEW_NFE]
+        costs = " ".join(f"{k}:{v}" for k, v in GRID_COSTS.get(name, {}).items() if k <= 8)
+        print(f"  {name:<18} " + " ".join(cells) + f"   {costs}")
+
+
 def print_matrix(runs: Dict[str, Tuple[Dict[str, List[Point]], float]]) -> None:
     """One row per sampler, one column per process: NFE to reach that process's MMD^2 floor."""
     names = list(next(iter(runs.values()))[0])
@@ -298,17 +375,20 @@ def print_matrix(runs: Dict[str, Tuple[Dict[str, List[Point]], float]]) -> None:
         print(f"  {sampler:<18} " + " ".join(f"{c:>7}" for c in cells))
 
 
-def bench_sde(name: str, n: int) -> Tuple[Dict[str, List[Point]], float]:
+def bench_sde(name: str, n: int, only: Tuple[str, ...] = ()) -> Tuple[Dict[str, List[Point]], float]:
     start = time.time()
     problem = build_problem(name, n)
     floor_mean, floor_q95 = data_floor(problem.reference)
     print(f"\n=== {name}: {n} samples; MMD^2 floor (fresh data vs reference): mean {floor_mean:.2e}, "
           f"95th percentile {floor_q95:.2e}")
-    results = {f.name: measure(problem, f) for f in families(problem.make_sde)}
+    results = {f.name: measure(problem, f) for f in families(problem.make_sde)
+               if not only or any(word in f.name for word in only)}
     print_curves(results)
     print(f"\n--- {name}: NFE to reach the MMD^2 floor ({floor_q95:.2e}) and the decode-error levels; "
           f"'vs PC' = NFE of {BASELINE!r} / NFE of the sampler")
     print_summary(results, floor_q95)
+    print(f"\n--- {name}: MMD^2 / floor 95th percentile at few NFE (<= 1: at the floor)")
+    print_few_nfe(results, floor_q95)
     print(f"\n--- {name}: fast_sample mean decode error by spacing")
     print_spacings(problem)
     print(f"({name}: {time.time() - start:.0f} s)")
@@ -319,13 +399,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sdes", default="vp,ve", help=f"comma-separated, from {sorted(SDE_FACTORIES)}")
     parser.add_argument("--n", type=int, default=2000, help="samples per run")
+    parser.add_argument("--only", default="", help="comma-separated: run only the samplers whose name "
+                        "contains one of these words (e.g. 'unipc,opt-grid')")
     args = parser.parse_args(argv)
     names = args.sdes.split(",")
     unknown = [s for s in names if s not in SDE_FACTORIES]
     if unknown:
         raise ValueError(f"--sdes must name SDEs among {sorted(SDE_FACTORIES)}, got {unknown}")
     torch.set_num_threads(1)  # tensors of 2000 x 2: threads only add overhead
-    runs = {name: bench_sde(name, args.n) for name in names}
+    only = tuple(w for w in args.only.split(",") if w)
+    runs = {name: bench_sde(name, args.n, only) for name in names}
     if len(runs) > 1:
         print_matrix(runs)
 

@@ -112,11 +112,11 @@ def measure(case: Case, ctx: DistContext, warmup: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         run = setup_run(options_from_config(config), workdir, ctx, data=workload_data(case))
         for _ in range(warmup):
-            train_step(run, next_batch(run))
+            train_step(run, *next_batch(run))
         _sync(ctx)
         start = time.perf_counter()
         for _ in range(steps):
-            train_step(run, next_batch(run))
+            train_step(run, *next_batch(run))
         _sync(ctx)
         elapsed = time.perf_counter() - start
     params = sum(p.numel() for p in run.model.parameters())
@@ -163,7 +163,7 @@ def _unguarded_optimize_step(optimizer, params, update, lr, warmup, grad_clip, l
 def _steps_per_s(run, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step(run, trainer.next_batch(run))
+        trainer.train_step(run, *trainer.next_batch(run))
     return steps / (time.perf_counter() - start)
 
 
@@ -267,10 +267,10 @@ config.training.threads = {threads}
 with tempfile.TemporaryDirectory() as workdir:
     run = setup_run(options_from_config(config), workdir, DistContext())
     for _ in range(5):
-        train_step(run, next_batch(run))
+        train_step(run, *next_batch(run))
     start = time.perf_counter()
     for _ in range({steps}):
-        train_step(run, next_batch(run))
+        train_step(run, *next_batch(run))
     print((time.perf_counter() - start), torch.get_num_threads(), flush=True)
 """
 

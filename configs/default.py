@@ -14,7 +14,7 @@ def _training() -> ml_collections.ConfigDict:
     t.batch_size = 128             # GLOBAL batch; each of W ranks takes batch_size / W
     t.n_iters = 1_300_001          # optimizer updates in total (a resumed run continues to this step)
     t.sde = "vpsde"                # the process: vpsde | subvpsde | vesde | cosine_vpsde | rectified_flow | edm
-    t.loss = "dsm"                 # continuous: dsm | flow | edm; discrete: ddpm | smld | v
+    t.loss = "dsm"                 # continuous: dsm | flow | edm | classifier (noisy classifier); discrete: ddpm | smld | v
     t.continuous = True            # continuous-time noise labels; True for dsm / flow / edm, False for the others
     t.reduce_mean = True           # per-sample mean over dims (else ½ sum, Song et al. 2021 eq. 7)
     t.likelihood_weighting = False  # dsm: lambda(t) = g(t)^2 (Song, Durkan et al. 2021)
@@ -22,6 +22,7 @@ def _training() -> ml_collections.ConfigDict:
     t.eps = 1e-5                   # dsm / flow / edm: smallest training time
     t.p_mean = -1.2                # edm: mean of ln sigma (Karras et al. 2022, P_mean)
     t.p_std = 1.2                  # edm: std of ln sigma (P_std)
+    t.label_dropout = 0.0          # class-conditional: probability of the null label (> 0 for classifier-free guidance)
     t.log_freq = 50                # steps between metrics.jsonl lines
     t.eval_freq = 1000             # steps between held-out loss evaluations (one eval batch)
     t.checkpoint_freq = 10_000     # steps between preemption checkpoints (the newest keep_last are kept)
@@ -55,11 +56,14 @@ def _data() -> ml_collections.ConfigDict:
 
 def _model() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
-    m.name = "ddpmpp"              # network: mlp (vector data) | ddpmpp | ncsnpp (U-Nets for images)
+    m.name = "ddpmpp"              # mlp (vectors) | ddpmpp | ncsnpp (U-Nets) | classifier_mlp | classifier_unet
     m.ema_rate = 0.9999            # decay of the exponential moving average of the weights
     m.parameterization = "auto"    # network output: auto (the SDE's default) | eps | x0 | score | velocity | v | edm
     m.scale_by_sigma = False       # divide a "score" output by sigma(t) (NCSN++)
     m.sigma_data = 0.5             # edm parameterisation and loss: the data's standard deviation
+    m.num_classes = 0              # class-conditional network or classifier: number of classes (0 = unconditional)
+    m.pretrained = ""              # eval / sample / inpaint: a diffusers save_pretrained dir or a score_sde checkpoint
+    m.pretrained_config = ""       # a score_sde checkpoint's training config (.json dump or its .py file)
     # the process (training.sde) reads these
     m.sigma_min = 0.01             # VE / EDM: smallest noise level (EDM's own: 0.002)
     m.sigma_max = 50.0             # VE / EDM: largest noise level (EDM's own: 80)
@@ -121,7 +125,16 @@ def _sampling() -> ml_collections.ConfigDict:
     s.ode_method = "dopri5"        # ode: torchdiffeq method (or rk45 through SciPy)
     s.rtol = 1e-5                  # ode: relative tolerance
     s.atol = 1e-5                  # ode: absolute tolerance
-    s.num_samples = 64             # samples written by --mode sample
+    s.label = ""                   # class-conditional: "" (none), a class index, or "all" (one row per class)
+    s.guidance = "none"            # none | cfg (classifier-free; needs training.label_dropout > 0) | classifier
+    s.guidance_scale = 1.0         # w: cfg s_u + w (s_c - s_u) (Ho & Salimans' w + 1); classifier s + w grad log p(y|x)
+    s.classifier_workdir = ""      # guidance = classifier: work directory of a trained noise-conditional classifier
+    s.threshold = 0.0              # fast / ddim: dynamic thresholding quantile of |x0| (Imagen: 0.995); 0 = off
+    s.mask = "lower_half"          # inpaint: lower_half | right_half | centre | random:<missing fraction> | mask.npy (1 = known)
+    s.inpaint_method = "replacement"  # inpaint / colorize: replacement (Song et al. 2021) | repaint (Lugmayr et al.)
+    s.resample = 1                 # inpaint / colorize with repaint: U, reverse steps per level
+    s.inpaint_data = ""            # inpaint / colorize: .npz of data-space items (array "samples"); "" = held-out data
+    s.num_samples = 64             # samples written by --mode sample (items by inpaint / colorize)
     s.batch_size = 64              # samples drawn per batch
     return s
 
@@ -132,11 +145,21 @@ def _eval() -> ml_collections.ConfigDict:
     e.num_samples = 1000           # held-out points for the loss and the likelihood
     e.likelihood = True            # compute the likelihood (bits/dim or nll) in --mode eval
     e.trace = "rademacher"         # exact | gaussian | rademacher (Hutchinson)
-    e.method = "dopri5"            # ODE solver of the likelihood
+    e.method = "adams"             # ODE solver of the likelihood: adams (one score per step) | dopri5 | ...
     e.rtol = 1e-5                  # likelihood ODE relative tolerance
     e.atol = 1e-5                  # likelihood ODE absolute tolerance
     e.likelihood_eps = 1e-5        # the likelihood is that of p_eps
     e.true_nll_samples = 100_000   # Monte Carlo size for the data's own entropy (toy data)
+    # likelihood bounds (samplers/bounds.py), each with its standard error, NFE and time, in bpd / nll units
+    e.bounds = ""                  # comma-separated: elbo (continuous-time models) | vlb | iw (the N-level chain) | all (every one that applies); "" = none
+    e.bound_items = 100            # bounds: held-out items used, the first n of eval.num_samples (0 = all)
+    e.bound_rows = 2048            # bounds: most rows (items x draws or paths) per score call
+    e.elbo_samples = 64            # elbo: draws of (t, +-z) per item, 2 score evaluations each
+    e.vlb_levels = 0               # vlb: levels drawn per item, an unbiased estimate (0 = the exact sum over all N levels)
+    e.iw_k = (1, 10, 100)          # iw: the K of each importance-weighted bound IW_K (each must divide the largest)
+    e.iw_repeats = 1               # iw: independent IW_K estimates per item at the largest K (max(iw_k) x iw_repeats paths of N levels)
+    e.chain_variance = "forward"   # vlb / iw: the reverse step's variance: forward (beta_i) | posterior (beta_tilde_i) (Ho et al. 2020)
+    e.chain_decoder = "density"    # vlb / iw: density (Gaussian at dequantised x, bits/dim as bpd) | discretized (images: Ho et al. eq. 13 at the cell centres)
     return e
 
 

@@ -3,10 +3,16 @@
 # classifier_mlp / classifier_unet (noise-conditional classifiers for guidance)
 from models import classifier, mlp, unet  # noqa: F401  (registration)
 from models.classifier import classifier_loss, get_logits_fn
+# diffusers models (issue 15); diffusers itself is imported only when these run
+from models.diffusers_interop import (diffusers_times, from_diffusers, load_diffusers_dir,
+                                      to_diffusers_scheduler_config)
 from models.ema import ExponentialMovingAverage
 from models.layers import check_labels, null_label
 from models.registry import MODELS, get_model
+from models.score_sde_import import from_score_sde, load_score_sde_checkpoint, unet_kwargs_from_score_sde_config
 from models.utils import PARAMETERIZATIONS, get_model_fn, get_score_fn
 
 __all__ = ["get_score_fn", "get_model_fn", "get_model", "MODELS", "ExponentialMovingAverage", "PARAMETERIZATIONS",
-           "null_label", "check_labels", "get_logits_fn", "classifier_loss"]
+           "null_label", "check_labels", "get_logits_fn", "classifier_loss",
+           "load_score_sde_checkpoint", "unet_kwargs_from_score_sde_config", "from_score_sde",
+           "from_diffusers", "load_diffusers_dir", "to_diffusers_scheduler_config", "diffusers_times"]

@@ -21,7 +21,8 @@ from samplers.correctors import CORRECTORS, Corrector, register_corrector
 from samplers.edm import edm_sample, karras_sigmas  # EDM's Heun / churn samplers (issue 14)
 from samplers.fast import SOLVERS as FAST_SOLVERS  # ODE or SDE DPM-Solver++ (issue 14)
 from samplers.fast import ORDERS as FAST_ORDERS
-from samplers.fast import SKIP_TYPES, ddim_sample, fast_sample, get_time_steps
+from samplers.fast import SKIP_TYPES, UNIPC_VARIANTS, ddim_sample, fast_sample, get_time_steps
+from samplers.time_grid import TimeGridFit, optimize_time_grid  # grids fitted to the score (issue 11)
 from samplers.guidance import (classifier_free_guidance, classifier_free_guidance_batched, classifier_guidance,
                                classifier_log_prob_fn, dynamic_threshold, dynamic_thresholding)
 from samplers.inpaint import METHODS as INPAINT_METHODS
@@ -34,8 +35,9 @@ from samplers.predictors import PREDICTORS, Predictor, register_predictor
 
 __all__ = ["pc_sample", "ode_sample", "ode_encode", "fast_sample", "ddim_sample", "get_time_steps",
            "log_likelihood", "bits_per_dim", "check_pc_options", "register_predictor", "register_corrector",
-           "PREDICTORS", "CORRECTORS", "Predictor", "Corrector", "SKIP_TYPES", "FAST_ORDERS", "ODE_METHODS",
+           "PREDICTORS", "CORRECTORS", "Predictor", "Corrector", "SKIP_TYPES", "UNIPC_VARIANTS", "FAST_ORDERS", "ODE_METHODS",
            "TRACES", "edm_sample", "karras_sigmas", "FAST_SOLVERS", "classifier_free_guidance", "classifier_guidance", "classifier_log_prob_fn",
            "classifier_free_guidance_batched", "dynamic_threshold", "dynamic_thresholding", "inpaint", "colorize", "grey_basis", "INPAINT_METHODS",
            "elbo", "vlb_terms", "ddpm_vlb", "VLBTerms", "VLB_VARIANCES", "VLB_SCORE_TIMES", "iw_bound", "iw_log_weights",
-           "iw_from_log_weights", "bits_per_dim_bound", "discretized_gaussian_log_likelihood"]
+           "iw_from_log_weights", "bits_per_dim_bound", "discretized_gaussian_log_likelihood",
+           "optimize_time_grid", "TimeGridFit"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, List, NamedTuple
 
+import numpy as np
 import torch
 
 from samplers.common import ScoreFn, CountingScore, batch_time, check_eps, initial_noise, progress_iter, tweedie_denoise
@@ -107,11 +108,24 @@ def get_time_steps(sde: SDE, steps: int, eps: float = 1e-3, skip_type: str = DEF
     return t
 
 
-def _time_grid(sde: SDE, steps: int, eps: float, skip_type: str) -> TimeGrid:
-    t = get_time_steps(sde, steps, eps, skip_type)
+def _explicit_times(sde: SDE, times) -> torch.Tensor:
+    """``times`` as a float64 CPU tensor: at least 2 strictly decreasing times in ``[0, T]``."""
+    try:
+        t = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"times must be a 1-D sequence of floats, got {type(times).__name__}")
+    if t.numel() < 2 or not bool((t[1:] < t[:-1]).all()) or not (0.0 <= float(t[-1]) and float(t[0]) <= sde.T):
+        raise ValueError(f"times must be at least 2 strictly decreasing times in [0, T] = [0, {sde.T}], got {t.tolist()}")
+    return t
+
+
+def _time_grid(sde: SDE, steps: int, eps: float, skip_type: str, times=None) -> TimeGrid:
+    t = get_time_steps(sde, steps, eps, skip_type) if times is None else _explicit_times(sde, times)
     alpha, sigma = sde.marginal_coeffs(t)
     lam = _half_log_snr(sde, t)
-    if not bool((lam[1:] > lam[:-1]).all()):
+    if not bool((lam[1:] > lam[:-1]).all() and torch.isfinite(lam).all()):
+        if times is not None:
+            raise ValueError(f"times must have strictly increasing finite log-SNR, got times {t.tolist()}")
         raise ValueError(f"steps={steps} is too many for eps={eps}: the {skip_type!r} grid repeats a log-SNR")
     return TimeGrid(t.tolist(), alpha.tolist(), sigma.tolist(), lam.tolist())
 
@@ -170,7 +184,7 @@ _UPDATES = {1: _update_1, 2: _update_2, 3: _update_3}
 
 # ----- SDE-DPM-Solver++ (issue 14) -----------------------------------------------------------------
 # fast_sample's solvers: the probability-flow ODE (DPM-Solver++) or the reverse SDE (SDE-DPM-Solver++)
-SOLVERS = ("dpmsolver++", "sde-dpmsolver++")
+SOLVERS = ("dpmsolver++", "sde-dpmsolver++", "unipc")
 SDE_ORDERS = (1, 2)
 
 
@@ -203,6 +217,80 @@ def _step_order(i: int, steps: int, order: int, lower_order_final: bool) -> int:
     if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
         k = min(k, steps - i)
     return k
+
+
+# ----- UniPC (issue 11) ----------------------------------------------------------------------------
+UNIPC_VARIANTS = ("bh1", "bh2")
+DEFAULT_UNIPC_VARIANT = "bh2"
+
+
+def _unipc_terms(m: List[torch.Tensor], grid: TimeGrid, i: int, k: int, variant: str):
+    """The shared pieces of UniP-k / UniC-k from ``t_i`` to ``t_{i+1}`` (Zhao et al. 2023, UniPC, Alg. 2-3
+    in data-prediction form; wl-zhao/UniPC's ``multistep_uni_pc_bh_update``): the DDIM part ``x_ddim``'s
+    coefficients, ``B(h)`` (``bh1``: ``B(h) = h``; ``bh2``: ``B(h) = e^h - 1``), the divided differences
+    ``D_j = (x0_{i-j} - x0_i) / r_j`` with ``r_j = (lambda_{i-j} - lambda_i) / h`` and the order
+    conditions ``R rho = b``, ``R_{nj} = r_j^(n-1)``, ``b_n = n! phi_{n+1}(-h) / B(h)``, ``r_k = 1``."""
+    h = _step_size(grid, i)
+    hh = -h
+    rks = [(grid.lam[i - j] - grid.lam[i]) / h for j in range(1, k)] + [1.0]
+    diffs = [(m[-1 - j] - m[-1]) / rks[j - 1] for j in range(1, k)]
+    h_phi_1 = math.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
+    h_phi_k, factorial, rows, b = h_phi_1 / hh - 1.0, 1.0, [], []
+    for n in range(1, k + 1):
+        rows.append([r ** (n - 1) for r in rks])
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= n + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    x_ddim = (grid.sigma[i + 1] / grid.sigma[i], -grid.alpha[i + 1] * h_phi_1)  # x_ddim = c0 x + c1 x0_i
+    return x_ddim, grid.alpha[i + 1] * b_h, diffs, np.array(rows), np.array(b)
+
+
+def _combine(terms, x: torch.Tensor, m0: torch.Tensor, rhos, extra: List[torch.Tensor]) -> torch.Tensor:
+    (c0, c1), a_bh, diffs, _, _ = terms
+    out = c0 * x + c1 * m0
+    for rho, d in zip(rhos, diffs + extra):
+        out = out - (a_bh * float(rho)) * d
+    return out
+
+
+def _unipc_predict(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int, k: int, variant: str):
+    """UniP-k: ``x_{i+1} = x_ddim - alpha B(h) sum_j rho_j D_j`` with ``rho`` from the first ``k - 1``
+    order conditions (``rho = ½`` at ``k = 2``)."""
+    terms = _unipc_terms(m, grid, i, k, variant)
+    _, _, _, rows, b = terms
+    rhos = [] if k == 1 else [0.5] if k == 2 else np.linalg.solve(rows[:-1, :-1], b[:-1]).tolist()
+    return _combine(terms, x, m[-1], rhos, [])
+
+
+def _unipc_correct(x: torch.Tensor, m: List[torch.Tensor], m_new: torch.Tensor, grid: TimeGrid, i: int, k: int,
+                   variant: str) -> torch.Tensor:
+    """UniC-k: the step ``t_i -> t_{i+1}`` again from ``x`` (at ``t_i``), with the data prediction
+    ``m_new`` made at the predicted ``x_{i+1}`` as one more node: order ``k + 1`` for no extra evaluation,
+    since ``m_new`` is the history of the next step (Zhao et al. 2023, Sec. 3.1)."""
+    terms = _unipc_terms(m, grid, i, k, variant)
+    _, _, _, rows, b = terms
+    rhos = [0.5] if k == 1 else np.linalg.solve(rows, b).tolist()
+    return _combine(terms, x, m[-1], rhos, [m_new - m[-1]])
+
+
+def _unipc_loop(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, order: int, lower_order_final: bool,
+                variant: str, show: bool) -> torch.Tensor:
+    """Multistep UniPC (Zhao et al. 2023, Alg. 3): UniP-k predicts ``x_{i+1}``; the score there gives
+    ``x0_{i+1}``, with which UniC corrects ``x_{i+1}`` before the next step. The last step is not
+    corrected (its corrector would need one more evaluation)."""
+    steps = len(grid.t) - 1
+    history: List[torch.Tensor] = []
+    previous = None  # (x_i, k) of the step to correct
+    for i in progress_iter(range(steps), show, "unipc", total=steps):
+        m_i = _data_prediction(score, x, grid, i)
+        if previous is not None:
+            x = _unipc_correct(previous[0], history, m_i, grid, i - 1, previous[1], variant)
+        history = (history + [m_i])[-order:]
+        k = _step_order(i, steps, order, lower_order_final)
+        previous = (x, k)
+        x = _unipc_predict(x, history, grid, i, k, variant)
+    return x
 
 
 # ----- the drivers -------------------------------------------------------------------------------
@@ -257,11 +345,11 @@ def _thresholded(sde: SDE, score_fn: ScoreFn, thresholding: float | None) -> Sco
 
 
 def _start(sampler: str, sde: SDE, score_fn: ScoreFn, shape, steps: int, eps: float, skip_type: str, z,
-           device, generator, dtype):
-    """Shared set-up: checks, the counting score, the initial ``x_T`` and the grid."""
+           device, generator, dtype, times=None):
+    """Shared set-up: checks, the counting score, the initial ``x_T`` and the grid (``times`` if given)."""
     score = CountingScore(score_fn, sampler)
     _check_dtype(dtype)
-    grid = _time_grid(sde, steps, eps, skip_type)
+    grid = _time_grid(sde, steps, eps, skip_type, times)
     x = initial_noise(sde, shape, z=z, device=device, generator=generator, dtype=dtype)
     return score, x, grid
 
@@ -281,7 +369,7 @@ def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int 
                 generator: torch.Generator | None = None, skip_type: str = DEFAULT_SKIP_TYPE,
                 dtype: torch.dtype | None = None, progress: bool = False,
                 lower_order_final: bool = True, thresholding: float | None = None,
-                solver: str = "dpmsolver++"):
+                solver: str = "dpmsolver++", times=None, unipc_variant: str = DEFAULT_UNIPC_VARIANT):
     """Solve the probability-flow ODE from ``T`` to ``eps`` with multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2).
 
     ``steps`` score evaluations on a ``skip_type`` grid (one of ``SKIP_TYPES``: ``"inverse_karras"``, the
@@ -295,16 +383,25 @@ def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int 
     included (Saharia et al. 2022; ``samplers.dynamic_thresholding``), for data in ``[-1, 1]``.
     Returns ``(x, nfe)``. ``solver="sde-dpmsolver++"`` solves the reverse SDE instead with
     SDE-DPM-Solver++(1) (= DDIM with ``eta = 1``) or (2M) (``order`` 1 or 2; Lu et al. 2022b), its noise
-    drawn from ``generator``.
+    drawn from ``generator``. ``times`` (strictly decreasing, in ``[0, T]``) replaces the grid: the solver
+    steps from ``times[0]`` to ``times[-1]`` (``steps``, ``eps`` and ``skip_type`` are then unused), e.g. a
+    diffusers scheduler's timesteps (``models.diffusers_times``). ``solver="unipc"`` is UniPC (Zhao et al.
+    2023): the UniP-``order`` predictor and the UniC corrector, one order higher at no extra evaluation,
+    with ``B(h)`` from ``unipc_variant`` (``"bh1"``: ``h``; ``"bh2"``: ``e^h - 1``).
     """
     order = _check_order(order)
     check_choice("solver", solver, SOLVERS)
+    check_choice("unipc_variant", unipc_variant, UNIPC_VARIANTS)
     if solver == "sde-dpmsolver++" and order not in SDE_ORDERS:
         raise ValueError(f"order must be one of {list(SDE_ORDERS)} for solver 'sde-dpmsolver++', got {order!r}")
     score_fn = _thresholded(sde, score_fn, thresholding)
-    score, x, grid = _start("fast_sample", sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
-    updates = _UPDATES if solver == "dpmsolver++" else _sde_updates(generator)
-    x = _multistep(score, x, grid, order, bool(lower_order_final), progress, updates)
+    score, x, grid = _start("fast_sample", sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype,
+                            times)
+    if solver == "unipc":
+        x = _unipc_loop(score, x, grid, order, bool(lower_order_final), unipc_variant, progress)
+    else:
+        updates = _UPDATES if solver == "dpmsolver++" else _sde_updates(generator)
+        x = _multistep(score, x, grid, order, bool(lower_order_final), progress, updates)
     return _finish(sde, score, x, grid.t[-1], denoise)
 
 
@@ -312,17 +409,19 @@ def fast_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int 
 def ddim_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 50, eta: float = 0.0, eps: float = 1e-3,
                 denoise: bool = True, z: torch.Tensor | None = None, device=None,
                 generator: torch.Generator | None = None, skip_type: str = DDIM_SKIP_TYPE,
-                dtype: torch.dtype | None = None, progress: bool = False, thresholding: float | None = None):
+                dtype: torch.dtype | None = None, progress: bool = False, thresholding: float | None = None,
+                times=None):
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on any linear SDE, ``steps`` score evaluations.
 
     ``eta = 0`` is the deterministic sampler, identical to ``fast_sample(order=1)`` on the same grid
     (note the defaults differ: DDIM's is ``"time_quadratic"``, see ``DDIM_SKIP_TYPE``);
     ``eta = 1`` adds the DDPM posterior variance at every step (ancestral sampling on the coarse grid).
     The step noise comes from ``generator``; ``nfe = steps + denoise``. ``thresholding`` as in
-    ``fast_sample``. Returns ``(x, nfe)``.
+    ``fast_sample``; ``times`` replaces the grid as there. Returns ``(x, nfe)``.
     """
     eta = check_float("eta", eta, 0.0, 1.0)  # 0: deterministic DDIM, 1: DDPM-like
     score_fn = _thresholded(sde, score_fn, thresholding)
-    score, x, grid = _start("ddim_sample", sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype)
+    score, x, grid = _start("ddim_sample", sde, score_fn, shape, steps, eps, skip_type, z, device, generator, dtype,
+                            times)
     x = _ddim_loop(score, x, grid, eta, generator, progress)
     return _finish(sde, score, x, grid.t[-1], denoise)

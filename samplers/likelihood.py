@@ -6,7 +6,12 @@ eq. 39)::
 
     log p_eps(x(eps)) = log p_T(x(T)) + ∫_eps^T div f~(x(t), t) dt
 
-The state ``[x, ∫ div]`` is integrated from ``eps`` to ``T`` in one solve.
+The state ``[x, ∫ div]`` is integrated from ``eps`` to ``T`` in one solve. With ``scale_state`` (the
+default for ``method="adams"``) the state is ``[x / s_t, ∫ (div f~ - D s_t'/s_t)]`` with
+``s_t^2 = alpha_t^2 + sigma_t^2``, the scale of the marginal of unit-variance data, and
+``D log(s_T / s_eps)`` is added back: the same integral, but the state no longer grows with sigma
+(VE's ``x_t ~ sigma_t z`` grows as ``e^{t log(sigma_max / sigma_min)}``, which a polynomial method must
+resolve; on VP ``s_t = 1`` and nothing changes).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import torch
 from samplers.common import CountingScore, ScoreFn, check_eps
 from samplers.ode import check_input, check_solver, integrate, time_like
 from sde_lib import SDE
-from sde_lib.utils import batch_sum, check_choice, check_int
+from sde_lib.utils import append_dims, batch_sum, check_choice, check_int
 
 TRACES = ("exact", "gaussian", "rademacher")
 # the ODE is integrated in these; half-precision input is integrated in float32
@@ -30,7 +35,7 @@ def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, trace: str = "e
                    generator: torch.Generator | None = None, n_probes: int = 1,
                    dtype: torch.dtype | None = None,
                    prior_logp: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   steps: int | None = None, progress: bool = False
+                   steps: int | None = None, progress: bool = False, scale_state: bool | None = None
                    ) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """``log p_eps(x)`` in nats per sample (shape ``(B,)``), the latent ``z = x(T)`` and the NFE.
 
@@ -44,6 +49,12 @@ def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, trace: str = "e
     ``sde.prior_logp``, e.g. with a known exact ``log p_T``. Solvers and ``steps`` as in ``ode_sample``;
     ``nfe`` counts score evaluations (one per ODE function evaluation, whatever the trace). A score of
     the wrong shape or a NaN / infinite one raises ``ValueError`` (see ``samplers.common.CountingScore``).
+    ``method="adams"`` (adaptive Adams predictor-corrector, one evaluation per step; the default of the
+    configs' ``eval.method``, while this function keeps dopri5, its documented default) is more accurate
+    than dopri5 at the same tolerance in fewer evaluations; at ``rtol = atol = 1e-3`` it is within 1e-3
+    nats of the exact value in 44-66 evaluations on exact-score mixtures where dopri5 needs 56-134
+    (``bench/likelihood.py``). ``scale_state`` integrates ``x / s_t``
+    instead of ``x`` (module docstring); ``None`` means on for ``"adams"``, off otherwise.
     """
     counting = CountingScore(score_fn, "log_likelihood")
     check_choice("trace", trace, TRACES)
@@ -53,13 +64,23 @@ def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, trace: str = "e
     check_input(x)
     if prior_logp is not None and not callable(prior_logp):
         raise ValueError(f"prior_logp must be callable or None, got {type(prior_logp).__name__}")
+    if scale_state is None:
+        scale_state = method == "adams"
+    if not isinstance(scale_state, bool):
+        raise ValueError(f"scale_state must be True, False or None (on for method 'adams'), got {scale_state!r}")
     x = x.detach().to(dtype=integration_dtype(x, dtype))
     probes = None if trace == "exact" else draw_probes(trace, n_probes, x, generator)
-    func = _augmented_dynamics(sde, _differentiable(counting), x.shape, probes)
+    scale = _state_scale(sde) if scale_state else None
+    func = _augmented_dynamics(sde, _differentiable(counting), x.shape, probes, scale)
     with torch.no_grad(), counting.guard():
-        state = integrate(func, pack(x, x.new_zeros(x.shape[0])), eps, sde.T, method,
+        start = x / _scale_at(scale, eps, x) if scale_state else x
+        state = integrate(func, pack(start, x.new_zeros(x.shape[0])), eps, sde.T, method,
                           rtol, atol, steps, progress, desc="likelihood ODE")
     z, delta_logp = unpack(state, x.shape)
+    if scale_state:
+        s_eps, s_T = _scale_at(scale, eps, x), _scale_at(scale, sde.T, x)
+        z = z * s_T
+        delta_logp = delta_logp + z[0].numel() * torch.log(s_T / s_eps).reshape(())
     prior = (prior_logp or sde.prior_logp)(z)
     return prior.to(delta_logp.dtype) + delta_logp, z, counting.nfe
 
@@ -104,18 +125,43 @@ def _differentiable(score_fn: ScoreFn) -> ScoreFn:
     return score
 
 
-def _augmented_dynamics(sde: SDE, score_fn: ScoreFn, shape, probes: torch.Tensor | None):
-    """``d/dt [x, ∫ div] = [f~(x, t), div f~(x, t)]`` with one score evaluation per call."""
+def _state_scale(sde: SDE):
+    """``t -> (s_t, s_t' / s_t)`` with ``s_t^2 = alpha_t^2 + sigma_t^2``, each ``(B,)``."""
+    def scale(t: torch.Tensor):
+        alpha, sigma = sde.marginal_coeffs(t)
+        d_alpha, d_sigma = sde.marginal_derivatives(t)
+        s2 = alpha ** 2 + sigma ** 2
+        return s2.sqrt(), (alpha * d_alpha + sigma * d_sigma) / s2
+    return scale
+
+
+def _scale_at(scale, t: float, x: torch.Tensor) -> torch.Tensor:
+    """``s_t`` at one time, broadcastable against ``x``."""
+    return append_dims(scale(time_like(x.new_tensor(t), x[:1]))[0], x.ndim)
+
+
+def _augmented_dynamics(sde: SDE, score_fn: ScoreFn, shape, probes: torch.Tensor | None, scale=None):
+    """``d/dt [x, ∫ div] = [f~(x, t), div f~(x, t)]`` with one score evaluation per call; with ``scale``
+    (``_state_scale``) the state is ``y = x / s_t``: ``dy/dt = (f~ - (s'/s) x) / s``, ``div - D s'/s``."""
     rsde = sde.reverse(score_fn, probability_flow=True)
+    dim = math.prod(shape[1:])
 
     def func(t, state):
-        x, _ = unpack(state, shape)
+        y, _ = unpack(state, shape)
+        tt = time_like(t, y)
+        if scale is not None:
+            s, dlog_s = (append_dims(c, y.ndim) for c in scale(tt))
+        x = y if scale is None else y * s
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            drift = rsde.sde(xg, time_like(t, xg))[0]
+            drift = rsde.sde(xg, tt)[0]
             div = (exact_divergence(drift, xg) if probes is None
                    else hutchinson_divergence(drift, xg, probes))
-        return pack(drift.detach(), div.detach())
+        drift, div = drift.detach(), div.detach()
+        if scale is not None:
+            drift = (drift - dlog_s * x) / s
+            div = div - dim * dlog_s.reshape(-1)
+        return pack(drift, div)
 
     return func
 

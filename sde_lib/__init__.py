@@ -3,6 +3,7 @@ from sde_lib.base import SDE, ReverseSDE
 from sde_lib.mixture import GaussianMixture
 from sde_lib.labelled import LabelledGaussianMixture, condition_mixture, marginal_mixture
 from sde_lib.paths import EDMSDE, PathSDE, RectifiedFlow
+from sde_lib.tabulated import TabulatedVPSDE  # any DDPM beta table, e.g. a diffusers scheduler's (issue 15)
 from sde_lib.utils import Registry, append_dims
 from sde_lib.ve import VESDE
 from sde_lib.vp import CosineVPSDE, VPSDE, subVPSDE
@@ -25,4 +26,4 @@ def get_sde(name: str, **kwargs) -> SDE:
 __all__ = ["SDE", "ReverseSDE", "VPSDE", "subVPSDE", "VESDE", "CosineVPSDE", "GaussianMixture",
            "SDES", "get_sde", "Registry", "append_dims",
            "LabelledGaussianMixture", "condition_mixture", "marginal_mixture",
-           "RectifiedFlow", "EDMSDE", "PathSDE"]
+           "RectifiedFlow", "EDMSDE", "PathSDE", "TabulatedVPSDE"]

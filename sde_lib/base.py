@@ -186,7 +186,7 @@ class SDE(abc.ABC):
         ``(x_i + beta_i score) / sqrt(1 - beta_i)`` (Ho et al. 2020, eq. 11), for VE SMLD's
         ``x_i + (sigma_i^2 - sigma_{i-1}^2) score``. ``variance="posterior"`` uses
         ``beta_tilde_i = sigma_{i-1}^2 sigma^2_{i|i-1} / sigma_i^2``; ``"forward"`` uses ``sigma^2_{i|i-1}``
-        (``beta_i`` for VP, Ho et al.'s other choice).
+        (``beta_i`` for VP, Ho et al.'s other choice); the step to ``x_0`` adds no noise either way.
         """
         check_choice("variance", variance, ("posterior", "forward"))
         ratio, var, (alpha_i, sigma_i), (alpha_prev, sigma_prev) = self._transition(t, x)
@@ -195,6 +195,8 @@ class SDE(abc.ABC):
         coef_x0 = alpha_prev * var / sigma_i ** 2
         mean = append_dims(coef_x, x.ndim) * x + append_dims(coef_x0, x.ndim) * x0
         step_var = var * sigma_prev ** 2 / sigma_i ** 2 if variance == "posterior" else var
+        # the last step (to x_0, sigma_prev = 0) adds no noise with either variance (Ho et al. 2020, Alg. 2)
+        step_var = torch.where(sigma_prev > 0, step_var, torch.zeros_like(step_var))
         return mean, step_var.sqrt()
 
     def langevin_alpha(self, t: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ def test_bf16_autocast_trains_and_samples_on_cpu(tmp_path):
     assert run.accel.bf16
     seen = []
     run.model.linear_out.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    losses = [float(trainer.train_step(run, trainer.next_batch(run))) for _ in range(3)]
+    losses = [float(trainer.train_step(run, *trainer.next_batch(run))) for _ in range(3)]
     assert seen == [torch.bfloat16] * 3 and all(math.isfinite(v) for v in losses)
     trainer.save_checkpoint(run)
     run.metrics.close()
@@ -44,7 +44,7 @@ def test_bf16_autocast_trains_and_samples_on_cpu(tmp_path):
 def test_torch_compile_trains_and_samples_on_cpu(tmp_path):
     run = trainer.setup_run(options_from_config(tiny(compile=True)), tmp_path, DistContext())
     assert run.accel.compile and hasattr(run.train_model, "_orig_mod")  # the compiled module
-    losses = [float(trainer.train_step(run, trainer.next_batch(run))) for _ in range(3)]
+    losses = [float(trainer.train_step(run, *trainer.next_batch(run))) for _ in range(3)]
     assert all(math.isfinite(v) for v in losses)
     trainer.save_checkpoint(run)
     run.metrics.close()

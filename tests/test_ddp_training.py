@@ -237,7 +237,7 @@ def test_batch_rows_do_not_depend_on_the_world_size(tmp_path, monkeypatch):
     for world in (1, 2):
         runs_ = [trainer.setup_run(options_from_config(config), tmp_path / f"{world}_{r}", DistContext(rank=r, world_size=world))
                  for r in range(world)]
-        xs = [trainer.next_batch(run) for run in runs_]
+        xs = [trainer.next_batch(run)[0] for run in runs_]
         noises = [trainer.loss_noise(run, x) for run, x in zip(runs_, xs)]
         drawn.append((torch.cat(xs), {k: torch.cat([n[k] for n in noises]) for k in noises[0]}))
     (x1, n1), (x2, n2) = drawn

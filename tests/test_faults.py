@@ -74,11 +74,11 @@ def _nan_data_from(monkeypatch, step: int):
     original = trainer.next_batch
 
     def poisoned(run):
-        x = original(run)
+        x, labels = original(run)
         if run.step + 1 >= step:
             x = x.clone()
             x[0, 0] = float("nan")
-        return x
+        return x, labels
 
     monkeypatch.setattr(trainer, "next_batch", poisoned)
 
@@ -109,8 +109,8 @@ def test_weights_that_went_non_finite_are_never_written(tmp_path, monkeypatch):
     config = tiny_config(n_iters=6)
     original = trainer.train_step
 
-    def corrupt_after(run, x):
-        loss = original(run, x)
+    def corrupt_after(run, x, labels=None):
+        loss = original(run, x, labels)
         if run.step == 5:
             with torch.no_grad():
                 next(run.model.parameters()).fill_(float("inf"))

@@ -232,6 +232,10 @@ def test_ancestral_step_is_ddpm_and_smld():
     x0 = (x + (1 - vp.ddpm_64.alphas_cumprod[i]) * score) / vp.ddpm_64.sqrt_alphas_cumprod[i]
     mu, var = vp.q_posterior(x0, x, torch.full((4,), i))
     assert torch.allclose(mu, mean, atol=1e-12) and torch.allclose(var, std_post ** 2, rtol=1e-10)
+    # the step to x_0 adds no noise with either variance (Ho et al. 2020, Alg. 2: z = 0 at t = 1)
+    for variance in ("forward", "posterior"):
+        assert torch.equal(vp.ancestral_step(x, grid_time(vp, 0), score, variance=variance)[1], torch.zeros(4,
+                           dtype=torch.float64))
 
     ve = VESDE()
     t = grid_time(ve, i)

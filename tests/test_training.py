@@ -68,7 +68,7 @@ def tiny_digits_config():
     ("eval.trace", "hutch", r"config\.eval\.trace must be one of"),
     ("eval.method", "euler", r"config\.eval\.method must be one of"),
     ("data.dataset", "imagenet", r"config\.data\.dataset must be one of \[.*'checkerboard'"),
-    ("model.name", "resnet", r"config\.model\.name must be one of \['ddpmpp', 'mlp', 'ncsnpp'\]"),
+    ("model.name", "resnet", r"config\.model\.name must be one of \['classifier_mlp', 'classifier_unet', 'ddpmpp', 'mlp', 'ncsnpp'\]"),
     ("training.batch_size", 0, r"config\.training\.batch_size must be an integer >= 1, got 0"),
     ("training.n_iters", True, r"config\.training\.n_iters must be an integer >= 0, got True"),
     ("model.hidden", 0, r"config\.model\.hidden must be an integer >= 1, got 0"),
@@ -109,7 +109,7 @@ def test_every_field_is_mapped_and_every_mapped_field_exists():
     assert mapped <= fields
     model_fields = {f for f in fields if f.startswith("model.")}
     read_elsewhere = {"model.name", "model.ema_rate", "model.parameterization", "model.scale_by_sigma",
-                      "model.sigma_data"}
+                      "model.sigma_data", "model.pretrained", "model.pretrained_config"}
     assert model_fields == mapped | read_elsewhere
     # every other section's fields reach the options: change each, and the options change
     def plain(config):                                     # the options without the config's own text
@@ -145,7 +145,9 @@ def _another_valid_value(path, default):
             "data.root": "elsewhere", "device": "cpu", "sampling.method": "fast",
             "sampling.predictor": "reverse_diffusion", "sampling.corrector": "langevin",
             "sampling.ode_method": "rk4", "eval.trace": "gaussian", "eval.method": "bosh3",
-            "optim.optimizer": "adam"}.get(path, default)
+            "optim.optimizer": "adam", "sampling.mask": "right_half", "sampling.inpaint_method": "repaint",
+            "sampling.inpaint_data": "items.npz", "sampling.classifier_workdir": "classifier",
+            "model.pretrained": "model_dir", "model.pretrained_config": "config.json"}.get(path, default)
 
 
 def _combination_ok(config):
@@ -214,7 +216,7 @@ def test_options_are_frozen_plain_values():
     assert options.sampler.kwargs == {"predictor": "euler_maruyama", "corrector": "none", "snr": 0.16,
                                       "n_steps": 1, "probability_flow": False, "denoise": True, "eps": 1e-3}
     assert dict(options.network.kwargs) == {"hidden": 16, "n_blocks": 1, "embedding_type": "fourier",
-                                            "fourier_scale": 16.0}
+                                            "fourier_scale": 16.0, "num_classes": 0}
 
 
 # ---------------------------------------------------------------------------------------- optimizer
@@ -292,8 +294,8 @@ def _signal_at(monkeypatch, stop_step: int):
     """Deliver a real SIGTERM to this process right after optimizer update ``stop_step``."""
     original = trainer.train_step
 
-    def step_then_signal(run, x):
-        loss = original(run, x)
+    def step_then_signal(run, x, labels=None):
+        loss = original(run, x, labels)
         if run.step == stop_step:
             os.kill(os.getpid(), signal.SIGTERM)
         return loss

@@ -85,6 +85,20 @@ class ToyDistribution(ABC):
 
     entropy = true_nll
 
+    num_classes = 8
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """Class labels ``(B,)`` of points ``(B, 2)``: which of the ``num_classes`` parts of the data
+        (a mixture component, a dark cell) each point belongs to, a function of the point alone."""
+        if not (isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] == self.dim):
+            raise ValueError(f"x must be a tensor of shape (B, {self.dim}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        return self._labels(x)
+
+    @abstractmethod
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        """Labels of validated points."""
+
     @abstractmethod
     def _sample(self, n: int, generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``n`` points ``(n, 2)`` drawn on ``device`` with ``generator``."""
@@ -117,6 +131,12 @@ class GaussianMixture2D(ToyDistribution):
         z = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
         return self.means(device, dtype)[k] + self.std * z
 
+    def _labels(self, x):
+        # the nearest mode: modes are 2 r sin(pi / M) = 15 sigma apart, so a point is nearer to another
+        # mode than its own with probability about 1e-14
+        sq_dist = (x[:, None, :] - self.means(x.device, x.dtype)[None]).square().sum(dim=-1)
+        return sq_dist.argmin(dim=1)
+
     def _log_prob(self, x):
         # log p(x) = logsumexp_k [ -|x - μ_k|² / (2σ²) ] - log(2π σ²) - log M   (stable far from the modes)
         sq_dist = (x[:, None, :] - self.means(x.device, x.dtype)[None]).square().sum(dim=-1)
@@ -147,6 +167,12 @@ class Checkerboard(ToyDistribution):
         k = torch.randint(len(cells), (n,), generator=generator, device=device)
         u = torch.rand(n, self.dim, generator=generator, device=device, dtype=dtype)
         return cells[k].to(dtype) + u
+
+    def _labels(self, x):
+        # the dark cell a point lies in (the nearest cell's index outside the board)
+        corner = torch.floor(x).clamp(-self.half_width, self.half_width - 1)
+        cells = self.dark_cells(x.device).to(x.dtype)
+        return (corner[:, None, :] - cells[None]).abs().sum(dim=-1).argmin(dim=1)
 
     def _log_prob(self, x):
         inside = ((x >= -self.half_width) & (x < self.half_width)).all(dim=1)
@@ -357,6 +383,8 @@ def dataset_names() -> list[str]:
 # The shape of one item of each data set, known without reading any file (config validation uses it).
 ITEM_SHAPES = {"gmm": (2,), "checkerboard": (2,), "digits": (1, 8, 8), "cifar10": (3, 32, 32),
                "mnist": (1, 28, 28)}
+# How many classes each data set's labels have (toy data: the mixture components / dark cells).
+NUM_CLASSES = {"gmm": 8, "checkerboard": 8, "digits": 10, "cifar10": 10, "mnist": 10}
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,13 @@
 - ``bpd`` for images (uniformly dequantised, Song et al. 2021 App. D), ``nll`` in nats per sample for
   continuous data, each with its Monte Carlo standard error, from ``samplers.log_likelihood``;
 - ``true_nll`` for data with a known density (toy sets): the data's own entropy, the best any model
-  can do (``log 8`` exactly for the checkerboard, a Monte Carlo estimate for the mixture).
+  can do (``log 8`` exactly for the checkerboard, a Monte Carlo estimate for the mixture);
+- the likelihood bounds ``eval.bounds`` asks for (``samplers/bounds.py``), on the first ``eval.bound_items``
+  held-out items, in the units of ``bpd`` / ``nll`` (upper bounds on them): ``elbo_bpd`` (continuous ELBO,
+  Song, Durkan, Murray & Ermon 2021), ``vlb_bpd`` (DDPM's variational bound, Ho et al. 2020) and
+  ``iw{K}_bpd`` (importance-weighted, Burda et al. 2016), ``_nll`` for continuous data; each with
+  ``_stderr`` (over items, Monte-Carlo noise included), ``_mc_stderr`` (the Monte-Carlo part),
+  ``{name}_nfe`` (score evaluations per item) and ``{name}_time_s``.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import torch
 import samplers
 from training.datasets import scaler_log_det
 from training.distributed import DistContext
-from training.heldout import heldout_loss, log_likelihoods
+from training.heldout import bound_summary, heldout_loss, likelihood_bounds, log_likelihoods
 from training.inference import Inference, load_for_inference
 from training.options import RunOptions
 from training.runtime import bars_enabled, logs_above_bars
@@ -66,6 +72,52 @@ def _likelihood_metrics(options: RunOptions, inf: Inference, spec: DataSpec, ctx
             "likelihood_time_s": round(time.perf_counter() - start, 3)}
 
 
+def _bound_metrics(options: RunOptions, inf: Inference, spec: DataSpec, ctx: DistContext) -> dict:
+    """Every bound ``eval.bounds`` asks for, flat: ``{name}_{bpd|nll}``, ``_stderr``, ``_mc_stderr``,
+    ``{name}_nfe``, ``{name}_time_s`` (``iw{K}`` share one set of paths: their NFE and time are its)."""
+    bounds = options.eval.bounds
+    streams = {"data": Stream.BOUND_DATA, "elbo": Stream.ELBO, "vlb": Stream.VLB, "iw": Stream.IW}
+    draws = likelihood_bounds(inf.sde, inf.score_fn, spec.test, spec, bounds, batch_size=options.eval.batch_size,
+                              generators={k: generator(options.seed, s, ctx.rank, ctx.device) for k, s in streams.items()},
+                              ctx=ctx, show_progress=bars_enabled(options.train.progress_bar) and ctx.is_main)
+    unit = "bpd" if spec.is_image else "nll"
+    metrics = {"bound_items": int(len(next(iter(draws.values())).logp)) if draws else 0}
+    if "iw" in bounds.names:
+        metrics["iw_paths"] = max(bounds.iw_k) * bounds.iw_repeats
+    for name, d in draws.items():
+        summary = bound_summary(d, spec)
+        metrics.update({f"{name}_{unit}": summary[unit], f"{name}_{unit}_stderr": summary["stderr"],
+                        f"{name}_{unit}_mc_stderr": summary["mc_stderr"], f"{name}_nfe": d.nfe,
+                        f"{name}_time_s": round(d.time_s, 3)})
+        if summary.get("nonfinite_items"):
+            metrics[f"{name}_nonfinite_items"] = summary["nonfinite_items"]
+    return metrics
+
+
+def bound_lines(metrics: dict, options: RunOptions) -> list[str]:
+    """One line per bound: its value beside what it bounds and what it cost."""
+    b, lines = options.eval.bounds, []
+    names = [n for n in ("elbo", "vlb") if n in b.names] + [f"iw{k}" for k in b.iw_k if "iw" in b.names]
+    unit, what = ("bpd", "bits/dim") if any(f"{n}_bpd" in metrics for n in names) else ("nll", "nll (nats)")
+    chain = f"{b.variance} variance, {b.decoder} decoder, N = {options.sde.kwargs['N']} levels"
+    described = {"elbo": f"ELBO (continuous, Song, Durkan et al. 2021; {b.elbo_samples} draws of (t, +-z))",
+                 "vlb": f"DDPM VLB (Ho et al. 2020; {b.vlb_levels or 'all'} levels per item; {chain})"}
+    for name in names:
+        value = metrics.get(f"{name}_{unit}")
+        label = described.get(name, f"IW_{name[2:]} (importance-weighted, {metrics.get('iw_paths')} paths per item; "
+                                      f"{chain})")
+        cost = (f"{metrics[f'{name}_nfe']} score evaluations per item, {metrics['bound_items']} items, "
+                f"{metrics[f'{name}_time_s']:.1f} s")
+        if value is None:
+            lines.append(f"{label}: {metrics.get(f'{name}_nonfinite_items')} items non-finite ({cost})")
+            continue
+        mc = metrics[f"{name}_{unit}_mc_stderr"]
+        mc_text = f", Monte Carlo {mc:.4f}" if mc is not None else ""
+        lines.append(f"{label}: {what} <= {value:.4f} +- {metrics[f'{name}_{unit}_stderr']:.4f}{mc_text} "
+                     f"(an upper bound; lower is tighter) ({cost})")
+    return lines
+
+
 def paired_gap(logp: torch.Tensor, spec: DataSpec) -> dict:
     """For data with a known density: ``mean_i [log p_data(x_i) - log p_model(x_i)]`` over the same
     held-out points (a Monte Carlo estimate of KL(p_data || p_model)), whose standard error is far
@@ -106,7 +158,7 @@ def summary_lines(metrics: dict, options: RunOptions) -> list[str]:
                      f"levels scores {metrics['uniform_bpd']:.3f}; lower is better) ({how})")
     if metrics.get("nonfinite_items"):
         lines.append(f"{metrics['nonfinite_items']} items had a non-finite likelihood")
-    return lines
+    return lines + bound_lines(metrics, options)
 
 
 def record_in_training_metrics(workdir: Path, metrics: dict, options: RunOptions) -> None:
@@ -135,6 +187,8 @@ def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir:
                                        ctx=ctx)
         if options.eval.likelihood:
             metrics.update(_likelihood_metrics(options, inf, spec, ctx))
+        if options.eval.bounds.names:
+            metrics.update(_bound_metrics(options, inf, spec, ctx))
     metrics.update(true_nll(spec, options.eval.true_nll_samples, options.seed))
     metrics.update(comparisons(metrics, spec))
     metrics["loss_meaning"] = options.loss.describe
@@ -147,6 +201,10 @@ def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir:
         for line in summary_lines(metrics, options):
             logger.info("eval: %s", line)
         logger.info("eval results in %s (kept) and %s (the latest)", run_dir, directory / "metrics.json")
+    bad_bounds = {k: v for k, v in metrics.items() if k.endswith("_nonfinite_items") and v}
+    if bad_bounds:
+        raise NonFiniteResultsError(f"non-finite likelihood bounds ({bad_bounds}, see {directory / 'metrics.json'}); "
+                                    f"the model or the bound settings (eval.*) are broken")
     if metrics.get("nonfinite_items"):
         raise NonFiniteResultsError(f"{metrics['nonfinite_items']} of {metrics['num_samples']} held-out items got a "
                                     f"NaN or infinite likelihood (see {directory / 'metrics.json'}); the model or "

@@ -23,12 +23,14 @@ from configs.default import get_default_config, use_ddpmpp, use_ncsnpp
 from models import MODELS, PARAMETERIZATIONS
 from sde_lib import SDE, SDES
 from sde_lib.utils import check_choice, check_float, check_int
-from training.datasets import ITEM_SHAPES, dataset_names
+from training.datasets import ITEM_SHAPES, NUM_CLASSES, dataset_names
 from training.distributed import DEVICES
 from training.losses import LOSSES
 from training.optim import OPTIMIZERS
-from training.options import (SAMPLING_METHODS, Accel, DataOptions, EvalOptions, LossOptions, NetworkOptions,
-                              OptimOptions, RunOptions, SamplerOptions, SDEOptions, TrainOptions, frozen_mapping)
+from training.heldout import BOUND_NAMES, CHAIN_DECODERS, bounds_that_apply
+from training.options import (SAMPLING_METHODS, Accel, BoundOptions, DataOptions, EvalOptions, LossOptions,
+                              NetworkOptions, OptimOptions, RunOptions, SamplerOptions, SDEOptions, TrainOptions,
+                              frozen_mapping)
 
 # The process's constructor arguments, per process: argument -> config field.
 SDE_ARGS = {
@@ -44,14 +46,22 @@ _UNET_ARGS = {name: f"model.{name}" for name in (
     "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resblock_type", "embedding_type",
     "fourier_scale", "fir", "fir_kernel", "skip_rescale", "resamp_with_conv", "init_scale", "progressive",
     "progressive_input", "progressive_combine")}
+_MLP_ARGS = {"hidden": "model.hidden", "n_blocks": "model.n_blocks", "embedding_type": "model.embedding_type",
+             "fourier_scale": "model.fourier_scale", "num_classes": "model.num_classes"}
+_CLASSIFIER_UNET_ARGS = {arg: field for arg, field in _UNET_ARGS.items()
+                         if arg not in ("progressive", "progressive_input", "progressive_combine")}
 NETWORK_ARGS = {
-    "mlp": {"hidden": "model.hidden", "n_blocks": "model.n_blocks", "embedding_type": "model.embedding_type",
-            "fourier_scale": "model.fourier_scale"},
-    "ddpmpp": _UNET_ARGS,
-    "ncsnpp": _UNET_ARGS,
+    "mlp": _MLP_ARGS,
+    "ddpmpp": {**_UNET_ARGS, "num_classes": "model.num_classes"},
+    "ncsnpp": {**_UNET_ARGS, "num_classes": "model.num_classes"},
+    "classifier_mlp": _MLP_ARGS,
+    "classifier_unet": {**_CLASSIFIER_UNET_ARGS, "num_classes": "model.num_classes"},
 }
+CLASSIFIERS = ("classifier_mlp", "classifier_unet")
+# Guidance of --mode sample: none, classifier-free (one network trained with label dropout), classifier.
+GUIDANCE = ("none", "cfg", "classifier")
 # Losses defined in continuous time (the others are on the discrete chain).
-CONTINUOUS_LOSSES = ("dsm", "flow", "edm")
+CONTINUOUS_LOSSES = ("dsm", "flow", "edm", "classifier")
 # The likelihood's ODE solvers: the adaptive ones (the fixed-step ones would need a step count).
 LIKELIHOOD_METHODS = samplers.ode.ADAPTIVE_METHODS + samplers.ode.SCIPY_METHODS
 
@@ -138,7 +148,11 @@ _CHOICES = {
     "sampling.solver": lambda: samplers.FAST_SOLVERS,
     "sampling.ode_method": lambda: samplers.ODE_METHODS,
     "eval.trace": lambda: samplers.TRACES,
+    "sampling.guidance": lambda: GUIDANCE,
+    "sampling.inpaint_method": lambda: samplers.INPAINT_METHODS,
     "eval.method": lambda: LIKELIHOOD_METHODS,
+    "eval.chain_variance": lambda: samplers.VLB_VARIANCES,
+    "eval.chain_decoder": lambda: CHAIN_DECODERS,
 }
 _INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_iters": 0,
          "training.log_freq": 1, "training.eval_freq": 1, "training.checkpoint_freq": 1,
@@ -146,7 +160,9 @@ _INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_i
          "training.snapshot_num_samples": 0, "training.threads": 0,
          "model.num_scales": 1, "model.hidden": 1, "model.n_blocks": 0, "model.nf": 1, "model.num_res_blocks": 1,
          "optim.warmup": 0, "sampling.n_steps": 0, "sampling.steps": 1, "sampling.num_samples": 1,
-         "sampling.batch_size": 1, "eval.batch_size": 1, "eval.num_samples": 1, "eval.true_nll_samples": 2}
+         "sampling.batch_size": 1, "sampling.resample": 1, "model.num_classes": 0, "eval.batch_size": 1, "eval.num_samples": 1, "eval.true_nll_samples": 2,
+         "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
+         "eval.iw_repeats": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
 _POSITIVE = dict(low=0.0, open_low=True)
 _FLOATS = {"training.eps": _OPEN_UNIT, "model.ema_rate": dict(low=0.0, high=1.0),
@@ -157,10 +173,12 @@ _FLOATS = {"training.eps": _OPEN_UNIT, "model.ema_rate": dict(low=0.0, high=1.0)
            "optim.weight_decay": dict(low=0.0), "optim.grad_clip": dict(low=0.0), "sampling.snr": _POSITIVE,
            "sampling.eps": _OPEN_UNIT, "sampling.eta": dict(low=0.0), "sampling.rtol": _POSITIVE,
            "sampling.churn": dict(low=0.0), "sampling.s_noise": _POSITIVE, "model.sigma_data": _POSITIVE,
-           "training.p_std": _POSITIVE, "training.p_mean": {},
+           "training.p_std": _POSITIVE, "training.p_mean": {}, "training.label_dropout": dict(low=0.0, high=1.0,
+                                                                                               open_high=True),
+           "sampling.guidance_scale": {}, "sampling.threshold": dict(low=0.0, high=1.0),
            "sampling.atol": _POSITIVE, "eval.rtol": _POSITIVE, "eval.atol": _POSITIVE,
            "eval.likelihood_eps": _OPEN_UNIT}
-_INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1}
+_INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1, "eval.iw_k": 1}
 
 
 def _check_bool(name: str, value) -> None:
@@ -192,6 +210,10 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     for path, minimum in _INT_TUPLES.items():
         _check_int_tuple(f"config.{path}", fields[path], minimum)
     _check_kernel("config.model.fir_kernel", fields["model.fir_kernel"])
+    for path in ("model.pretrained", "model.pretrained_config", "sampling.classifier_workdir",
+                 "sampling.inpaint_data", "sampling.mask", "sampling.label"):
+        if not isinstance(fields[path], str):
+            raise ValueError(f"config.{path} must be a string, got {fields[path]!r}")
     if not isinstance(fields["data.root"], str):
         raise ValueError(f"config.data.root must be a string (a folder, or '' for ./data/<dataset>), "
                          f"got {fields['data.root']!r}")
@@ -236,6 +258,65 @@ def check_combinations(config: ml_collections.ConfigDict) -> None:
             samplers.check_pc_options(s.predictor, s.corrector, s.snr, s.n_steps, s.probability_flow)
         except ValueError as err:
             raise ValueError(f"config.sampling (method 'pc'): {err}") from err
+
+
+def label_classes(config: ml_collections.ConfigDict) -> int:
+    """How many classes ``sampling.label`` may name: the model's, or the data's under classifier guidance
+    (which can steer an unconditional model)."""
+    if config.sampling.guidance == "classifier":
+        return NUM_CLASSES.get(config.data.dataset, 0)
+    return config.model.num_classes
+
+
+def parse_label(value, num_classes: int) -> int | str | None:
+    """``config.sampling.label``: ``""`` -> None, ``"all"``, or a class index in ``[0, num_classes)``."""
+    text = str(value).strip()
+    if text == "":
+        return None
+    if num_classes == 0:
+        raise ValueError(f"config.sampling.label={value!r} needs a class-conditional model (model.num_classes > 0) "
+                         f"or sampling.guidance='classifier'; this model is unconditional")
+    if text == "all":
+        return "all"
+    if not re.fullmatch(r"\d+", text) or int(text) >= num_classes:
+        raise ValueError(f"config.sampling.label must be '', 'all' or a class index in [0, {num_classes}), "
+                         f"got {value!r}")
+    return int(text)
+
+
+def check_conditioning(config: ml_collections.ConfigDict) -> None:
+    """Class labels, label dropout, classifiers and guidance fit together and fit the data."""
+    t, m, s = config.training, config.model, config.sampling
+    classes = NUM_CLASSES.get(config.data.dataset, 0)
+    is_classifier = m.name in CLASSIFIERS
+    if (t.loss == "classifier") != is_classifier:
+        raise ValueError(f"config.training.loss='classifier' trains a classifier network (model.name in "
+                         f"{list(CLASSIFIERS)}) and a classifier network needs it; got loss={t.loss!r}, "
+                         f"model.name={m.name!r}")
+    if (is_classifier or m.num_classes) and m.num_classes != classes:
+        raise ValueError(f"config.model.num_classes must be {classes}, the number of classes of data.dataset="
+                         f"{config.data.dataset!r}, for a {'classifier' if is_classifier else 'class-conditional model'}; "
+                         f"got {m.num_classes}")
+    if t.label_dropout and (is_classifier or not m.num_classes):
+        raise ValueError(f"config.training.label_dropout={t.label_dropout} needs a class-conditional score model "
+                         f"(model.num_classes > 0, not a classifier); got model.name={m.name!r}, "
+                         f"num_classes={m.num_classes}")
+    label = parse_label(s.label, label_classes(config))
+    if s.guidance != "none" and label is None:
+        raise ValueError(f"config.sampling.guidance={s.guidance!r} steers towards a class: set sampling.label to "
+                         f"a class index or 'all'")
+    if s.guidance == "cfg" and not t.label_dropout:
+        raise ValueError("config.sampling.guidance='cfg' needs a model trained with label dropout "
+                         "(training.label_dropout > 0), which learns the unconditional score too; this one was not")
+    if s.guidance == "classifier" and not s.classifier_workdir:
+        raise ValueError("config.sampling.guidance='classifier' needs sampling.classifier_workdir, the work "
+                         "directory of a classifier trained with training.loss='classifier'")
+    if s.threshold and s.method not in ("fast", "ddim"):
+        raise ValueError(f"config.sampling.threshold={s.threshold} (dynamic thresholding of the data prediction) "
+                         f"applies to sampling.method 'fast' or 'ddim', got {s.method!r}")
+    if s.guidance == "classifier" and m.num_classes and not t.label_dropout:
+        raise ValueError("config.sampling.guidance='classifier' guides an unconditional score: this model is "
+                         "class-conditional without label dropout, so it has none")
 
 
 def _default_parameterization(sde_name: str) -> str:
@@ -307,7 +388,8 @@ def _network(config) -> NetworkOptions:
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return NetworkOptions(name=m.name, kwargs=frozen_mapping(kwargs), continuous=config.training.continuous,
                           parameterization=None if m.parameterization == "auto" else m.parameterization,
-                          scale_by_sigma=m.scale_by_sigma, sigma_data=m.sigma_data)
+                          scale_by_sigma=m.scale_by_sigma, sigma_data=m.sigma_data,
+                          pretrained=m.pretrained or None, pretrained_config=m.pretrained_config or None)
 
 
 def _loss(config) -> LossOptions:
@@ -323,6 +405,8 @@ def _loss(config) -> LossOptions:
         kwargs = {"reduce": reduce, "sigma_data": config.model.sigma_data, "p_mean": t.p_mean,
                   "p_std": t.p_std, "eps": t.eps}
         noise = {"p_mean": t.p_mean, "p_std": t.p_std, "eps": t.eps}
+    elif t.loss == "classifier":                # cross-entropy at t ~ U(eps, T)
+        kwargs, noise = {"eps": t.eps}, {"eps": t.eps}
     else:                                       # ddpm / smld / v: uniform levels of the discrete chain
         kwargs, noise = {"reduce": reduce}, {}
     return LossOptions(name=t.loss, kwargs=frozen_mapping(kwargs), noise_kwargs=frozen_mapping(noise))
@@ -340,14 +424,55 @@ def _sampler(config) -> SamplerOptions:
                           n_steps=s.n_steps, probability_flow=s.probability_flow, denoise=s.denoise, eps=s.eps,
                           steps=s.steps, order=s.order, solver=s.solver, eta=s.eta, churn=s.churn,
                           s_noise=s.s_noise, ode_method=s.ode_method, rtol=s.rtol, atol=s.atol,
-                          num_samples=s.num_samples, batch_size=s.batch_size)
+                          num_samples=s.num_samples, batch_size=s.batch_size,
+                          label=parse_label(s.label, label_classes(config)), guidance=s.guidance,
+                          guidance_scale=s.guidance_scale, classifier_workdir=s.classifier_workdir or None,
+                          threshold=s.threshold or None, mask=s.mask, inpaint_method=s.inpaint_method,
+                          resample=s.resample, inpaint_data=s.inpaint_data or None)
 
 
 def _eval(config) -> EvalOptions:
     e = config.eval
     return EvalOptions(batch_size=e.batch_size, num_samples=e.num_samples, likelihood=e.likelihood,
                        trace=e.trace, method=e.method, rtol=e.rtol, atol=e.atol, eps=e.likelihood_eps,
-                       true_nll_samples=e.true_nll_samples)
+                       true_nll_samples=e.true_nll_samples, bounds=_bounds(config))
+
+
+def requested_bounds(config: ml_collections.ConfigDict) -> tuple:
+    """``config.eval.bounds`` as names of ``BOUND_NAMES`` (``"all"``: every one that applies to the model);
+    ``ValueError`` for an unknown name, a bound that does not apply to the model, or sizes it cannot use."""
+    e, t = config.eval, config.training
+    if not isinstance(e.bounds, str):
+        raise ValueError(f"config.eval.bounds must be a comma-separated string, got {e.bounds!r}")
+    applies = bounds_that_apply(t.continuous)
+    words = [w.strip() for w in e.bounds.split(",") if w.strip()]
+    for word in words:
+        if word not in BOUND_NAMES + ("all",):
+            raise ValueError(f"config.eval.bounds: unknown bound {word!r} in {e.bounds!r}; available: "
+                             f"{', '.join(BOUND_NAMES)}, all (every one that applies), or '' for none")
+        if word != "all" and word not in applies:
+            raise ValueError(f"config.eval.bounds={e.bounds!r}: {word!r} applies to continuous-time models only "
+                             f"(training.continuous=True), but this model is discrete-time (training.continuous="
+                             f"False, loss {t.loss!r}); the bounds that apply to it are {', '.join(applies)}")
+    names = tuple(n for n in applies if n in words or "all" in words)
+    if e.chain_decoder == "discretized" and len(ITEM_SHAPES[config.data.dataset]) == 1:
+        raise ValueError(f"config.eval.chain_decoder='discretized' applies to image data (grey levels), but "
+                         f"data.dataset={config.data.dataset!r} is continuous; use 'density'")
+    if {"vlb", "iw"} & set(names) and config.model.num_scales < 2:
+        raise ValueError(f"config.eval.bounds={e.bounds!r}: vlb / iw need the chain of model.num_scales >= 2 "
+                         f"levels, got {config.model.num_scales}")
+    if "iw" in names and (not e.iw_k or any(max(e.iw_k) % k for k in e.iw_k)):
+        raise ValueError(f"config.eval.iw_k must be a non-empty tuple whose largest K is a multiple of every K "
+                         f"(one set of paths serves them all), got {tuple(e.iw_k)!r}")
+    return names
+
+
+def _bounds(config) -> BoundOptions:
+    e = config.eval
+    return BoundOptions(names=requested_bounds(config), items=e.bound_items, rows=e.bound_rows,
+                        elbo_samples=e.elbo_samples, vlb_levels=e.vlb_levels, iw_k=tuple(e.iw_k),
+                        iw_repeats=e.iw_repeats, variance=e.chain_variance, decoder=e.chain_decoder,
+                        score_times="log_snr" if config.training.continuous else "grid", eps=e.likelihood_eps)
 
 
 def _train(config) -> TrainOptions:
@@ -358,7 +483,7 @@ def _train(config) -> TrainOptions:
         keep_last=t.keep_last, max_nonfinite_steps=t.max_nonfinite_steps,
         exit_zero_on_signal=t.exit_zero_on_signal, snapshot_sampling=t.snapshot_sampling,
         snapshot_num_samples=t.snapshot_num_samples, threads=t.threads, progress_bar=t.progress_bar,
-        tensorboard=t.tensorboard,
+        tensorboard=t.tensorboard, label_dropout=t.label_dropout,
         accel=Accel(bf16=t.bf16, compile=t.compile, channels_last=t.channels_last, tf32=t.tf32))
 
 
@@ -384,6 +509,8 @@ def options_from_config(config: ml_collections.ConfigDict) -> RunOptions:
     check_field_names(config)
     check_values(config)
     check_combinations(config)
+    check_conditioning(config)
+    requested_bounds(config)
     options = RunOptions(seed=config.seed, device=config.device, data=_data(config), sde=_sde(config),
                          network=_network(config), loss=_loss(config), optim=_optim(config),
                          sampler=_sampler(config), eval=_eval(config), train=_train(config),

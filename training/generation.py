@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,10 +20,12 @@ from training.runtime import progress_bar
 
 
 def generate(sde: SDE, score_fn, num: int, item_shape: tuple, sampler: SamplerOptions, *,
-             generator: torch.Generator, ctx: DistContext, show_progress: bool = False) -> tuple[torch.Tensor, int]:
+             generator: torch.Generator, ctx: DistContext, show_progress: bool = False,
+             labels: torch.Tensor | None = None, score_for: Callable | None = None) -> tuple[torch.Tensor, int]:
     """``num`` samples in model space from ``sampler``, split over ranks and batches of
     ``sampler.batch_size``; all ranks get them all. ``show_progress`` draws a bar over samples and the
-    sampler's own bar over its steps.
+    sampler's own bar over its steps. With ``labels`` (``num`` class labels), sample ``i`` is drawn
+    with the score ``score_for(labels of its batch)`` (conditional or guided) instead of ``score_fn``.
 
     Returns the samples (on this rank's device) and the score evaluations per batch (max over batches).
     """
@@ -32,8 +35,10 @@ def generate(sde: SDE, score_fn, num: int, item_shape: tuple, sampler: SamplerOp
                                        desc=f"sampling ({sampler.method})") as bar:
         for start in range(0, len(mine), sampler.batch_size):
             shape = (min(sampler.batch_size, len(mine) - start),) + tuple(item_shape)
-            x, n = sampler.draw(sde, score_fn, shape, device=ctx.device, generator=generator,
-                                progress=show_progress)
+            fn = score_fn
+            if labels is not None:
+                fn = score_for(labels[mine.start + start: mine.start + start + shape[0]].to(ctx.device))
+            x, n = sampler.draw(sde, fn, shape, device=ctx.device, generator=generator, progress=show_progress)
             chunks.append(x)
             nfe = max(nfe, int(n))
             bar.update(shape[0])
@@ -61,17 +66,21 @@ def sample_stats(samples: torch.Tensor, spec: DataSpec) -> dict:
     return {"in_support_frac": in_support_fraction(samples.cpu(), spec)}
 
 
-def _npz_bytes(samples: np.ndarray) -> bytes:
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """An ``.npz`` file's bytes holding ``arrays`` by name."""
     buffer = io.BytesIO()
-    np.savez(buffer, samples=samples)
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
-def sample_picture(samples: np.ndarray, spec: DataSpec, caption: str) -> bytes:
-    """PNG of data-space samples: an image grid with ``caption`` underneath, or for 2-D points a
-    scatter plot titled ``caption`` over the true density's contours (toy data)."""
+def sample_picture(samples: np.ndarray, spec: DataSpec, caption: str,
+                   row_labels: list[str] | None = None) -> bytes:
+    """PNG of data-space samples: an image grid with ``caption`` underneath (with ``row_labels``, one
+    row per label: a class-conditional grid), or for 2-D points a scatter plot titled ``caption`` over
+    the true density's contours (toy data)."""
     if spec.is_image:
-        return image_grid(samples, caption=caption)
+        cols = len(samples) // len(row_labels) if row_labels else None
+        return image_grid(samples, caption=caption, cols=cols, row_labels=row_labels)
     if spec.toy is None:
         return scatter_plot(samples, title=caption)
 
@@ -84,10 +93,13 @@ def sample_picture(samples: np.ndarray, spec: DataSpec, caption: str) -> bytes:
     return scatter_plot(samples, title=caption, log_density=log_density, half_width=half)
 
 
-def sample_files(samples: torch.Tensor, spec: DataSpec, stem: str, caption: str = "") -> dict:
-    """Data-space samples as ``{"<stem>.npz": ..., "<stem>.png": ...}`` (bytes; array ``samples``)."""
+def sample_files(samples: torch.Tensor, spec: DataSpec, stem: str, caption: str = "",
+                 labels: torch.Tensor | None = None, row_labels: list[str] | None = None) -> dict:
+    """Data-space samples as ``{"<stem>.npz": ..., "<stem>.png": ...}`` (bytes; array ``samples``, and
+    ``labels`` with the class each sample was drawn for)."""
     array = samples.detach().float().cpu().numpy()
-    return {f"{stem}.npz": _npz_bytes(array), f"{stem}.png": sample_picture(array, spec, caption)}
+    arrays = {"samples": array} if labels is None else {"samples": array, "labels": labels.cpu().numpy()}
+    return {f"{stem}.npz": npz_bytes(**arrays), f"{stem}.png": sample_picture(array, spec, caption, row_labels)}
 
 
 def write_samples(samples: torch.Tensor, spec: DataSpec, directory: Path, stem: str,

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+import models
 from sde_lib import SDE
 from sde_lib.utils import Registry, append_dims, check_choice
 from sde_lib import predictions  # flow / v / EDM losses
@@ -262,3 +263,21 @@ def edm_noise(sde: SDE, shape: tuple, *, p_mean: float = EDM_P_MEAN, p_std: floa
     t = edm_times(sde, shape[0], p_mean=p_mean, p_std=p_std, eps=eps, generator=generator, device=device,
                   dtype=dtype)
     return {"t": t, "z": torch.randn(shape, generator=generator, device=device, dtype=dtype)}
+
+
+@LOSSES.register("classifier")
+def classifier_loss(sde: SDE, logits_fn: Callable, x0: torch.Tensor, *, labels: torch.Tensor, eps: float = 1e-5,
+                    generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+                    z: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy ``-log p_phi(y | x_t, t)`` of a noise-conditional classifier on ``x_t ~ p_0t(x_t | x_0)``,
+    ``t ~ U(eps, T)`` as in the DSM loss (``models.classifier_loss``; Song et al. 2021, App. I.1), shape ``(B,)``.
+    ``logits_fn`` comes from ``models.get_logits_fn``."""
+    _check_eps(sde, eps)
+    return models.classifier_loss(sde, logits_fn, x0, labels, eps=eps, generator=generator, t=t, z=z)
+
+
+@NOISE.register("classifier")
+def classifier_noise(sde: SDE, shape: tuple, *, eps: float = 1e-5, generator: torch.Generator | None = None,
+                     device=None, dtype=torch.float32) -> dict:
+    """The ``t ~ U(eps, T)`` and ``z`` the classifier loss would draw (those of the unweighted DSM loss)."""
+    return dsm_noise(sde, shape, eps=eps, generator=generator, device=device, dtype=dtype)

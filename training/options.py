@@ -58,10 +58,17 @@ class NetworkOptions:
     parameterization: str | None   # eps | x0 | score; None: the SDE's default
     scale_by_sigma: bool           # divide a "score" output by sigma(t)
     sigma_data: float = 0.5        # the edm parameterisation's data standard deviation
+    pretrained: str | None = None  # a diffusers directory or score_sde checkpoint used instead of the workdir's
+    pretrained_config: str | None = None  # the score_sde checkpoint's config file
 
     def build(self, data_shape: tuple) -> nn.Module:
         """The network for data items of ``data_shape`` ((D,) vectors or (C, H, W) images)."""
         return get_model(self.name, **self.kwargs, **shape_kwargs(data_shape))
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional network or classifier (0: unconditional)."""
+        return int(self.kwargs.get("num_classes", 0))
 
     @property
     def score_kwargs(self) -> dict:
@@ -89,9 +96,17 @@ class LossOptions:
         return get_loss_fn(self.name)
 
     @property
+    def is_classifier(self) -> bool:
+        """Whether the run trains a noise-conditional classifier (``logits_fn`` and labels) instead of a score."""
+        return self.name == "classifier"
+
+    @property
     def describe(self) -> str:
         """What the number called "loss" is, in one line."""
         reduce = "mean over dimensions" if self.kwargs.get("reduce") == "mean" else "half sum over dimensions"
+        if self.name == "classifier":
+            return ("cross-entropy -log p_phi(y | x_t, t) of the noise-conditional classifier (nats per item; "
+                    "Song et al. 2021, App. I.1); lower is better")
         if self.name in ("flow", "edm", "v"):
             what = {"flow": "conditional flow matching ||v_theta - (alpha' x_0 + sigma' z)||^2 (Lipman et al. 2023)",
                     "edm": "EDM's weighted denoising loss (Karras et al. 2022, eq. 8)",
@@ -144,9 +159,10 @@ SAMPLING_METHODS.register("ode", SamplingMethod(samplers.ode_sample, lambda s: {
     "method": s.ode_method, "rtol": s.rtol, "atol": s.atol, "denoise": s.denoise, "eps": s.eps,
     "steps": s.steps if s.ode_method in samplers.ode.FIXED_METHODS else None}))
 SAMPLING_METHODS.register("fast", SamplingMethod(samplers.fast_sample, lambda s: {
-    "steps": s.steps, "order": s.order, "solver": s.solver, "denoise": s.denoise, "eps": s.eps}))
+    "steps": s.steps, "order": s.order, "solver": s.solver, "denoise": s.denoise, "eps": s.eps,
+    "thresholding": s.threshold}))
 SAMPLING_METHODS.register("ddim", SamplingMethod(samplers.ddim_sample, lambda s: {
-    "steps": s.steps, "eta": s.eta, "denoise": s.denoise, "eps": s.eps}))
+    "steps": s.steps, "eta": s.eta, "denoise": s.denoise, "eps": s.eps, "thresholding": s.threshold}))
 SAMPLING_METHODS.register("edm", SamplingMethod(samplers.edm_sample, lambda s: {
     "steps": s.steps, "churn": s.churn, "s_noise": s.s_noise, "eps": s.eps}))
 
@@ -172,6 +188,22 @@ class SamplerOptions:
     atol: float
     num_samples: int
     batch_size: int
+    label: int | str | None = None         # a class, "all" (one row per class) or None (unconditional)
+    guidance: str = "none"                 # none | cfg | classifier
+    guidance_scale: float = 1.0            # w of samplers.classifier_free_guidance / classifier_guidance
+    classifier_workdir: str | None = None  # the classifier of guidance = classifier
+    threshold: float | None = None         # fast / ddim: dynamic thresholding quantile
+    mask: str = "lower_half"               # inpaint: which coordinates are known
+    inpaint_method: str = "replacement"    # replacement | repaint
+    resample: int = 1                      # repaint's U
+    inpaint_data: str | None = None        # a .npz of items to inpaint / colorize; None = held-out data
+
+    @property
+    def imputation_kwargs(self) -> dict:
+        """Keyword arguments of ``samplers.inpaint`` / ``colorize``: the method and the PC settings."""
+        return {"method": self.inpaint_method, "resample": self.resample, "predictor": self.predictor,
+                "corrector": self.corrector, "snr": self.snr, "n_steps": self.n_steps,
+                "probability_flow": self.probability_flow, "denoise": self.denoise, "eps": self.eps}
 
     @property
     def kwargs(self) -> dict:
@@ -185,6 +217,23 @@ class SamplerOptions:
 
 # ---------------------------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
+class BoundOptions:
+    """The likelihood bounds ``--mode eval`` reports (``samplers/bounds.py``) and their Monte-Carlo sizes."""
+
+    names: tuple                   # which of "elbo", "vlb", "iw", in that order; () = none
+    items: int = 100               # held-out items (the first n; 0 = all)
+    rows: int = 2048               # most rows per score call
+    elbo_samples: int = 64         # elbo: draws of (t, +-z) per item
+    vlb_levels: int = 0            # vlb: levels drawn per item; 0 = the exact sum over all N levels
+    iw_k: tuple = (1, 10, 100)     # iw: the K of each IW_K
+    iw_repeats: int = 1            # iw: IW_K estimates per item at the largest K
+    variance: str = "forward"      # vlb / iw: forward | posterior
+    decoder: str = "density"       # vlb / iw: density | discretized
+    score_times: str = "log_snr"   # vlb / iw: grid (discrete-time models) | log_snr (continuous-time models)
+    eps: float = 1e-5              # elbo: the bound is on log p_eps
+
+
+@dataclass(frozen=True)
 class EvalOptions:
     batch_size: int
     num_samples: int               # held-out items
@@ -195,6 +244,7 @@ class EvalOptions:
     atol: float
     eps: float                     # likelihood of p_eps
     true_nll_samples: int          # Monte Carlo size of the toy data's entropy
+    bounds: BoundOptions = field(default_factory=lambda: BoundOptions(names=()))
 
     @property
     def likelihood_kwargs(self) -> dict:
@@ -232,6 +282,7 @@ class TrainOptions:
     progress_bar: bool
     tensorboard: bool
     accel: Accel = field(default_factory=Accel)
+    label_dropout: float = 0.0     # probability of the null label (class-conditional models)
 
 
 # ---------------------------------------------------------------------------------------- a run

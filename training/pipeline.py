@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.datasets import (TOY_DATASETS, ImageDataset, ToyDistribution, data_scaler, dequantize,
+from training.datasets import (NUM_CLASSES, TOY_DATASETS, ImageDataset, ToyDistribution, data_scaler, dequantize,
                                get_image_dataset, get_toy_dataset, inverse_data_scaler)
 from training.options import DataOptions
 from training.streams import Stream, generator
@@ -40,6 +40,9 @@ class DataSpec:
     centered: bool = False
     uniform_dequantization: bool = False
     random_flip: bool = False
+    train_labels: torch.Tensor | None = None  # class labels (N,) of ``train`` / ``test``
+    test_labels: torch.Tensor | None = None
+    num_classes: int = 0                # how many classes the labels have
 
     @property
     def is_image(self) -> bool:
@@ -57,20 +60,27 @@ def _toy_spec(dist: ToyDistribution, name: str, num_train: int, num_test: int, s
         raise ValueError(f"config.data.num_train must be >= 1 for toy data ({name!r}), got {num_train}")
     train = dist.sample(num_train, generator=generator(seed, Stream.TOY_TRAIN)) if with_train else None
     test = dist.sample(num_test, generator=generator(seed, Stream.TOY_TEST))
-    return DataSpec(name=name, train=train, test=test, shape=(dist.dim,), toy=dist)
+    return DataSpec(name=name, train=train, test=test, shape=(dist.dim,), toy=dist,
+                    train_labels=dist.labels(train) if with_train else None, test_labels=dist.labels(test),
+                    num_classes=dist.num_classes)
 
 
-def _first(images: ImageDataset, n: int) -> torch.Tensor:
-    return images.images[:n] if n > 0 else images.images
+def _first(images: ImageDataset, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``n`` items (all for ``n = 0``) and their labels."""
+    end = n if n > 0 else len(images.images)
+    return images.images[:end], None if images.labels is None else images.labels[:end]
 
 
 def _image_spec(name: str, root: str | None, num_train: int, num_test: int, with_train: bool,
                 centered: bool, uniform_dequantization: bool, random_flip: bool) -> DataSpec:
     test_set = get_image_dataset(name, root, split="test")
-    train = _first(get_image_dataset(name, root, split="train"), num_train) if with_train else None
-    return DataSpec(name=name, train=train, test=_first(test_set, num_test), shape=test_set.shape,
+    train, train_labels = _first(get_image_dataset(name, root, split="train"), num_train) if with_train else (None, None)
+    test, test_labels = _first(test_set, num_test)
+    return DataSpec(name=name, train=train, test=test, shape=test_set.shape,
                     num_levels=test_set.num_levels, centered=centered,
-                    uniform_dequantization=uniform_dequantization, random_flip=random_flip)
+                    uniform_dequantization=uniform_dequantization, random_flip=random_flip,
+                    train_labels=train_labels, test_labels=test_labels,
+                    num_classes=NUM_CLASSES[name] if test_labels is not None else 0)
 
 
 def load_data(options: DataOptions, seed: int, with_train: bool = True) -> DataSpec:
@@ -86,14 +96,15 @@ def load_data(options: DataOptions, seed: int, with_train: bool = True) -> DataS
 def data_meta(spec: DataSpec) -> dict:
     """What sampling needs to know about the data, as plain values (stored in checkpoints)."""
     return {"dataset": spec.name, "shape": list(spec.shape), "num_levels": spec.num_levels,
-            "centered": spec.centered}
+            "centered": spec.centered, "num_classes": spec.num_classes}
 
 
 def spec_from_meta(meta: dict) -> DataSpec:
     """A tensor-free ``DataSpec`` from ``data_meta``'s dict: enough to build a model and write samples."""
     toy = get_toy_dataset(meta["dataset"]) if meta["dataset"] in TOY_DATASETS else None
     return DataSpec(name=meta["dataset"], train=None, test=None, shape=tuple(int(s) for s in meta["shape"]),
-                    num_levels=int(meta["num_levels"]), toy=toy, centered=bool(meta["centered"]))
+                    num_levels=int(meta["num_levels"]), toy=toy, centered=bool(meta["centered"]),
+                    num_classes=int(meta.get("num_classes", 0)))
 
 
 def _flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

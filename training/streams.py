@@ -29,9 +29,14 @@ class Stream(enum.IntEnum):
     TOY_TEST = 12      # the toy held-out points
     SAMPLING = 21      # --mode sample, per rank
     SNAPSHOT = 22      # samples drawn at training snapshots, per rank
+    IMPUTATION = 23    # --mode inpaint / colorize: the held-out items' dequantisation, random masks, sampling
     EVAL_LOSS = 31     # noise of the held-out loss (the same at every evaluation)
     LIKELIHOOD = 32    # dequantisation and Hutchinson probes of the likelihood, per rank
     ENTROPY = 33       # Monte Carlo draws of the toy data's own entropy
+    BOUND_DATA = 34    # dequantisation of the held-out items the likelihood bounds share, per rank
+    ELBO = 35          # the continuous ELBO's times and noise, per rank
+    VLB = 36           # DDPM's VLB: levels and noise, per rank
+    IW = 37            # the importance-weighted bounds' forward paths, per rank
 
 
 def stream_seed(seed: int, stream: Stream, rank: int = 0) -> int:

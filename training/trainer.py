@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import ExponentialMovingAverage, get_score_fn
+from models import ExponentialMovingAverage
 from sde_lib import SDE
 from training import checkpoint as ckpt
+from training.conditioning import draw_drop, drop_labels, loss_targets, network_fn
 from training.config_drift import check_config_drift
 from training.data_loader import ShardedBatchLoader
 from training.distributed import DistContext, all_reduce_mean, barrier, wrap_model
@@ -277,32 +278,47 @@ def step_generator(run: TrainRun, stream: Stream) -> torch.Generator:
     return run.generator.manual_seed(step_seed(run.options.seed, stream, run.step))
 
 
-def next_batch(run: TrainRun) -> torch.Tensor:
-    """This rank's rows of the next global batch, in model space. The global batch is transformed
-    (dequantised, flipped) as a whole, so each row is the same for any world size."""
+def uses_labels(options: RunOptions) -> bool:
+    """Whether training reads the data's class labels (a class-conditional model or a classifier)."""
+    return options.network.num_classes > 0
+
+
+def next_batch(run: TrainRun) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This rank's rows of the next global batch, in model space, and their class labels when the
+    model uses them. The global batch is transformed (dequantised, flipped) as a whole, so each row is
+    the same for any world size."""
     idx = run.loader.next_global_indices()
     batch = run.data.train[idx.to(run.data.train.device)].to(run.ctx.device)
     x = to_model_space(batch, run.data, step_generator(run, Stream.DATA), train=True)
-    return memory_format(x[run.loader.local_rows], run.accel)
+    labels = None
+    if uses_labels(run.options):
+        labels = run.data.train_labels[idx.to(run.data.train_labels.device)].to(run.ctx.device)[run.loader.local_rows]
+    return memory_format(x[run.loader.local_rows], run.accel), labels
 
 
 def loss_noise(run: TrainRun, x: torch.Tensor) -> dict:
-    """This rank's rows of the loss noise (times or levels, ``z``) drawn for the whole global batch."""
-    loss = run.options.loss
-    shape = (run.loader.global_batch_size,) + tuple(x.shape[1:])
-    noise = loss.noise_fn(run.sde, shape, generator=step_generator(run, Stream.NOISE), device=x.device,
-                          dtype=x.dtype, **loss.noise_kwargs)
+    """This rank's rows of the loss noise (times or levels, ``z``) drawn for the whole global batch,
+    then, with label dropout, which labels become the null label (``drop``), from the same stream."""
+    loss, size = run.options.loss, run.loader.global_batch_size
+    gen = step_generator(run, Stream.NOISE)
+    noise = loss.noise_fn(run.sde, (size,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype,
+                          **loss.noise_kwargs)
+    if run.options.train.label_dropout > 0:
+        noise["drop"] = draw_drop(size, run.options.train.label_dropout, gen, x.device)
     return {k: memory_format(v[run.loader.local_rows], run.accel) for k, v in noise.items()}
 
 
-def train_step(run: TrainRun, x: torch.Tensor) -> torch.Tensor:
-    """One optimizer update on this rank's batch; returns the (detached) mean loss."""
+def train_step(run: TrainRun, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimizer update on this rank's batch (and labels); returns the (detached) mean loss."""
     options = run.options
     run.optimizer.zero_grad(set_to_none=True)
-    score_fn = get_score_fn(run.sde, run.train_model, train=True, **options.network.score_kwargs)
     noise = loss_noise(run, x)
+    if "drop" in noise:
+        labels = drop_labels(labels, noise.pop("drop"), options.network.num_classes)
+    fn = network_fn(options, run.sde, run.train_model, labels, train=True)
     with autocast(run.accel, run.ctx.device):
-        per_sample = options.loss.fn(run.sde, score_fn, x, **noise, **options.loss.kwargs)
+        per_sample = options.loss.fn(run.sde, fn, x, **noise, **options.loss.kwargs,
+                                     **loss_targets(options, labels))
     loss = per_sample.float().mean()
     loss.backward()
     o = options.optim
@@ -355,21 +371,26 @@ def _rng_devices(run: TrainRun) -> list:
     return [run.ctx.device] if run.ctx.device.type == "cuda" else []
 
 
-def ema_score_fn(run: TrainRun):
-    """The score function of the EMA weights (what evaluation and sampling use), under bf16 autocast
+def ema_score_fn(run: TrainRun, labels: torch.Tensor | None = None):
+    """The function the loss takes, of the EMA weights (what evaluation and sampling use): the score
+    (given ``labels`` for a class-conditional model) or a classifier's logits, under bf16 autocast
     when ``training.bf16``."""
-    score_fn = get_score_fn(run.sde, run.ema.module, train=False, **run.options.network.score_kwargs)
-    return accelerated_score_fn(score_fn, run.accel, run.ctx.device)
+    fn = network_fn(run.options, run.sde, run.ema.module, labels, train=False)
+    return accelerated_score_fn(fn, run.accel, run.ctx.device)
 
 
 def log_eval_loss(run: TrainRun, bar=None) -> None:
     """Held-out loss of the EMA weights on one eval batch (fixed noise, global RNG untouched), shown
     and logged; then the loss curve ``loss_curve.png`` is redrawn."""
-    items = run.data.test[: run.options.eval.batch_size]
+    n = run.options.eval.batch_size
+    items = run.data.test[:n]
+    labels = run.data.test_labels[:n] if uses_labels(run.options) else None
     with torch.random.fork_rng(devices=_rng_devices(run)):
-        loss = heldout_loss(run.sde, ema_score_fn(run), run.options.loss, items, run.data, batch_size=len(items),
+        loss = heldout_loss(run.sde, ema_score_fn(run) if labels is None else None, run.options.loss, items,
+                            run.data, batch_size=len(items),
                             generator=generator(run.options.seed, Stream.EVAL_LOSS, run.ctx.rank, run.ctx.device),
-                            ctx=run.ctx)
+                            ctx=run.ctx, labels=labels, fn_for=lambda y: ema_score_fn(run, y),
+                            targets=lambda y: loss_targets(run.options, y))
     run.metrics.write({"step": run.step, "eval_loss": loss})
     logger.info("step %d: held-out loss %.5g (EMA weights, %d items)", run.step, loss, len(items))
     if bar is not None and not bar.disable:
@@ -382,11 +403,13 @@ def log_eval_loss(run: TrainRun, bar=None) -> None:
 def write_snapshot_samples(run: TrainRun) -> None:
     """A few samples of the EMA weights into ``snapshots/samples_<step>.npz/.png``."""
     options = run.options
+    num, labels = options.train.snapshot_num_samples, None
+    if uses_labels(options):        # a class-conditional model: the classes in turn
+        labels = torch.arange(num) % options.network.num_classes
     with torch.random.fork_rng(devices=_rng_devices(run)):
-        x, nfe = generate(run.sde, ema_score_fn(run), options.train.snapshot_num_samples, run.data.shape,
-                        options.sampler,
-                        generator=generator(options.seed, Stream.SNAPSHOT, run.ctx.rank, run.ctx.device),
-                        ctx=run.ctx)
+        x, nfe = generate(run.sde, ema_score_fn(run), num, run.data.shape, options.sampler,
+                          generator=generator(options.seed, Stream.SNAPSHOT, run.ctx.rank, run.ctx.device),
+                          ctx=run.ctx, labels=labels, score_for=lambda y: ema_score_fn(run, y))
     samples = to_data_space(x.cpu(), run.data)
     if run.ctx.is_main:
         caption = f"step {run.step}, EMA weights, {options.sampler.method} sampler, {nfe} NFE"
@@ -405,7 +428,8 @@ def after_step(run: TrainRun, loss: torch.Tensor, meter: LossMeter, bar) -> None
         log_eval_loss(run, bar)
     if step % o.checkpoint_freq == 0 or step % o.snapshot_freq == 0:
         save_checkpoint(run)
-    if step % o.snapshot_freq == 0 and o.snapshot_sampling and o.snapshot_num_samples > 0:
+    if (step % o.snapshot_freq == 0 and o.snapshot_sampling and o.snapshot_num_samples > 0
+            and not run.options.loss.is_classifier):
         what = f"drawing {o.snapshot_num_samples} snapshot samples ({run.options.sampler.method})"
         bar.set_description_str(what)
         if bar.disable:
@@ -428,7 +452,7 @@ def run_loop(run: TrainRun, stop: GracefulStop) -> bool:
     train = run.options.train
     with logs_above_bars(), progress_bar(train.n_iters, run.step, train.progress_bar) as bar:
         while run.step < train.n_iters:
-            loss = train_step(run, next_batch(run))
+            loss = train_step(run, *next_batch(run))
             after_step(run, loss, meter, bar)
             if stop_requested(stop, run.ctx):
                 return True
