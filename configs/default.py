@@ -146,8 +146,8 @@ def _eval() -> ml_collections.ConfigDict:
     e.likelihood = True            # compute the likelihood (bits/dim or nll) in --mode eval
     e.trace = "rademacher"         # exact | gaussian | rademacher (Hutchinson)
     e.method = "adams"             # ODE solver of the likelihood: adams (one score per step) | dopri5 | ...
-    e.rtol = 1e-5                  # likelihood ODE relative tolerance
-    e.atol = 1e-5                  # likelihood ODE absolute tolerance
+    e.rtol = 1e-3                  # likelihood ODE relative tolerance
+    e.atol = 1e-3                  # likelihood ODE absolute tolerance
     e.likelihood_eps = 1e-5        # the likelihood is that of p_eps
     e.true_nll_samples = 100_000   # Monte Carlo size for the data's own entropy (toy data)
     # likelihood bounds (samplers/bounds.py), each with its standard error, NFE and time, in bpd / nll units

@@ -47,7 +47,8 @@ def image_grid(images: np.ndarray, caption: str = "", cols: int | None = None,
     class-conditional grids, a label per row."""
     grid = tile_images(images, cols)
     height, width = grid.shape[:2]
-    scale = max(1.0, 360.0 / max(height, width))          # 8x8 digits are enlarged, pixels kept sharp
+    # 8x8 digits are enlarged (pixels kept sharp): the long side to 360 pixels, a strip's short side to 160
+    scale = max(1.0, 360.0 / max(height, width), 160.0 / min(height, width))
     fig, ax = plt.subplots(figsize=(width * scale / DPI + 0.6, height * scale / DPI + 0.6))
     ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0,
               interpolation="nearest")
