@@ -150,6 +150,9 @@ def _eval() -> ml_collections.ConfigDict:
     e.atol = 1e-3                  # likelihood ODE absolute tolerance
     e.likelihood_eps = 1e-5        # the likelihood is that of p_eps
     e.true_nll_samples = 100_000   # Monte Carlo size for the data's own entropy (toy data)
+    e.sample_quality = False       # images: FD, KID, precision / recall of eval.quality_samples samples (the config's sampler)
+    e.quality_samples = 300        # sample quality: samples drawn (the held-out items are the reference)
+    e.inception_weights = ""       # sample quality, non-digit images: Inception weights file ("" = torch hub cache)
     # likelihood bounds (samplers/bounds.py), each with its standard error, NFE and time, in bpd / nll units
     e.bounds = ""                  # comma-separated: elbo (continuous-time models) | vlb | iw (the N-level chain) | all (every one that applies); "" = none
     e.bound_items = 100            # bounds: held-out items used, the first n of eval.num_samples (0 = all)

@@ -77,7 +77,7 @@ def _toy(workdir: Path, *, n_iters: int, **fields):
     config.model.hidden, config.model.n_blocks, config.model.num_scales = 64, 2, 100
     config.optim.warmup = 50
     config.eval.num_samples, config.eval.batch_size = 400, 400
-    config.sampling.method, config.sampling.steps = "fast", 8
+    config.sampling.method, config.sampling.steps, config.sampling.solver = "fast", 8, "dpmsolver++"
     config.sampling.num_samples = config.sampling.batch_size = 800
     for path, value in fields.items():
         section, name = path.split("__")

@@ -39,6 +39,7 @@ def tiny_toy_config():
     config.eval.num_samples, config.eval.batch_size = 64, 64
     config.eval.rtol, config.eval.atol, config.eval.true_nll_samples = 1e-3, 1e-3, 1000
     config.sampling.num_samples, config.sampling.batch_size = 32, 32
+    config.sampling.method = "pc"             # the predictor-corrector options these tests check
     return config
 
 

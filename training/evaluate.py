@@ -26,6 +26,7 @@ import torch
 import samplers
 from training.datasets import scaler_log_det
 from training.distributed import DistContext
+from training.quality_eval import quality_line, sample_quality_metrics
 from training.heldout import bound_summary, heldout_loss, likelihood_bounds, log_likelihoods
 from training.inference import Inference, load_for_inference
 from training.options import RunOptions
@@ -158,6 +159,8 @@ def summary_lines(metrics: dict, options: RunOptions) -> list[str]:
                      f"levels scores {metrics['uniform_bpd']:.3f}; lower is better) ({how})")
     if metrics.get("nonfinite_items"):
         lines.append(f"{metrics['nonfinite_items']} items had a non-finite likelihood")
+    if "fd" in metrics:
+        lines.append(quality_line(metrics))
     return lines + bound_lines(metrics, options)
 
 
@@ -189,6 +192,8 @@ def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir:
             metrics.update(_likelihood_metrics(options, inf, spec, ctx))
         if options.eval.bounds.names:
             metrics.update(_bound_metrics(options, inf, spec, ctx))
+        if options.eval.sample_quality:
+            metrics.update(sample_quality_metrics(options, inf, spec, ctx))
     metrics.update(true_nll(spec, options.eval.true_nll_samples, options.seed))
     metrics.update(comparisons(metrics, spec))
     metrics["loss_meaning"] = options.loss.describe

@@ -23,7 +23,7 @@ from configs.default import get_default_config, use_ddpmpp, use_ncsnpp
 from models import MODELS, PARAMETERIZATIONS
 from sde_lib import SDE, SDES
 from sde_lib.utils import check_choice, check_float, check_int
-from training.datasets import ITEM_SHAPES, NUM_CLASSES, dataset_names
+from training.datasets import IMAGE_DATASETS, ITEM_SHAPES, NUM_CLASSES, dataset_names
 from training.distributed import DEVICES
 from training.losses import LOSSES
 from training.optim import OPTIMIZERS
@@ -160,7 +160,7 @@ _INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_i
          "training.snapshot_num_samples": 0, "training.threads": 0,
          "model.num_scales": 1, "model.hidden": 1, "model.n_blocks": 0, "model.nf": 1, "model.num_res_blocks": 1,
          "optim.warmup": 0, "sampling.n_steps": 0, "sampling.steps": 1, "sampling.num_samples": 1,
-         "sampling.batch_size": 1, "sampling.resample": 1, "model.num_classes": 0, "eval.batch_size": 1, "eval.num_samples": 1, "eval.true_nll_samples": 2,
+         "sampling.batch_size": 1, "sampling.resample": 1, "eval.quality_samples": 4, "model.num_classes": 0, "eval.batch_size": 1, "eval.num_samples": 1, "eval.true_nll_samples": 2,
          "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
          "eval.iw_repeats": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
@@ -210,7 +210,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     for path, minimum in _INT_TUPLES.items():
         _check_int_tuple(f"config.{path}", fields[path], minimum)
     _check_kernel("config.model.fir_kernel", fields["model.fir_kernel"])
-    for path in ("model.pretrained", "model.pretrained_config", "sampling.classifier_workdir",
+    for path in ("model.pretrained", "model.pretrained_config", "sampling.classifier_workdir", "eval.inception_weights",
                  "sampling.inpaint_data", "sampling.mask", "sampling.label"):
         if not isinstance(fields[path], str):
             raise ValueError(f"config.{path} must be a string, got {fields[path]!r}")
@@ -311,6 +311,10 @@ def check_conditioning(config: ml_collections.ConfigDict) -> None:
     if s.guidance == "classifier" and not s.classifier_workdir:
         raise ValueError("config.sampling.guidance='classifier' needs sampling.classifier_workdir, the work "
                          "directory of a classifier trained with training.loss='classifier'")
+    if config.eval.sample_quality and config.data.dataset not in IMAGE_DATASETS.names():
+        raise ValueError(f"config.eval.sample_quality applies to image data (FD / KID in a feature space of "
+                         f"images); data.dataset={config.data.dataset!r} is not images (its eval reports the NLL "
+                         f"gap to the true density instead)")
     if s.threshold and s.method not in ("fast", "ddim"):
         raise ValueError(f"config.sampling.threshold={s.threshold} (dynamic thresholding of the data prediction) "
                          f"applies to sampling.method 'fast' or 'ddim', got {s.method!r}")
@@ -435,7 +439,9 @@ def _eval(config) -> EvalOptions:
     e = config.eval
     return EvalOptions(batch_size=e.batch_size, num_samples=e.num_samples, likelihood=e.likelihood,
                        trace=e.trace, method=e.method, rtol=e.rtol, atol=e.atol, eps=e.likelihood_eps,
-                       true_nll_samples=e.true_nll_samples, bounds=_bounds(config))
+                       true_nll_samples=e.true_nll_samples, bounds=_bounds(config),
+                       sample_quality=e.sample_quality, quality_samples=e.quality_samples,
+                       inception_weights=e.inception_weights or None)
 
 
 def requested_bounds(config: ml_collections.ConfigDict) -> tuple:

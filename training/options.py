@@ -245,6 +245,9 @@ class EvalOptions:
     eps: float                     # likelihood of p_eps
     true_nll_samples: int          # Monte Carlo size of the toy data's entropy
     bounds: BoundOptions = field(default_factory=lambda: BoundOptions(names=()))
+    sample_quality: bool = False   # FD / KID / precision / recall of fresh samples against the held-out items
+    quality_samples: int = 300
+    inception_weights: str | None = None   # the Inception weights file for non-digit images
 
     @property
     def likelihood_kwargs(self) -> dict:

@@ -37,6 +37,7 @@ class Stream(enum.IntEnum):
     ELBO = 35          # the continuous ELBO's times and noise, per rank
     VLB = 36           # DDPM's VLB: levels and noise, per rank
     IW = 37            # the importance-weighted bounds' forward paths, per rank
+    QUALITY = 38       # the samples of eval's sample-quality metrics, per rank
 
 
 def stream_seed(seed: int, stream: Stream, rank: int = 0) -> int:
