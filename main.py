@@ -161,10 +161,10 @@ modes (--mode):
   inpaint  complete held-out items (or sampling.inpaint_data) with sampling.mask missing: a PNG sheet and .npz
   colorize colour images from their grey version (3-channel data)
 
-example (the main job, about a minute and a half on 2 CPU cores):
+example (the main job, under a minute on 2 CPU cores):
   python main.py --config configs/toy/gmm_vp.py --workdir runs/gmm_vp --mode train
   python main.py --config configs/toy/gmm_vp.py --workdir runs/gmm_vp --mode eval
-  python main.py --config configs/toy/gmm_vp.py --workdir runs/gmm_vp --mode sample --config.sampling.method=fast
+  python main.py --config configs/toy/gmm_vp.py --workdir runs/gmm_vp --mode sample
 
 config fields: every field, its default and what it does:  python main.py --config_help
 override any of them:  --config.<section>.<field>=<value>   (e.g. --config.training.n_iters=2000)

@@ -267,3 +267,17 @@ def test_colorize_mode_on_colour_images(tmp_path):
     grey_ok = np.abs(completed.mean(1) - original.mean(1)) < 1e-5
     assert grey_ok[inside.all(1)].all()
     assert (tmp_path / "out" / "colorize.png").stat().st_size > 1000
+
+
+def test_unlabelled_sampling_needs_label_dropout(tmp_path):
+    """Without label dropout a class-conditional network has no score of p(x): sampling or evaluating
+    it without labels is a one-line error, not samples from an untrained null embedding."""
+    config = cond_tiny(dropout=0.0)
+    trainer.train(options_from_config(config), tmp_path / "run")
+    with pytest.raises(ValueError, match="without label dropout"):
+        main.run(config, tmp_path / "run", "sample", outdir=tmp_path / "s")
+    with pytest.raises(ValueError, match="without label dropout"):
+        main.run(config, tmp_path / "run", "eval", outdir=tmp_path / "e")
+    config.sampling.label = "2"
+    info = main.run(config, tmp_path / "run", "sample", outdir=tmp_path / "s2")
+    assert info["num_samples"] == config.sampling.num_samples and info["label"] == 2

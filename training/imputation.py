@@ -120,7 +120,7 @@ def score_for_items(options: RunOptions, inf: Inference, n: int, device) -> samp
     ``p(x)``."""
     label = options.sampler.label
     if label is None:
-        return unconditional_score(options, inf, n, device)
+        return unconditional_score(options, inf)
     if label == "all":
         raise ValueError("config.sampling.label='all' draws a grid of classes; inpaint / colorize take one "
                          "class index or '' (unconditional)")

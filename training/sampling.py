@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from pathlib import Path
-
 from typing import Callable
 
 import torch
@@ -19,8 +18,8 @@ from training.generation import count_nonfinite, generate, sample_files, sample_
 from training.inference import Inference, LoadedClassifier, load_classifier, load_for_inference
 from training.options import RunOptions, SamplerOptions
 from training.pipeline import DataSpec, to_data_space
-from training.sample_quality import digits_classifier
 from training.runtime import bars_enabled, logs_above_bars
+from training.sample_quality import digits_classifier
 from training.streams import Stream, generator
 from training.workdir import SAMPLES_DIR, NonFiniteResultsError, write_results
 
@@ -63,14 +62,13 @@ def sample_labels(sampler: SamplerOptions, num_classes: int) -> tuple[torch.Tens
     return torch.full((sampler.num_samples,), sampler.label, dtype=torch.long), sampler.num_samples
 
 
-def unconditional_score(options: RunOptions, inf: Inference, n: int, device) -> Callable:
-    """The model's score of ``p_t(x)``: the network itself, or the null label of one trained with label dropout."""
-    if not options.network.num_classes:
-        return inf.score_fn
-    if not options.train.label_dropout:
+def unconditional_score(options: RunOptions, inf: Inference) -> Callable:
+    """The model's score of ``p_t(x)`` (``inf.score_fn``: the network itself, or the null label of one
+    trained with label dropout); a one-line error for a class-conditional model without one."""
+    if options.network.num_classes and not options.train.label_dropout:
         raise ValueError("this model is class-conditional and was trained without label dropout, so it has no "
                          "unconditional score: set config.sampling.label to a class index or 'all'")
-    return inf.score_with(torch.full((n,), null_label(options.network.num_classes), dtype=torch.long, device=device))
+    return inf.score_fn
 
 
 def guided_score_for(options: RunOptions, inf: Inference, classifier: LoadedClassifier | None) -> Callable:
@@ -82,7 +80,7 @@ def guided_score_for(options: RunOptions, inf: Inference, classifier: LoadedClas
     def score_for(labels: torch.Tensor) -> Callable:
         if sampler.guidance == "none":
             return inf.score_with(labels)
-        uncond = unconditional_score(options, inf, len(labels), labels.device)
+        uncond = unconditional_score(options, inf)
         if sampler.guidance == "cfg":
             if sampler.guidance_scale in (0.0, 1.0):
                 return samplers.classifier_free_guidance(uncond, inf.score_with(labels), sampler.guidance_scale)
@@ -123,21 +121,15 @@ def sample(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: s
     classifier = None
     if sampler.guidance == "classifier":
         classifier = load_classifier(sampler.classifier_workdir, options, ctx)
-    score_for = guided_score_for(options, inf, classifier)
-    if labels is None and options.network.num_classes:     # p(x) of a model trained with label dropout
-        unconditional_score(options, inf, 1, ctx.device)    # (or a one-line error)
-        score_for = inf.score_with
-        label_arg = torch.full((num,), null_label(options.network.num_classes), dtype=torch.long)
-    else:
-        label_arg = labels
+    score_fn = unconditional_score(options, inf) if labels is None else inf.score_fn
     logger.info("drawing %d samples from the EMA weights of step %d with the %s sampler%s", num, inf.step,
                 sampler.method, guidance_note(sampler))
     start = time.perf_counter()
     with logs_above_bars():
-        x, nfe = generate(inf.sde, inf.score_fn, num, inf.data.shape, sampler,
+        x, nfe = generate(inf.sde, score_fn, num, inf.data.shape, sampler,
                           generator=generator(options.seed, Stream.SAMPLING, ctx.rank, ctx.device), ctx=ctx,
                           show_progress=bars_enabled(options.train.progress_bar) and ctx.is_main,
-                          labels=label_arg, score_for=score_for)
+                          labels=labels, score_for=guided_score_for(options, inf, classifier))
     elapsed = time.perf_counter() - start
     data = to_data_space(x.cpu(), inf.data)
     bad = count_nonfinite(data)
