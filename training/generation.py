@@ -66,6 +66,9 @@ def sample_stats(samples: torch.Tensor, spec: DataSpec) -> dict:
     return {"in_support_frac": in_support_fraction(samples.cpu(), spec)}
 
 
+MAX_ROW_ITEMS = 16          # images per row of a class-conditional grid picture (the .npz keeps them all)
+
+
 def npz_bytes(**arrays: np.ndarray) -> bytes:
     """An ``.npz`` file's bytes holding ``arrays`` by name."""
     buffer = io.BytesIO()
@@ -80,6 +83,10 @@ def sample_picture(samples: np.ndarray, spec: DataSpec, caption: str,
     the true density's contours (toy data)."""
     if spec.is_image:
         cols = len(samples) // len(row_labels) if row_labels else None
+        if cols is not None and cols > MAX_ROW_ITEMS:      # a readable grid: the first items of each row
+            samples = samples.reshape(len(row_labels), cols, *samples.shape[1:])[:, :MAX_ROW_ITEMS]
+            samples, cols = samples.reshape(-1, *samples.shape[2:]), MAX_ROW_ITEMS
+            caption += f" (the first {MAX_ROW_ITEMS} of each row shown)"
         return image_grid(samples, caption=caption, cols=cols, row_labels=row_labels)
     if spec.toy is None:
         return scatter_plot(samples, title=caption)
