@@ -52,7 +52,7 @@ def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, trace: str = "e
     ``method="adams"`` (adaptive Adams predictor-corrector, one evaluation per step; the default of the
     configs' ``eval.method``, while this function keeps dopri5, its documented default) is more accurate
     than dopri5 at the same tolerance in fewer evaluations; at ``rtol = atol = 1e-3`` it is within 1e-3
-    nats of the exact value in 44-66 evaluations on exact-score mixtures where dopri5 needs 56-134
+    nats of the exact value in 41-60 evaluations on exact-score mixtures where dopri5 needs 56-134
     (``bench/likelihood.py``). ``scale_state`` integrates ``x / s_t``
     instead of ``x`` (module docstring); ``None`` means on for ``"adams"``, off otherwise.
     """

@@ -165,9 +165,9 @@ def test_scipy_rk45_likelihood_matches(points):
 
 # ------------------------------------------------------------------ likelihood: Adams predictor-corrector (issue 11)
 
-# Measured on these 200 points (exact prior): mean |err| 2.5e-4 / 3.3e-4 / 2.2e-4 nats at 46 / 51 / 49 NFE
-# (VP / sub-VP / VE); dopri5 at its default 1e-5 takes 80-140 NFE for 5e-5. The bounds leave ~3x on
-# the error and ~15 % on the NFE; a predictor without the corrector (order 4 instead of 5) or a wrong
+# Measured on these 200 points (exact prior): mean |err| 1.6e-4 / 2.2e-4 / 1.4e-4 nats at 45 / 47 / 46 NFE
+# (VP / sub-VP / VE; 46 / 51 / 49 before the PI controller of samplers/ode.py); dopri5 at its default
+# 1e-5 takes 80-140 NFE for 5e-5. The bounds leave ~3x on the error and ~20 % on the NFE; a predictor without the corrector (order 4 instead of 5) or a wrong
 # state scale breaks one of them.
 ADAMS_FAST = dict(method="adams", rtol=1e-3, atol=1e-3)
 ADAMS_NFE_BOUND = 60
