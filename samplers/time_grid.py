@@ -10,7 +10,12 @@ no gradient through it), and the search costs a stated number of score evaluatio
 The search is coordinate descent on the half log-SNR ``lambda_t`` of the interior points: point ``j``
 moves within ``(lambda_{j-1}, lambda_{j+1})`` by a golden-section search over its relative position,
 and the move is kept only if it lowers the loss, so the fitted grid is never worse than the start
-(``init``, a ``skip_type``) on the fitting latents. The ends stay at ``T`` and ``eps``.
+(``init``, a ``skip_type``) on the fitting latents. The ends stay at ``T`` and ``eps``. ``init`` may also be
+several skip types or ``"auto"``: a descent from each, the lowest loss kept (the loss surface has local
+minima: on subVP the default start stalls far from the grid a ``logSNR`` start reaches). ``loss="distance"``
+(mean, not mean squared, distance) or ``"mmd"`` weigh the few latents near a boundary between modes less;
+on the bench's mixture (``bench/samplers.py``, "opt-grid+") the distance loss gives grids closer in MMD^2
+to the exact samples than the squared one, which can prefer a grid with a worse sample distribution.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import torch
 
 import sde_lib
 from samplers import TimeGridFit, fast_sample, get_time_steps, optimize_time_grid
+from samplers.time_grid import AUTO_INITS
 from test_fast_sampler import gaussian_flow, gaussian_score
 
 EPS = 1e-3
@@ -81,6 +82,38 @@ def test_fitted_grid_beats_the_default_on_held_out_latents(name, solver, order):
     assert err_fitted < 0.93 * err_default, (err_fitted, err_default)
 
 
+@pytest.mark.parametrize("first,second", [("karras", "time_quadratic"), ("time_quadratic", "karras")])
+def test_multi_start_keeps_the_best_start(first, second):
+    """Both orders of two starts give the better start's own fit (using only the first start fails one order)."""
+    sde = sde_lib.VPSDE()
+    _, _, score = gaussian_setup(sde)
+    kwargs = dict(iterations=1, line_search_evals=3, dtype=torch.float64, return_info=True, denoise=False)
+    single = {name: optimize_time_grid(sde, score, (64, 2), 3, generator=gen(0), init=name, **kwargs)
+              for name in (first, second)}
+    winner = min(single, key=lambda name: single[name].loss)
+    assert single[first].loss != single[second].loss
+    fit = optimize_time_grid(sde, score, (64, 2), 3, generator=gen(0), init=(first, second), **kwargs)
+    assert fit.init == winner and fit.loss == single[winner].loss
+    assert torch.equal(fit.times, single[winner].times)
+    assert fit.start_losses == ((first, single[first].loss), (second, single[second].loss))
+    # one reference, then each start's runs
+    assert fit.solver_runs == single[first].solver_runs + single[second].solver_runs
+    assert fit.nfe == fit.reference_nfe + fit.solver_runs * 3
+
+
+@pytest.mark.parametrize("loss", ["mse", "distance", "mmd"])
+def test_auto_init_and_losses(loss):
+    """``init="auto"`` tries every ``AUTO_INITS`` start; each loss is lowered by the descent."""
+    sde = sde_lib.subVPSDE()
+    _, _, score = gaussian_setup(sde)
+    fit = optimize_time_grid(sde, score, (64, 2), 3, init="auto", loss=loss, iterations=1, line_search_evals=3,
+                             dtype=torch.float64, generator=gen(0), return_info=True)
+    assert [name for name, _ in fit.start_losses] == list(AUTO_INITS)
+    assert fit.loss == min(value for _, value in fit.start_losses) <= fit.initial_loss
+    assert fit.solver_runs == len(AUTO_INITS) * (1 + 2 * 3)
+    assert bool((fit.times[1:] < fit.times[:-1]).all())
+
+
 @pytest.mark.parametrize("kwargs,name", [
     (dict(steps=0), "steps"),
     (dict(steps=2.5), "steps"),
@@ -89,6 +122,10 @@ def test_fitted_grid_beats_the_default_on_held_out_latents(name, solver, order):
     (dict(n_samples=0), "n_samples"),
     (dict(reference_tol=0.0), "reference_tol"),
     (dict(init="cubic"), "init"),
+    (dict(init=()), "init"),
+    (dict(init=("logSNR", "cubic")), "init"),
+    (dict(init=3), "init"),
+    (dict(loss="l2"), "loss"),
     (dict(solver="heun"), "solver"),
     (dict(solver="sde-dpmsolver++"), "solver"),
     (dict(order=4), "order"),
