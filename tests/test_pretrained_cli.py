@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import main
+import models
 import samplers
 from configs.digits.ddpmpp_vp import get_config as digits_config
 from models.score_sde_import import build_score_sde_unet, from_score_sde, score_sde_parameter_map
@@ -48,6 +49,18 @@ def score_sde_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
     return path, config_path
 
 
+def library_bpd(config, sde, score_fn) -> float:
+    """The library's bits/dim of the eval's items, with the eval's dequantisation and probes (its streams):
+    the command line must give the same number (to float32 round-off of an adaptive ODE)."""
+    options = options_from_config(config)
+    spec = load_data(options.data, options.seed, with_train=False)
+    gen = generator(options.seed, Stream.LIKELIHOOD)
+    x = to_model_space(spec.test, spec, gen, train=False)
+    logp, _, _ = samplers.log_likelihood(sde, score_fn, x, generator=gen, **options.eval.likelihood_kwargs)
+    return float(samplers.bits_per_dim(logp.double(), spec.dim, num_levels=spec.num_levels,
+                                       log_det=scaler_log_det(True, spec.dim)).mean())
+
+
 def pretrained_digits(pretrained: Path, pretrained_config: Path | None = None):
     config = digits_config()
     config.device = "cpu"
@@ -68,17 +81,8 @@ def test_score_sde_checkpoint_eval_and_sample(tmp_path):
     workdir = tmp_path / "new_workdir"           # created for the results: nothing to read there
     main.run(config, workdir, "eval")
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
-    # the library on the same items, dequantisation and probes (the eval's streams)
-    options = options_from_config(config)
-    spec = load_data(options.data, options.seed, with_train=False)
     sde, score_fn = from_score_sde(path, json.loads(config_path.read_text()))
-    gen = generator(options.seed, Stream.LIKELIHOOD)
-    x = to_model_space(spec.test, spec, gen, train=False)
-    logp, _, _ = samplers.log_likelihood(sde, score_fn, x, generator=gen, **options.eval.likelihood_kwargs)
-    bpd = samplers.bits_per_dim(logp.double(), spec.dim, num_levels=spec.num_levels,
-                                log_det=scaler_log_det(True, spec.dim)).mean()
-    # the same computation in another process order: equal to float32 round-off of an adaptive ODE
-    assert metrics["bpd"] == pytest.approx(float(bpd), rel=1e-4)
+    assert metrics["bpd"] == pytest.approx(library_bpd(config, sde, score_fn), rel=1e-4)
     main.run(config, workdir, "sample")
     assert np.load(workdir / "samples" / "samples.npz")["samples"].shape == (8, 1, 8, 8)
 
@@ -111,7 +115,9 @@ def test_diffusers_directory_eval_and_sample(tmp_path):
     workdir = tmp_path / "run"
     main.run(config, workdir, "eval")
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
-    assert np.isfinite(metrics["bpd"]) and metrics["likelihood_nfe"] > 0
+    sde, score_fn, _, _ = models.load_diffusers_dir(tmp_path / "pipe", clip_sample=False)
+    assert metrics["likelihood_nfe"] > 0
+    assert metrics["bpd"] == pytest.approx(library_bpd(config, sde, score_fn), rel=1e-4)
     main.run(config, workdir, "sample")
     assert np.load(workdir / "samples" / "samples.npz")["samples"].shape == (8, 1, 8, 8)
     wrong = copy.deepcopy(config)

@@ -244,7 +244,7 @@ def load_digits_dataset(root=None, split: str = "train") -> ImageDataset:
     idx = perm[:-DIGITS_NUM_TEST] if split == "train" else perm[-DIGITS_NUM_TEST:]
     images = torch.from_numpy(bunch.images[idx].astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target[idx].astype(np.int64))
-    return ImageDataset(images, labels, num_levels=17, name="digits")
+    return ImageDataset(images, labels, num_levels=NUM_LEVELS["digits"], name="digits")
 
 
 def _default_root(name: str, root) -> Path:
@@ -309,7 +309,8 @@ def load_cifar10(root=None, split: str = "train") -> ImageDataset:
     parts = [_read_cifar_batch(folder / n) for n in names]
     data = np.concatenate([d for d, _ in parts]).reshape(-1, 3, 32, 32)
     labels = np.concatenate([lab for _, lab in parts])
-    return ImageDataset(torch.from_numpy(data), torch.from_numpy(labels), num_levels=256, name="cifar10")
+    return ImageDataset(torch.from_numpy(data), torch.from_numpy(labels), num_levels=NUM_LEVELS["cifar10"],
+                        name="cifar10")
 
 
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -366,7 +367,7 @@ def load_mnist(root=None, split: str = "train") -> ImageDataset:
     if len(images) != len(labels):
         raise ValueError(f"MNIST {split}: {len(images)} images but {len(labels)} labels")
     return ImageDataset(torch.from_numpy(images.copy()).unsqueeze(1),
-                        torch.from_numpy(labels.astype(np.int64)), num_levels=256, name="mnist")
+                        torch.from_numpy(labels.astype(np.int64)), num_levels=NUM_LEVELS["mnist"], name="mnist")
 
 
 def get_image_dataset(name: str, root=None, split: str = "train") -> ImageDataset:
@@ -383,6 +384,8 @@ def dataset_names() -> list[str]:
 # The shape of one item of each data set, known without reading any file (config validation uses it).
 ITEM_SHAPES = {"gmm": (2,), "checkerboard": (2,), "digits": (1, 8, 8), "cifar10": (3, 32, 32),
                "mnist": (1, 28, 28)}
+# Grey levels K of each image data set (what bits/dim counts), known without reading its files.
+NUM_LEVELS = {"digits": 17, "cifar10": 256, "mnist": 256}
 # How many classes each data set's labels have (toy data: the mixture components / dark cells).
 NUM_CLASSES = {"gmm": 8, "checkerboard": 8, "digits": 10, "cifar10": 10, "mnist": 10}
 

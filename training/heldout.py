@@ -26,7 +26,7 @@ def my_items(items: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return items[r.start:r.stop]
 
 
-def heldout_loss(sde: SDE, score_fn: Callable | None, loss: LossOptions, items: torch.Tensor, spec: DataSpec, *,
+def heldout_loss(sde: SDE, score_fn: Callable, loss: LossOptions, items: torch.Tensor, spec: DataSpec, *,
                  batch_size: int, generator: torch.Generator, ctx: DistContext, labels: torch.Tensor | None = None,
                  fn_for: Callable | None = None, targets: Callable | None = None) -> float:
     """Mean per-sample loss over ``items`` (split over ranks), without gradients. With ``labels`` (class

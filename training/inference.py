@@ -91,8 +91,15 @@ def marginal_score(options: RunOptions, score_with: Callable) -> Callable:
                              "sampling.label")
         return unavailable
 
+    # one labels tensor and score per batch shape: the network checks a labels tensor once, not at every step
+    by_batch: dict = {}
+
     def null_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return score_with(torch.full((x.shape[0],), null_label(classes), dtype=torch.long, device=x.device))(x, t)
+        key = (x.shape[0], x.device)
+        if key not in by_batch:
+            null = torch.full((x.shape[0],), null_label(classes), dtype=torch.long, device=x.device)
+            by_batch[key] = score_with(null)
+        return by_batch[key](x, t)
 
     return null_score
 

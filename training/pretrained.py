@@ -15,7 +15,7 @@ import torch
 
 from models import get_score_fn
 from models.score_sde_import import load_score_sde_checkpoint, score_sde_score_kwargs, sde_from_score_sde_config
-from training.datasets import ITEM_SHAPES, NUM_CLASSES
+from training.datasets import ITEM_SHAPES, NUM_CLASSES, NUM_LEVELS
 from training.distributed import DistContext
 from training.inference import Inference
 from training.options import RunOptions
@@ -24,8 +24,6 @@ from training.runtime import local_processes, set_threads
 
 logger = logging.getLogger(__name__)
 
-# grey levels of each image data set (what bits/dim counts), known without reading its files
-NUM_LEVELS = {"digits": 17, "cifar10": 256, "mnist": 256}
 
 
 def read_score_sde_config(path: str | None):

@@ -386,8 +386,7 @@ def log_eval_loss(run: TrainRun, bar=None) -> None:
     items = run.data.test[:n]
     labels = run.data.test_labels[:n] if uses_labels(run.options) else None
     with torch.random.fork_rng(devices=_rng_devices(run)):
-        loss = heldout_loss(run.sde, ema_score_fn(run) if labels is None else None, run.options.loss, items,
-                            run.data, batch_size=len(items),
+        loss = heldout_loss(run.sde, ema_score_fn(run), run.options.loss, items, run.data, batch_size=len(items),
                             generator=generator(run.options.seed, Stream.EVAL_LOSS, run.ctx.rank, run.ctx.device),
                             ctx=run.ctx, labels=labels, fn_for=lambda y: ema_score_fn(run, y),
                             targets=lambda y: loss_targets(run.options, y))
