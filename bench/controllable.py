@@ -50,9 +50,9 @@ if __package__ in (None, ""):  # run as a script: bench/ itself would shadow the
 
 import torch
 
-import models
-import sde_lib
-from samplers import (classifier_free_guidance, classifier_guidance, classifier_log_prob_fn, ddim_sample,
+from scoresde import models
+from scoresde import sde_lib
+from scoresde.samplers import (classifier_free_guidance, classifier_guidance, classifier_log_prob_fn, ddim_sample,
                       fast_sample, inpaint, pc_sample)
 
 LABELLED = sde_lib.labelled.three_class_mixture()

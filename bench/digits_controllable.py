@@ -5,7 +5,7 @@
     python main.py --config configs/digits/ddpmpp_vp.py --workdir runs/digits_vp --mode train
     python -m bench.digits_controllable --cond runs/digits_cond --classifier runs/digits_clf --uncond runs/digits_vp
 
-Prints, with the judge's test accuracy (the digits classifier of ``training/sample_quality.py``, trained
+Prints, with the judge's test accuracy (the digits classifier of ``scoresde/evaluate/metrics.py``, trained
 on the clean training split):
 
 - classifier-free guidance of the class-conditional model: for scales 0, 1, 2, 4, the fraction of samples
@@ -26,10 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import main
-from configs.digits.ddpmpp_vp import get_config as uncond_config
-from configs.digits.ddpmpp_vp_cond import get_config as cond_config
-from training.sample_quality import digits_classifier
+from scoresde.cli import main
+from scoresde.configs.digits.ddpmpp_vp import get_config as uncond_config
+from scoresde.configs.digits.ddpmpp_vp_cond import get_config as cond_config
+from scoresde.evaluate.metrics import digits_classifier
 
 
 def _run(config, workdir: str, mode: str, out: Path, **fields) -> dict:

@@ -37,8 +37,8 @@ if __package__ in (None, ""):  # run as a script: bench/ itself would shadow the
 
 import torch
 
-import sde_lib
-from samplers import log_likelihood
+from scoresde import sde_lib
+from scoresde.samplers import log_likelihood
 
 MIXTURE = sde_lib.GaussianMixture(  # the same as tests/gmm_utils.make_test_mixture()
     weights=[0.4, 0.3, 0.2, 0.1],

@@ -44,14 +44,14 @@ if __package__ in (None, ""):  # run as a script: bench/ itself would shadow the
 
 import torch
 
-import samplers
-from sde_lib import get_sde
-from training.datasets import dequantize, get_image_dataset, quantize
-from training.distributed import DistContext
-from training.factory import options_from_config
-from training.inference import load_for_inference
-from training.pipeline import to_data_space
-from training.sample_quality import (classifier_score, digits_classifier, fid_from_features, kid,
+from scoresde import samplers
+from scoresde.sde_lib import get_sde
+from scoresde.data.datasets import dequantize, get_image_dataset, quantize
+from scoresde.run.distributed import DistContext
+from scoresde.cli.factory import options_from_config
+from scoresde.run.inference import load_for_inference
+from scoresde.data.pipeline import to_data_space
+from scoresde.evaluate.metrics import (classifier_score, digits_classifier, fid_from_features, kid,
                                      precision_recall)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -98,10 +98,10 @@ if __package__ in (None, ""):  # run as a script: bench/ itself would shadow the
 
 import torch
 
-import sde_lib
-from samplers import ddim_sample, edm_sample, fast_sample, ode_sample, pc_sample
-from samplers.fast import SKIP_TYPES
-from samplers.time_grid import optimize_time_grid
+from scoresde import sde_lib
+from scoresde.samplers import ddim_sample, edm_sample, fast_sample, ode_sample, pc_sample
+from scoresde.samplers.fast import SKIP_TYPES
+from scoresde.samplers.time_grid import optimize_time_grid
 
 MIXTURE = sde_lib.GaussianMixture(
     weights=[0.4, 0.3, 0.2, 0.1],

@@ -34,9 +34,9 @@ if __package__ in (None, ""):  # run as a script: bench/ itself would shadow the
 
 import torch
 
-import sde_lib
-from samplers import fast_sample, pc_sample
-from samplers.common import CountingScore
+from scoresde import sde_lib
+from scoresde.samplers import fast_sample, pc_sample
+from scoresde.samplers.common import CountingScore
 
 
 def mixture_score(sde: sde_lib.SDE, k: int = 8, radius: float = 2.0, var: float = 0.01):
@@ -66,8 +66,8 @@ def gaussian_score(sde: sde_lib.SDE, var: float = 0.25):
 
 def network_score(sde: sde_lib.SDE, device: str):
     """A small DDPM++ (nf 64, ch_mult (1, 2, 2), 2 blocks, attention at 16x16) behind ``get_score_fn``."""
-    from models import get_model, get_score_fn  # only this case needs the networks
-    from training.factory import network_defaults
+    from scoresde.models import get_model, get_score_fn  # only this case needs the networks
+    from scoresde.cli.factory import network_defaults
     net = get_model("ddpmpp", **{**network_defaults("ddpmpp"), "in_channels": 3, "image_size": 32, "nf": 64,
                                  "ch_mult": (1, 2, 2), "num_res_blocks": 2, "attn_resolutions": (16,)}).to(device)
     return get_score_fn(sde, net)

@@ -39,15 +39,15 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from configs.cifar10.ddpmpp_vp import get_config as cifar10_config
-from configs.digits.ddpmpp_vp import get_config as digits_config
-from configs.toy.gmm_vp import get_config as gmm_config
-from training import trainer
-from training.optim import clip_gradients, set_lr, warmup_lr
-from training.distributed import DistContext, barrier, cleanup, init_distributed
-from training.factory import options_from_config
-from training.pipeline import DataSpec
-from training.trainer import next_batch, setup_run, train_step
+from scoresde.configs.cifar10.ddpmpp_vp import get_config as cifar10_config
+from scoresde.configs.digits.ddpmpp_vp import get_config as digits_config
+from scoresde.configs.toy.gmm_vp import get_config as gmm_config
+from scoresde.train import loop as trainer
+from scoresde.train.optim import clip_gradients, set_lr, warmup_lr
+from scoresde.run.distributed import DistContext, barrier, cleanup, init_distributed
+from scoresde.cli.factory import options_from_config
+from scoresde.data.pipeline import DataSpec
+from scoresde.train.loop import next_batch, setup_run, train_step
 
 FLAGS = ("bf16", "compile", "channels_last", "tf32")
 
@@ -201,8 +201,8 @@ def bare_loop_rate(run, steps: int) -> float:
     """Steps/s of a plain PyTorch loop with the trainer's network, fused Adam, EMA, batch and loss
     (the same importance-sampled, likelihood-weighted DSM for the toy config): the floor the trainer's
     bookkeeping (data pipeline, seeded noise, warm-up, clipping, non-finite guard) is measured against."""
-    from models import get_score_fn
-    from training.losses import dsm_loss
+    from scoresde.models import get_score_fn
+    from scoresde.train.losses import dsm_loss
     model, sde, data = run.model, run.sde, run.data.train
     optimizer = torch.optim.Adam(model.parameters(), lr=run.options.optim.lr, fused=True)
     averaged = [p.detach().clone() for p in model.parameters()]
@@ -259,9 +259,9 @@ import os, sys, time, tempfile
 sys.path.insert(0, {repo!r})
 import torch
 from bench.train_throughput import workload_config, Case
-from training.distributed import DistContext
-from training.factory import options_from_config
-from training.trainer import next_batch, setup_run, train_step
+from scoresde.run.distributed import DistContext
+from scoresde.cli.factory import options_from_config
+from scoresde.train.loop import next_batch, setup_run, train_step
 config = workload_config(Case({workload!r}, "cpu", 1, 1))
 config.training.threads = {threads}
 with tempfile.TemporaryDirectory() as workdir:

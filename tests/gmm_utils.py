@@ -33,7 +33,7 @@ from typing import Dict, Mapping, Union
 
 import torch
 
-from sde_lib import GaussianMixture
+from scoresde.sde_lib import GaussianMixture
 
 KINDS = ("weights", "means", "covs")
 

@@ -1,6 +1,0 @@
-"""8-mode Gaussian mixture, sub-VP SDE."""
-from configs.toy.base import get_toy_config
-
-
-def get_config():
-    return get_toy_config("gmm", "subvpsde")

@@ -1,0 +1,1 @@
+"""What ``--mode eval``, ``sample``, ``inpaint`` and ``colorize`` run, on plain options."""

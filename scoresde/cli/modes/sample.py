@@ -1,0 +1,154 @@
+"""The ``sample`` mode: draw samples with the sampler the config names (``pc`` / ``ode`` / ``fast``)
+from the newest checkpoint's EMA weights, and write ``samples/samples.npz`` (array ``samples``, in data
+space: images in [0, 1], 2-D points raw) with a PNG grid or scatter plot and ``samples/info.json``."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from scoresde import samplers
+from scoresde.models import null_label
+from scoresde.run.distributed import DistContext
+from scoresde.run.generation import count_nonfinite, generate, sample_files, sample_stats
+from scoresde.run.inference import Inference, LoadedClassifier, load_classifier, load_for_inference
+from scoresde.run.options import RunOptions, SamplerOptions
+from scoresde.data.pipeline import DataSpec, to_data_space
+from scoresde.run.runtime import bars_enabled, logs_above_bars
+from scoresde.evaluate.metrics import digits_classifier
+from scoresde.data.streams import Stream, generator
+from scoresde.run.workdir import SAMPLES_DIR, NonFiniteResultsError, write_results
+
+logger = logging.getLogger(__name__)
+
+
+def guidance_note(sampler: SamplerOptions) -> str:
+    """``", class 3, cfg guidance w = 2"``, or nothing for unconditional sampling."""
+    if sampler.label is None:
+        return ""
+    what = "one row per class" if sampler.label == "all" else f"class {sampler.label}"
+    if sampler.guidance != "none":
+        what += f", {sampler.guidance} guidance w = {sampler.guidance_scale:g}"
+    return f", {what}"
+
+
+def summary_line(info: dict) -> str:
+    """What was drawn and, for toy data, how much of it lands where the data lives."""
+    line = (f"{info['num_samples']} samples by the {info['method']} sampler ({info['nfe_per_batch']} score "
+            f"evaluations per batch, {info['time_s']:.1f} s)")
+    if "in_support_frac" in info:
+        line += (f"; {100 * info['in_support_frac']:.1f}% on the data's support (where the true density is at "
+                 f"least its 1% quantile: about 99% for perfect samples)")
+    if "class_accuracy" in info:
+        line += f"; {100 * info['class_accuracy']:.1f}% of the requested class ({info['class_judge']})"
+    if info["nonfinite_samples"]:
+        line += f"; {info['nonfinite_samples']} samples hold NaN or inf"
+    return line
+
+
+# ---------------------------------------------------------------------------------------- classes and guidance
+def sample_labels(sampler: SamplerOptions, num_classes: int) -> tuple[torch.Tensor | None, int]:
+    """The class of every sample and how many samples there are: ``label`` k for all, or with ``"all"``
+    ``ceil(num_samples / K)`` of each class in turn (a grid with one row per class)."""
+    if sampler.label is None:
+        return None, sampler.num_samples
+    if sampler.label == "all":
+        per_class = -(-sampler.num_samples // num_classes)
+        return torch.arange(num_classes).repeat_interleave(per_class), per_class * num_classes
+    return torch.full((sampler.num_samples,), sampler.label, dtype=torch.long), sampler.num_samples
+
+
+def unconditional_score(options: RunOptions, inf: Inference) -> Callable:
+    """The model's score of ``p_t(x)`` (``inf.score_fn``: the network itself, or the null label of one
+    trained with label dropout); a one-line error for a class-conditional model without one."""
+    if options.network.num_classes and not options.train.label_dropout:
+        raise ValueError("this model is class-conditional and was trained without label dropout, so it has no "
+                         "unconditional score: set config.sampling.label to a class index or 'all'")
+    return inf.score_fn
+
+
+def guided_score_for(options: RunOptions, inf: Inference, classifier: LoadedClassifier | None) -> Callable:
+    """``score_for(labels)``: the score a batch of samples of classes ``labels`` is drawn with, by
+    ``sampling.guidance``: the conditional model itself (none), classifier-free guidance
+    ``s_u + w (s_c - s_u)`` (cfg), or ``s_u + w grad_x log p_phi(y | x_t, t)`` (classifier)."""
+    sampler = options.sampler
+
+    def score_for(labels: torch.Tensor) -> Callable:
+        if sampler.guidance == "none":
+            return inf.score_with(labels)
+        uncond = unconditional_score(options, inf)
+        if sampler.guidance == "cfg":
+            if sampler.guidance_scale in (0.0, 1.0):
+                return samplers.classifier_free_guidance(uncond, inf.score_with(labels), sampler.guidance_scale)
+            null = torch.full_like(labels, null_label(options.network.num_classes))
+            return samplers.classifier_free_guidance_batched(inf.score_with(torch.cat([labels, null])),
+                                                             sampler.guidance_scale)
+        log_prob = samplers.classifier_log_prob_fn(classifier.logits_fn, labels)
+        return samplers.classifier_guidance(uncond, log_prob, sampler.guidance_scale)
+
+    return score_for
+
+
+def label_accuracy(samples: torch.Tensor, labels: torch.Tensor, spec: DataSpec) -> dict:
+    """How often a sample is of the class it was drawn for: the exact class (nearest mixture component,
+    dark cell) of toy data, or the digits classifier's prediction (``scoresde/evaluate/metrics.py``)."""
+    finite = torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)
+    if spec.toy is not None:
+        predicted = torch.full_like(labels, -1)
+        predicted[finite] = spec.toy.labels(samples[finite].double())
+        return {"class_accuracy": float((predicted == labels).double().mean()), "class_judge": "exact"}
+    if spec.name == "digits":
+        judge = digits_classifier()
+        predicted = torch.full_like(labels, -1)
+        predicted[finite] = judge.predict(samples[finite])
+        return {"class_accuracy": float((predicted == labels).double().mean()),
+                "class_judge": f"digits classifier (test accuracy {judge.test_accuracy:.4f})"}
+    return {}
+
+
+def sample(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: str | Path | None = None) -> dict:
+    """The ``sample`` mode: ``samples.npz``, a picture, ``info.json`` and the resolved ``config.json`` in
+    ``outdir`` (default ``<workdir>/samples``), written once the samples exist; returns the info.
+    Samples holding NaN or inf are counted in ``info.json`` and raise ``NonFiniteResultsError``."""
+    inf = load_for_inference(options, workdir, ctx)
+    sampler = options.sampler
+    num_classes = options.network.num_classes or inf.data.num_classes
+    labels, num = sample_labels(sampler, num_classes)
+    classifier = None
+    if sampler.guidance == "classifier":
+        classifier = load_classifier(sampler.classifier_workdir, options, ctx)
+    score_fn = unconditional_score(options, inf) if labels is None else inf.score_fn
+    logger.info("drawing %d samples from the EMA weights of step %d with the %s sampler%s", num, inf.step,
+                sampler.method, guidance_note(sampler))
+    start = time.perf_counter()
+    with logs_above_bars():
+        x, nfe = generate(inf.sde, score_fn, num, inf.data.shape, sampler,
+                          generator=generator(options.seed, Stream.SAMPLING, ctx.rank, ctx.device), ctx=ctx,
+                          show_progress=bars_enabled(options.train.progress_bar) and ctx.is_main,
+                          labels=labels, score_for=guided_score_for(options, inf, classifier))
+    elapsed = time.perf_counter() - start
+    data = to_data_space(x.cpu(), inf.data)
+    bad = count_nonfinite(data)
+    info = {"step": inf.step, "method": sampler.method, "num_samples": int(len(data)), "nfe_per_batch": nfe,
+            "time_s": round(elapsed, 3), "nonfinite_samples": bad, **sample_stats(data, inf.data)}
+    if labels is not None:
+        info.update({"label": sampler.label, "guidance": sampler.guidance, "guidance_scale": sampler.guidance_scale,
+                     **label_accuracy(data, labels, inf.data)})
+    directory = Path(outdir) if outdir is not None else Path(workdir) / SAMPLES_DIR
+    if ctx.is_main:
+        caption = (f"step {inf.step}, EMA weights, {sampler.method} sampler{guidance_note(sampler)}, {nfe} NFE "
+                   f"per batch, {len(data)} samples")
+        rows = [f"class {k}" for k in range(num_classes)] if sampler.label == "all" else None
+        files = {**sample_files(data, inf.data, "samples", caption, labels=labels, row_labels=rows),
+                 "info.json": json.dumps(info, indent=2) + "\n"}
+        run_dir = write_results(directory, f"step{inf.step:08d}_{sampler.method}", files, options.config_json)
+        logger.info("sample: %s", summary_line(info))
+        logger.info("samples in %s (kept) and %s (the latest)", run_dir, directory / "samples.npz")
+    if bad:
+        raise NonFiniteResultsError(f"{bad} of {len(data)} samples hold NaN or inf values (see "
+                                    f"{directory / 'info.json'}); the model or the sampler settings are broken")
+    return info

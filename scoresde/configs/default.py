@@ -1,0 +1,233 @@
+"""Every config field any mode reads, with its default and a one-line comment. Experiment files start
+from ``get_default_config()`` and change what they need; ``scoresde/cli/factory.py`` checks that a config
+has exactly these fields, validates every value before any work starts, and maps each field explicitly
+onto the argument it feeds (the frozen option objects in ``scoresde/run/options.py``).
+
+Names follow score_sde (``training.sde``, ``model.ema_rate``, ``sampling.snr``, ...) where one exists.
+The network defaults here are DDPM++'s (Song et al. 2021, App. H) and the MLP's; they live nowhere else.
+"""
+import ml_collections
+
+
+def _training() -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict()
+    t.batch_size = 128             # GLOBAL batch; each of W ranks takes batch_size / W
+    t.n_iters = 1_300_001          # optimizer updates in total (a resumed run continues to this step)
+    t.sde = "vpsde"                # the process: vpsde | subvpsde | vesde | cosine_vpsde | rectified_flow | edm
+    t.loss = "dsm"                 # continuous: dsm | flow | edm | classifier (noisy classifier); discrete: ddpm | smld | v
+    t.continuous = True            # continuous-time noise labels; True for dsm / flow / edm, False for the others
+    t.reduce_mean = True           # per-sample mean over dims (else ½ sum, Song et al. 2021 eq. 7)
+    t.likelihood_weighting = False  # dsm: lambda(t) = g(t)^2 (Song, Durkan et al. 2021)
+    t.importance_sampling = False  # dsm: t ~ g^2 / sigma^2 (needs likelihood_weighting)
+    t.eps = 1e-5                   # dsm / flow / edm: smallest training time
+    t.p_mean = -1.2                # edm: mean of ln sigma (Karras et al. 2022, P_mean)
+    t.p_std = 1.2                  # edm: std of ln sigma (P_std)
+    t.label_dropout = 0.0          # class-conditional: probability of the null label (> 0 for classifier-free guidance)
+    t.log_freq = 50                # steps between metrics.jsonl lines
+    t.eval_freq = 1000             # steps between held-out loss evaluations (one eval batch)
+    t.checkpoint_freq = 10_000     # steps between preemption checkpoints (the newest keep_last are kept)
+    t.snapshot_freq = 50_000       # checkpoints at multiples of this are kept for good
+    t.keep_last = 3                # preemption checkpoints kept besides the snapshots
+    t.max_nonfinite_steps = 3      # consecutive skipped updates (non-finite loss or gradient) before the run stops
+    t.exit_zero_on_signal = False  # after SIGTERM / SIGINT: exit 0 instead of 128 + signal (143 / 130)
+    t.snapshot_sampling = True     # write a few samples to <workdir>/snapshots/ at each snapshot
+    t.snapshot_num_samples = 64    # how many samples a snapshot draws
+    t.threads = 0                  # intra-op CPU threads; 0 = auto: the cores not busy with other work
+    t.progress_bar = True          # tqdm bar (also off when stderr is not a terminal)
+    t.tensorboard = True           # also log to <workdir>/tensorboard if torch.utils.tensorboard imports
+    # GPU-only switches; on CPU they are logged as ignored
+    t.bf16 = False                 # bfloat16 autocast of the forward pass
+    t.compile = False              # torch.compile the network
+    t.channels_last = False        # NHWC memory format for image models
+    t.tf32 = True                  # TF32 matmuls and convolutions
+    return t
+
+
+def _data() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    d.dataset = "cifar10"          # gmm | checkerboard | digits | cifar10 | mnist
+    d.root = ""                    # image files; "" means ./data/<dataset>
+    d.num_train = 0                # toy: points drawn for training; images: first N (0 = all)
+    d.centered = False             # model space [-1, 1] instead of [0, 1] (images)
+    d.uniform_dequantization = False  # (v + u) / K with u ~ U[0, 1) instead of the cell centre
+    d.random_flip = False          # horizontal flips during training (images)
+    return d
+
+
+def _model() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.name = "ddpmpp"              # mlp (vectors) | ddpmpp | ncsnpp (U-Nets) | classifier_mlp | classifier_unet
+    m.ema_rate = 0.9999            # decay of the exponential moving average of the weights
+    m.parameterization = "auto"    # network output: auto (the SDE's default) | eps | x0 | score | velocity | v | edm
+    m.scale_by_sigma = False       # divide a "score" output by sigma(t) (NCSN++)
+    m.sigma_data = 0.5             # edm parameterisation and loss: the data's standard deviation
+    m.num_classes = 0              # class-conditional network or classifier: number of classes (0 = unconditional)
+    m.pretrained = ""              # eval / sample / inpaint: a diffusers save_pretrained dir or a score_sde checkpoint
+    m.pretrained_config = ""       # a score_sde checkpoint's training config (.json dump or its .py file)
+    # the process (training.sde) reads these
+    m.sigma_min = 0.01             # VE / EDM: smallest noise level (EDM's own: 0.002)
+    m.sigma_max = 50.0             # VE / EDM: largest noise level (EDM's own: 80)
+    m.beta_min = 0.1               # VP / sub-VP: beta(0)
+    m.beta_max = 20.0              # VP / sub-VP: beta(1)
+    m.num_scales = 1000            # N, the discretisation of the SDE (every process)
+    # both networks
+    m.embedding_type = "positional"  # noise-label embedding: positional (999 t) | fourier (log sigma)
+    m.fourier_scale = 16.0         # std of the random Fourier features (embedding_type = fourier)
+    # mlp
+    m.hidden = 128                 # mlp: width
+    m.n_blocks = 3                 # mlp: residual blocks
+    # ddpmpp / ncsnpp (Song et al. 2021, App. H; DDPM++ values)
+    m.nf = 128                     # U-Net: base channels
+    m.ch_mult = (1, 2, 2, 2)       # U-Net: channel multiplier per resolution level
+    m.num_res_blocks = 4           # U-Net: residual blocks per level
+    m.attn_resolutions = (16,)     # U-Net: resolutions with self-attention
+    m.dropout = 0.1                # U-Net: dropout in residual blocks
+    m.resblock_type = "biggan"     # U-Net: biggan | ddpm residual blocks
+    m.resamp_with_conv = True      # U-Net: convolutions in up/down-sampling
+    m.skip_rescale = True          # U-Net: skip connections scaled by 1/sqrt(2)
+    m.init_scale = 0.0             # U-Net: scale of the output layers' initialisation
+    m.fir = False                  # U-Net: FIR up/down-sampling (NCSN++)
+    m.fir_kernel = (1, 3, 3, 1)    # U-Net: the FIR kernel
+    m.progressive = "none"         # U-Net: output pyramid: none | output_skip | residual
+    m.progressive_input = "none"   # U-Net: input pyramid: none | input_skip | residual (NCSN++)
+    m.progressive_combine = "sum"  # U-Net: how the input pyramid joins the features: sum | cat
+    return m
+
+
+def _optim() -> ml_collections.ConfigDict:
+    o = ml_collections.ConfigDict()
+    o.optimizer = "adam"           # adam (the only one)
+    o.lr = 2e-4                    # peak learning rate
+    o.beta1 = 0.9                  # Adam beta1 (beta2 = 0.999)
+    o.eps = 1e-8                   # Adam epsilon
+    o.weight_decay = 0.0           # Adam's L2 term
+    o.warmup = 5000                # linear warm-up: lr * min(k / warmup, 1) at update k = 1, 2, ...
+    o.grad_clip = 1.0              # max global grad norm; 0 disables clipping
+    return o
+
+
+def _sampling() -> ml_collections.ConfigDict:
+    s = ml_collections.ConfigDict()
+    s.method = "pc"                # pc | ode | fast (DPM-Solver++) | ddim | edm (Heun, with churn)
+    s.predictor = "euler_maruyama"  # pc: predictor
+    s.corrector = "none"           # pc: corrector
+    s.snr = 0.16                   # pc: corrector signal-to-noise ratio
+    s.n_steps = 1                  # pc: corrector steps per predictor step
+    s.probability_flow = False     # pc: predict along the probability-flow ODE
+    s.denoise = True               # Tweedie denoising at the last step (every method)
+    s.eps = 1e-3                   # smallest time of every method
+    s.steps = 10                   # fast / ddim / edm: number of steps
+    s.order = 2                    # fast: solver order 1 | 2 | 3
+    s.solver = "dpmsolver++"       # fast: dpmsolver++ (ODE) | sde-dpmsolver++ (stochastic, orders 1-2)
+    s.churn = 0.0                  # edm: S_churn (0 = deterministic Heun, Karras et al. 2022 Alg. 2)
+    s.s_noise = 1.0                # edm: S_noise
+    s.eta = 0.0                    # ddim: 0 deterministic, 1 DDPM-like noise
+    s.ode_method = "dopri5"        # ode: torchdiffeq method (or rk45 through SciPy)
+    s.rtol = 1e-5                  # ode: relative tolerance
+    s.atol = 1e-5                  # ode: absolute tolerance
+    s.label = ""                   # class-conditional: "" (none), a class index, or "all" (one row per class)
+    s.guidance = "none"            # none | cfg (classifier-free; needs training.label_dropout > 0) | classifier
+    s.guidance_scale = 1.0         # w: cfg s_u + w (s_c - s_u) (Ho & Salimans' w + 1); classifier s + w grad log p(y|x)
+    s.classifier_workdir = ""      # guidance = classifier: work directory of a trained noise-conditional classifier
+    s.threshold = 0.0              # fast / ddim: dynamic thresholding quantile of |x0| (Imagen: 0.995); 0 = off
+    s.mask = "lower_half"          # inpaint: lower_half | right_half | centre | random:<missing fraction> | mask.npy (1 = known)
+    s.inpaint_method = "replacement"  # inpaint / colorize: replacement (Song et al. 2021) | repaint (Lugmayr et al.)
+    s.resample = 1                 # inpaint / colorize with repaint: U, reverse steps per level
+    s.inpaint_data = ""            # inpaint / colorize: .npz of data-space items (array "samples"); "" = held-out data
+    s.num_samples = 64             # samples written by --mode sample (items by inpaint / colorize)
+    s.batch_size = 64              # samples drawn per batch
+    return s
+
+
+def _eval() -> ml_collections.ConfigDict:
+    e = ml_collections.ConfigDict()
+    e.batch_size = 256             # items per held-out loss / likelihood batch
+    e.num_samples = 1000           # held-out points for the loss and the likelihood
+    e.likelihood = True            # compute the likelihood (bits/dim or nll) in --mode eval
+    e.trace = "rademacher"         # exact | gaussian | rademacher (Hutchinson)
+    e.method = "adams"             # ODE solver of the likelihood: adams (one score per step) | dopri5 | ...
+    e.rtol = 1e-3                  # likelihood ODE relative tolerance
+    e.atol = 1e-3                  # likelihood ODE absolute tolerance
+    e.likelihood_eps = 1e-5        # the likelihood is that of p_eps
+    e.true_nll_samples = 100_000   # Monte Carlo size for the data's own entropy (toy data)
+    e.sample_quality = False       # images: FD, KID, precision / recall of eval.quality_samples samples (the config's sampler)
+    e.quality_samples = 300        # sample quality: samples drawn (the held-out items are the reference)
+    e.inception_weights = ""       # sample quality, non-digit images: Inception weights file ("" = torch hub cache)
+    # likelihood bounds (samplers/bounds.py), each with its standard error, NFE and time, in bpd / nll units
+    e.bounds = ""                  # comma-separated: elbo (continuous-time models) | vlb | iw (the N-level chain) | all (every one that applies); "" = none
+    e.bound_items = 100            # bounds: held-out items used, the first n of eval.num_samples (0 = all)
+    e.bound_rows = 2048            # bounds: most rows (items x draws or paths) per score call
+    e.elbo_samples = 64            # elbo: draws of (t, +-z) per item, 2 score evaluations each
+    e.vlb_levels = 0               # vlb: levels drawn per item, an unbiased estimate (0 = the exact sum over all N levels)
+    e.iw_k = (1, 10, 100)          # iw: the K of each importance-weighted bound IW_K (each must divide the largest)
+    e.iw_repeats = 1               # iw: independent IW_K estimates per item at the largest K (max(iw_k) x iw_repeats paths of N levels)
+    e.chain_variance = "forward"   # vlb / iw: the reverse step's variance: forward (beta_i) | posterior (beta_tilde_i) (Ho et al. 2020)
+    e.chain_decoder = "density"    # vlb / iw: density (Gaussian at dequantised x, bits/dim as bpd) | discretized (images: Ho et al. eq. 13 at the cell centres)
+    return e
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42               # every random stream of a run derives from it (training/streams.py)
+    config.device = "auto"         # auto | cpu | cuda
+    config.training = _training()
+    config.data = _data()
+    config.model = _model()
+    config.optim = _optim()
+    config.sampling = _sampling()
+    config.eval = _eval()
+    return config
+
+
+# ---------------------------------------------------------------------------------------- presets
+def set_unet(model: ml_collections.ConfigDict, *, nf: int, ch_mult: tuple, num_res_blocks: int,
+             attn_resolutions: tuple, dropout: float) -> None:
+    """The U-Net size: channels, levels, blocks, attention and dropout."""
+    model.nf = nf
+    model.ch_mult = ch_mult
+    model.num_res_blocks = num_res_blocks
+    model.attn_resolutions = attn_resolutions
+    model.dropout = dropout
+
+
+def use_ddpmpp(model: ml_collections.ConfigDict) -> None:
+    """DDPM++: positional embedding of the time label, no FIR, no input pyramid, eps output."""
+    model.name = "ddpmpp"
+    model.embedding_type = "positional"
+    model.fir = False
+    model.progressive_input = "none"
+    model.scale_by_sigma = False
+
+
+def use_ncsnpp(model: ml_collections.ConfigDict) -> None:
+    """NCSN++: Fourier embedding of log sigma, FIR resampling, residual input pyramid, 1/sigma output."""
+    model.name = "ncsnpp"
+    model.embedding_type = "fourier"
+    model.fir = True
+    model.progressive_input = "residual"
+    model.scale_by_sigma = True
+
+
+def use_edm(config: ml_collections.ConfigDict, sigma_data: float) -> None:
+    """EDM (Karras et al. 2022): sigma(t) = t in [0.002, 80], its preconditioning with ``sigma_data``,
+    its loss (ln sigma ~ N(-1.2, 1.2^2)) and its Heun sampler with 18 steps; times are noise levels, so
+    the smallest training, sampling and likelihood time is sigma_min."""
+    config.training.sde, config.training.loss, config.training.eps = "edm", "edm", 0.002
+    m = config.model
+    m.sigma_min, m.sigma_max, m.sigma_data, m.parameterization = 0.002, 80.0, sigma_data, "edm"
+    s = config.sampling
+    s.method, s.steps, s.eps = "edm", 18, 0.002
+    config.eval.likelihood_eps = 0.002
+
+
+def use_ve_pc_sampling(sampling: ml_collections.ConfigDict) -> None:
+    """Reverse-diffusion predictor + Langevin corrector at snr 0.16 (Song et al. 2021, PC for VE)."""
+    sampling.method = "pc"
+    sampling.predictor = "reverse_diffusion"
+    sampling.corrector = "langevin"
+    sampling.snr = 0.16
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """So that ``--config configs/default.py`` works too."""
+    return get_default_config()

@@ -1,0 +1,132 @@
+"""Data for training and evaluation: which tensors, and how a batch reaches model space.
+
+Toy data sets are drawn once (``num_train`` training points, ``num_test`` held-out points, each from
+its own seeded generator), so a fixed tensor feeds ``ShardedBatchLoader`` exactly like image data.
+Images stay uint8 grey levels until a batch is used; then (datasets.py conventions)
+
+    y = (v + u) / K      uniform dequantisation (u ~ U[0, 1)), or the cell centre u = 1/2
+    x = 2y - 1 or y      data_scaler(centered)
+
+Evaluation always dequantises uniformly, which the bits/dim bound requires.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from scoresde.data.datasets import (NUM_CLASSES, TOY_DATASETS, ImageDataset, ToyDistribution, data_scaler, dequantize,
+                               get_image_dataset, get_toy_dataset, inverse_data_scaler)
+from scoresde.run.options import DataOptions
+from scoresde.data.streams import Stream, generator
+
+
+@dataclass(frozen=True, eq=False)
+class DataSpec:
+    """The tensors of one data set and how to turn a batch of them into model inputs.
+
+    ``train`` / ``test`` hold float points ``(N, D)`` for toy data and uint8 grey levels
+    ``(N, C, H, W)`` for images; either is ``None`` when it was not asked for (sampling needs
+    neither: ``spec_from_meta`` rebuilds the rest from a checkpoint).
+    """
+
+    name: str
+    train: torch.Tensor | None
+    test: torch.Tensor | None
+    shape: tuple
+    num_levels: int = 0                 # K for images, 0 for continuous data
+    toy: ToyDistribution | None = None  # the exact density, for toy data
+    centered: bool = False
+    uniform_dequantization: bool = False
+    random_flip: bool = False
+    train_labels: torch.Tensor | None = None  # class labels (N,) of ``train`` / ``test``
+    test_labels: torch.Tensor | None = None
+    num_classes: int = 0                # how many classes the labels have
+
+    @property
+    def is_image(self) -> bool:
+        return self.num_levels > 0
+
+    @property
+    def dim(self) -> int:
+        """D, the number of scalars per item."""
+        return math.prod(self.shape)
+
+
+def _toy_spec(dist: ToyDistribution, name: str, num_train: int, num_test: int, seed: int,
+              with_train: bool) -> DataSpec:
+    if num_train < 1:
+        raise ValueError(f"config.data.num_train must be >= 1 for toy data ({name!r}), got {num_train}")
+    train = dist.sample(num_train, generator=generator(seed, Stream.TOY_TRAIN)) if with_train else None
+    test = dist.sample(num_test, generator=generator(seed, Stream.TOY_TEST))
+    return DataSpec(name=name, train=train, test=test, shape=(dist.dim,), toy=dist,
+                    train_labels=dist.labels(train) if with_train else None, test_labels=dist.labels(test),
+                    num_classes=dist.num_classes)
+
+
+def _first(images: ImageDataset, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``n`` items (all for ``n = 0``) and their labels."""
+    end = n if n > 0 else len(images.images)
+    return images.images[:end], None if images.labels is None else images.labels[:end]
+
+
+def _image_spec(name: str, root: str | None, num_train: int, num_test: int, with_train: bool,
+                centered: bool, uniform_dequantization: bool, random_flip: bool) -> DataSpec:
+    test_set = get_image_dataset(name, root, split="test")
+    train, train_labels = _first(get_image_dataset(name, root, split="train"), num_train) if with_train else (None, None)
+    test, test_labels = _first(test_set, num_test)
+    return DataSpec(name=name, train=train, test=test, shape=test_set.shape,
+                    num_levels=test_set.num_levels, centered=centered,
+                    uniform_dequantization=uniform_dequantization, random_flip=random_flip,
+                    train_labels=train_labels, test_labels=test_labels,
+                    num_classes=NUM_CLASSES[name] if test_labels is not None else 0)
+
+
+def load_data(options: DataOptions, seed: int, with_train: bool = True) -> DataSpec:
+    """The training (unless ``with_train`` is False) and held-out data ``options`` describe; toy
+    points are drawn from the run's ``seed``."""
+    if options.dataset in TOY_DATASETS:
+        return _toy_spec(get_toy_dataset(options.dataset), options.dataset, options.num_train, options.num_test,
+                         seed, with_train)
+    return _image_spec(options.dataset, options.root, options.num_train, options.num_test, with_train,
+                       options.centered, options.uniform_dequantization, options.random_flip)
+
+
+def data_meta(spec: DataSpec) -> dict:
+    """What sampling needs to know about the data, as plain values (stored in checkpoints)."""
+    return {"dataset": spec.name, "shape": list(spec.shape), "num_levels": spec.num_levels,
+            "centered": spec.centered, "num_classes": spec.num_classes}
+
+
+def spec_from_meta(meta: dict) -> DataSpec:
+    """A tensor-free ``DataSpec`` from ``data_meta``'s dict: enough to build a model and write samples."""
+    toy = get_toy_dataset(meta["dataset"]) if meta["dataset"] in TOY_DATASETS else None
+    return DataSpec(name=meta["dataset"], train=None, test=None, shape=tuple(int(s) for s in meta["shape"]),
+                    num_levels=int(meta["num_levels"]), toy=toy, centered=bool(meta["centered"]),
+                    num_classes=int(meta.get("num_classes", 0)))
+
+
+def _flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Mirror each image horizontally with probability 1/2."""
+    coin = torch.rand(x.shape[0], generator=generator, device=x.device if generator is None else generator.device)
+    return torch.where(coin.to(x.device).reshape(-1, 1, 1, 1) < 0.5, x.flip(-1), x)
+
+
+def to_model_space(batch: torch.Tensor, spec: DataSpec, generator: torch.Generator | None = None,
+                   train: bool = True) -> torch.Tensor:
+    """A batch of stored data -> network input ``x`` (float32, on the batch's device)."""
+    if not spec.is_image:
+        return batch.float()
+    uniform = spec.uniform_dequantization or not train
+    y = dequantize(batch.long(), spec.num_levels, generator=generator, uniform=uniform)
+    if train and spec.random_flip:
+        y = _flip(y, generator)
+    return data_scaler(spec.centered)(y)
+
+
+def to_data_space(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
+    """Model-space samples -> data space: images in [0, 1] (clipped), points as they are."""
+    if not spec.is_image:
+        return x
+    return inverse_data_scaler(spec.centered)(x).clamp(0.0, 1.0)

@@ -1,0 +1,68 @@
+"""Sample quality in ``--mode eval`` (``eval.sample_quality``): ``eval.quality_samples`` samples from the
+config's sampler against the held-out items, in a feature space: the digits classifier's for digits
+(``scoresde/evaluate/metrics.py``: deterministic, trained on the clean training split, cached), the
+TF-ported Inception of torch-fidelity otherwise (the user's weights file, ``eval.inception_weights``).
+Reports the Fréchet distance (``fd``; FID with Inception features), KID (``kid``, x 1e3, with the spread
+over subsets), improved precision / recall, and for digits the classifier score and the class histogram.
+Samples are quantised to the data's grey levels and read at the cell centres, as the real items are."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from scoresde.data.datasets import dequantize, quantize
+from scoresde.run.distributed import DistContext
+from scoresde.run.generation import generate
+from scoresde.run.inference import Inference
+from scoresde.run.options import RunOptions
+from scoresde.data.pipeline import DataSpec, to_data_space
+from scoresde.evaluate.metrics import (class_histogram, classifier_score, digits_classifier, fid_from_features,
+                                     inception_features, kid, precision_recall)
+from scoresde.data.streams import Stream, generator
+
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 200
+
+
+def _cell_centres(levels: torch.Tensor, spec: DataSpec) -> torch.Tensor:
+    return dequantize(levels.long(), spec.num_levels, uniform=False)
+
+
+def _features(images: torch.Tensor, spec: DataSpec, options: RunOptions, ctx: DistContext):
+    if spec.name == "digits":
+        return digits_classifier().features(images)
+    return inception_features(images, weights_path=options.eval.inception_weights, device=ctx.device)
+
+
+def sample_quality_metrics(options: RunOptions, inf: Inference, spec: DataSpec, ctx: DistContext) -> dict:
+    """FD, KID, precision / recall (and for digits the classifier score) of fresh samples against ``spec.test``."""
+    n = options.eval.quality_samples
+    start = time.perf_counter()
+    x, nfe = generate(inf.sde, inf.score_fn, n, spec.shape, options.sampler,
+                      generator=generator(options.seed, Stream.QUALITY, ctx.rank, ctx.device), ctx=ctx)
+    fake = _cell_centres(quantize(to_data_space(x.cpu(), inf.data), spec.num_levels), spec)
+    real = _cell_centres(spec.test, spec)
+    fake_features, real_features = _features(fake, spec, options, ctx), _features(real, spec, options, ctx)
+    kid_mean, kid_std = kid(real_features, fake_features, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE,
+                            generator=torch.Generator().manual_seed(options.seed))
+    precision, recall = precision_recall(real_features, fake_features)
+    metrics = {"fd": fid_from_features(real_features, fake_features), "kid": 1e3 * kid_mean, "kid_std": 1e3 * kid_std,
+               "precision": precision, "recall": recall, "quality_samples": n, "quality_nfe": nfe,
+               "quality_sampler": options.sampler.method, "quality_time_s": round(time.perf_counter() - start, 3),
+               "quality_features": "digits classifier" if spec.name == "digits" else "Inception (torch-fidelity)"}
+    if spec.name == "digits":
+        judge = digits_classifier()
+        probs = judge.probs(fake)
+        metrics["classifier_score"] = classifier_score(probs)
+        metrics["class_histogram"] = [round(float(v), 4) for v in class_histogram(probs.argmax(1), 10)]
+    return metrics
+
+
+def quality_line(metrics: dict) -> str:
+    line = (f"sample quality ({metrics['quality_samples']} samples, {metrics['quality_sampler']} sampler, "
+            f"{metrics['quality_nfe']} NFE; {metrics['quality_features']} features, against the held-out items): "
+            f"FD {metrics['fd']:.3f}, KID x 1e3 {metrics['kid']:.2f} +- {metrics['kid_std']:.2f}, precision "
+            f"{metrics['precision']:.3f}, recall {metrics['recall']:.3f}")
+    if "classifier_score" in metrics:
+        line += f", classifier score {metrics['classifier_score']:.2f} (10 at most)"
+    return line

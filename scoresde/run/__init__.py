@@ -1,0 +1,1 @@
+"""Run support: plain options, checkpoints, the work directory, processes, devices, plots and model loading."""

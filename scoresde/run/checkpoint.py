@@ -1,0 +1,286 @@
+"""Checkpoints: atomic writes, integrity checks, strict loads, retention and RNG state.
+
+``<workdir>/checkpoints/checkpoint_00001000.pt`` is a ``torch.save``d dict of tensors and plain
+containers only, so ``torch.load(weights_only=True)`` reads it. It is written to a temporary file in
+the same folder, fsynced and renamed; then its SHA-256 goes into ``checkpoint_00001000.pt.sha256`` the
+same way. A checkpoint whose sidecar is missing or does not match (a write that never finished, a
+truncated or damaged file) is reported by name and the previous one is used. A readable checkpoint
+whose keys do not match is an error (``ValueError``): loads are strict.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import pickle
+import random
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+
+from scoresde.run.distributed import DistContext, all_gather_cat
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "loader", "rng", "meta", "config")
+_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+_TMP_PREFIX = ".tmp-"
+_CHUNK = 1 << 20
+_RNG_KEYS = ("torch_cpu", "generator", "numpy_keys", "numpy_extra", "python", "python_extra")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that cannot be trusted: unfinished, truncated or damaged."""
+
+
+# ---------------------------------------------------------------------------------------- files
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return Path(directory) / f"checkpoint_{step:08d}.pt"
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def list_checkpoints(directory: Path) -> List[Tuple[int, Path]]:
+    """``(step, path)`` of every checkpoint file in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_mode() -> int:
+    """Permissions of a newly created file under the current umask (``mkstemp`` would give 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """``write(file)`` into a temporary file next to ``path``, fsync, rename; no partial file survives."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        os.fchmod(fd, _file_mode())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, then its SHA-256 sidecar (also atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checksum_path(path).unlink(missing_ok=True)   # never pair a new file with an old checksum
+    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write_text(checksum_path(path), file_sha256(path) + "\n")
+
+
+def remove_stale_temp_files(directory: Path) -> List[Path]:
+    """Delete leftovers of writes killed before their rename (only one writer per folder)."""
+    directory = Path(directory)
+    stale = [p for p in directory.glob(_TMP_PREFIX + "*")] if directory.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+# ---------------------------------------------------------------------------------------- loading
+def verify_checksum(path: Path) -> None:
+    """Raise ``CorruptCheckpointError`` unless the sidecar exists and matches the file."""
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        raise CorruptCheckpointError(f"{path}: no checksum file {sidecar.name} (the write did not finish)")
+    expected = sidecar.read_text().strip()
+    actual = file_sha256(path)
+    if actual != expected:
+        raise CorruptCheckpointError(f"{path}: SHA-256 {actual[:12]}... does not match {sidecar.name} "
+                                     f"({expected[:12]}...): the file is truncated or damaged")
+
+
+def check_keys(state: dict, expected, what: str) -> None:
+    """Strict key check: ``ValueError`` listing missing and unexpected keys."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{what}: expected a dict, got {type(state).__name__}")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{what}: missing keys {missing}, unexpected keys {unexpected}")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Verify and load one checkpoint on the CPU (``weights_only=True``); keys checked strictly."""
+    verify_checksum(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CorruptCheckpointError(f"{path}: cannot be read: {err}") from err
+    check_keys(state, CHECKPOINT_KEYS, str(path))
+    if state["format"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {state['format']!r}, this code reads {FORMAT_VERSION}")
+    return state
+
+
+def _read_if_present(path: Path) -> dict | None:
+    """``read_checkpoint(path)``, or ``None`` if the file went away meanwhile (pruned by a trainer
+    running beside this reader: eval and sample take no lock)."""
+    try:
+        return read_checkpoint(path)
+    except (CorruptCheckpointError, FileNotFoundError):
+        if not path.exists():
+            return None
+        raise
+
+
+def load_latest(directory: Path, attempts: int = 5) -> Tuple[dict, Path] | None:
+    """The newest readable checkpoint in ``directory`` and its path; ``None`` if there is none.
+
+    Unreadable ones are logged (a warning naming the file) and skipped; if every checkpoint is
+    unreadable this raises rather than silently starting over. A checkpoint that disappears while it
+    is read (a running trainer pruned it) sends the search back to a fresh listing.
+    """
+    for _ in range(attempts):
+        found, vanished = list_checkpoints(directory), False
+        for _, path in reversed(found):
+            try:
+                state = _read_if_present(path)
+            except CorruptCheckpointError as err:
+                logger.warning("skipping corrupted checkpoint %s: %s; trying the previous one", path, err)
+                continue
+            if state is None:
+                vanished = True
+                break
+            return state, path
+        if not vanished:
+            break
+    else:
+        raise RuntimeError(f"checkpoints in {directory} kept disappearing while being read ({attempts} tries)")
+    if found:
+        raise RuntimeError(f"no readable checkpoint in {directory}: all of "
+                           f"{[p.name for _, p in found]} are corrupted")
+    return None
+
+
+# ---------------------------------------------------------------------------------------- retention
+def steps_to_keep(steps, keep_last: int, snapshot_freq: int) -> set:
+    """The newest ``keep_last`` steps plus every multiple of ``snapshot_freq`` (kept for good)."""
+    steps = sorted(steps)
+    newest = set(steps[-keep_last:]) if keep_last > 0 else set()
+    return newest | {s for s in steps if snapshot_freq > 0 and s % snapshot_freq == 0}
+
+
+def prune_checkpoints(directory: Path, keep_last: int, snapshot_freq: int) -> List[Path]:
+    """Delete checkpoints (and sidecars) that ``steps_to_keep`` does not keep; returns them."""
+    found = list_checkpoints(directory)
+    keep = steps_to_keep([s for s, _ in found], keep_last, snapshot_freq)
+    removed = [p for s, p in found if s not in keep]
+    for p in removed:
+        checksum_path(p).unlink(missing_ok=True)
+        p.unlink(missing_ok=True)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------- RNG
+def rng_state(generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """Every RNG this process uses, as tensors: torch CPU, the current CUDA device, the training
+    generator, NumPy's and Python's global generators."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch_cpu": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "numpy_extra": torch.tensor([pos, has_gauss, gauss], dtype=torch.float64),
+        "python": torch.tensor(internal, dtype=torch.int64),
+        "python_extra": torch.tensor([version, float("nan") if gauss_next is None else gauss_next],
+                                     dtype=torch.float64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    """Inverse of ``rng_state``. Keys are checked strictly; a CUDA state is restored when there is
+    both a saved one and a CUDA device (a CPU checkpoint resumed on a GPU keeps the fresh CUDA RNG)."""
+    check_keys({k: v for k, v in state.items() if k != "cuda"}, _RNG_KEYS, "rng state")
+    torch.set_rng_state(state["torch_cpu"])
+    generator.set_state(state["generator"])
+    pos, has_gauss, gauss = state["numpy_extra"].tolist()
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
+    version, gauss_next = state["python_extra"].tolist()
+    random.setstate((int(version), tuple(state["python"].tolist()), None if math.isnan(gauss_next) else gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def gather_rng_states(state: Dict[str, torch.Tensor], ctx: DistContext) -> List[Dict[str, torch.Tensor]]:
+    """Every rank's ``rng_state`` in rank order (each rank draws its own noise, so each is saved)."""
+    if not ctx.distributed:
+        return [state]
+    chunks = {k: all_gather_cat(v.to(ctx.device), ctx).cpu().chunk(ctx.world_size) for k, v in state.items()}
+    return [{k: chunks[k][r].clone() for k in state} for r in range(ctx.world_size)]
+
+
+def _some(names: list, k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+def state_mismatch(expected: dict, given: dict) -> str:
+    """One line: how many names are missing, unexpected or of another shape, with the first few."""
+    missing = [name for name in expected if name not in given]
+    unexpected = [name for name in given if name not in expected]
+    shapes = [f"{name} {tuple(given[name].shape)} vs {tuple(expected[name].shape)}" for name in expected
+              if name in given and tuple(given[name].shape) != tuple(expected[name].shape)]
+    parts = [f"{len(missing)} missing ({_some(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({_some(unexpected)})" if unexpected else "",
+             f"{len(shapes)} of another shape ({_some(shapes)})" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def load_module_state(module: torch.nn.Module, state_dict: dict, path: Path) -> None:
+    """``module.load_state_dict(strict=True)``; a mismatch is a one-line ``ValueError`` naming the
+    checkpoint and the first few parameters that do not fit."""
+    mismatch = state_mismatch(module.state_dict(), state_dict)
+    if mismatch:
+        raise ValueError(f"{path}: the weights do not match the network built from the config (strict load): "
+                         f"{mismatch}")
+    module.load_state_dict(state_dict, strict=True)

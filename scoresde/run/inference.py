@@ -1,0 +1,165 @@
+"""What ``eval`` and ``sample`` share: the newest checkpoint's EMA weights in a network built from the
+options, and the score function of that network. The training weights are not loaded."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from scoresde.models import ExponentialMovingAverage, get_logits_fn, get_score_fn, null_label
+from scoresde.sde_lib import SDE
+from scoresde.run.checkpoint import load_latest
+from scoresde.run.drift import check_config_drift
+from scoresde.run.distributed import DistContext
+from scoresde.run.options import DataOptions, RunOptions
+from scoresde.data.pipeline import DataSpec, spec_from_meta
+from scoresde.run.runtime import accelerated_score_fn, local_processes, resolve_accel, set_threads
+from scoresde.run.workdir import checkpoint_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Inference:
+    sde: SDE
+    model: nn.Module                  # the EMA's network, in eval mode
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    data: DataSpec                    # tensor-free: shape, levels, scaling
+    step: int
+    checkpoint: Path
+    score_with: Callable | None = None   # score_with(cond): the score given class labels (conditional models)
+
+
+def _check_dataset(options: DataOptions, meta: dict, path: Path) -> None:
+    if meta["dataset"] != options.dataset or bool(meta["centered"]) != bool(options.centered):
+        raise ValueError(f"{path} was trained on data.dataset={meta['dataset']!r} (centered={meta['centered']}), "
+                         f"but config.data.dataset={options.dataset!r} (centered={options.centered})")
+
+
+def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContext) -> Inference:
+    """The newest readable checkpoint of ``workdir``; its EMA weights, loaded strictly. With
+    ``model.pretrained``, that model instead (``scoresde/run/pretrained.py``)."""
+    if options.network.pretrained is not None:
+        from scoresde.run.pretrained import load_pretrained
+        return load_pretrained(options, ctx)
+    directory = checkpoint_dir(workdir)
+    found = load_latest(directory)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}; run --mode train first")
+    state, path = found
+    check_config_drift(state["config"], options.config_json, str(path), resume=False)
+    if options.loss.is_classifier:
+        raise ValueError(f"{path} holds a noise-conditional classifier: it has no score to sample from or "
+                         f"likelihood to evaluate; use it through sampling.classifier_workdir")
+    _check_dataset(options.data, state["meta"], path)
+    data = spec_from_meta(state["meta"])
+    ema = ExponentialMovingAverage(options.network.build(data.shape).to(ctx.device))
+    try:
+        ema.load_state_dict(state["ema"])
+    except ValueError as err:
+        raise ValueError(f"{path}: the EMA weights do not match the network built from the config: {err}") from err
+    if ctx.device.type == "cpu":
+        set_threads(options.train.threads, local_processes())
+    sde = options.sde.build()
+    logger.info("loaded EMA weights of step %d from %s", state["step"], path)
+    accel = resolve_accel(ctx.device, options.train.accel)
+    network = torch.compile(ema.module) if accel.compile else ema.module
+
+    def score_with(cond: torch.Tensor | None):
+        score_fn = get_score_fn(sde, network, train=False, cond=cond, **options.network.score_kwargs)
+        return accelerated_score_fn(score_fn, accel, ctx.device)
+
+    return Inference(sde=sde, model=ema.module, score_fn=marginal_score(options, score_with), data=data,
+                     step=int(state["step"]), checkpoint=path, score_with=score_with)
+
+
+def marginal_score(options: RunOptions, score_with: Callable) -> Callable:
+    """The score of ``p_t(x)`` (what eval's likelihoods and unlabelled sampling use): the network's own, or
+    for a class-conditional network trained with label dropout its null label's."""
+    classes = options.network.num_classes
+    if not classes:
+        return score_with(None)
+    if not options.train.label_dropout:
+        def unavailable(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            raise ValueError("this class-conditional model was trained without label dropout (training.label_dropout "
+                             "= 0): it has no score of p(x) for likelihoods or unlabelled samples; sample with "
+                             "sampling.label")
+        return unavailable
+
+    # one labels tensor and score per batch shape: the network checks a labels tensor once, not at every step
+    by_batch: dict = {}
+
+    def null_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[0], x.device)
+        if key not in by_batch:
+            null = torch.full((x.shape[0],), null_label(classes), dtype=torch.long, device=x.device)
+            by_batch[key] = score_with(null)
+        return by_batch[key](x, t)
+
+    return null_score
+
+
+@dataclass
+class LoadedClassifier:
+    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    num_classes: int
+    step: int
+    checkpoint: Path
+
+
+def options_from_stored(config_json: str) -> RunOptions:
+    """The options of a run from the config stored in its checkpoint (fields a newer schema added keep
+    their defaults)."""
+    import ml_collections
+    from scoresde.configs.default import get_default_config
+    from scoresde.cli.factory import options_from_config
+
+    config = get_default_config()
+
+    def overlay(target: ml_collections.ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if key not in target:
+                continue
+            if isinstance(target[key], ml_collections.ConfigDict):
+                overlay(target[key], value)
+            else:
+                target[key] = tuple(value) if isinstance(value, list) else value
+
+    with config.unlocked():
+        overlay(config, json.loads(config_json))
+    return options_from_config(config)
+
+
+def load_classifier(workdir: str | Path, options: RunOptions, ctx: DistContext) -> LoadedClassifier:
+    """The EMA weights of the noise-conditional classifier trained in ``workdir``, as ``logits_fn(x, t)``.
+    It must have been trained on the same data and process as the score model it guides."""
+    directory = checkpoint_dir(workdir)
+    found = load_latest(directory)
+    if found is None:
+        raise FileNotFoundError(f"config.sampling.classifier_workdir: no checkpoint in {directory}; train a "
+                                f"classifier there first (training.loss='classifier')")
+    state, path = found
+    stored = options_from_stored(state["config"])
+    if not stored.loss.is_classifier:
+        raise ValueError(f"config.sampling.classifier_workdir: {path} holds a {stored.loss.name!r} model, not a "
+                         f"classifier (training.loss='classifier')")
+    if stored.data.dataset != options.data.dataset or stored.data.centered != options.data.centered:
+        raise ValueError(f"config.sampling.classifier_workdir: the classifier {path} was trained on "
+                         f"{stored.data.dataset!r} (centered={stored.data.centered}), the score model on "
+                         f"{options.data.dataset!r} (centered={options.data.centered})")
+    if (stored.sde.name, dict(stored.sde.kwargs)) != (options.sde.name, dict(options.sde.kwargs)):
+        raise ValueError(f"config.sampling.classifier_workdir: the classifier {path} was trained on the process "
+                         f"{stored.sde.name} {dict(stored.sde.kwargs)}, the score model on {options.sde.name} "
+                         f"{dict(options.sde.kwargs)}; they must match")
+    data = spec_from_meta(state["meta"])
+    ema = ExponentialMovingAverage(stored.network.build(data.shape).to(ctx.device))
+    ema.load_state_dict(state["ema"])
+    logger.info("loaded the classifier's EMA weights of step %d from %s", state["step"], path)
+    logits_fn = get_logits_fn(stored.sde.build(), ema.module, train=False, continuous=stored.network.continuous)
+    return LoadedClassifier(logits_fn=logits_fn, num_classes=stored.network.num_classes, step=int(state["step"]),
+                            checkpoint=path)

@@ -1,0 +1,307 @@
+"""Plain, frozen options: one object per concern (data, process, network, loss, optimiser, sampler,
+evaluation, training loop), built once from the config by ``scoresde/cli/factory.py``. The drivers
+(``train``, ``evaluate``, ``sample``) take a ``RunOptions`` and never see the ``ConfigDict``.
+
+Each object builds what it describes (``SDEOptions.build()``, ``NetworkOptions.build(shape)``, ...), so
+the mapping from a name to a constructor and its arguments lives next to the values it uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from scoresde import samplers
+from scoresde.models import get_model
+from scoresde.sde_lib import SDE, get_sde
+from scoresde.utils import Registry
+from scoresde.train.losses import get_loss_fn, get_noise_fn
+from scoresde.train.optim import build_optimizer
+
+
+def frozen_mapping(values: Mapping) -> Mapping:
+    """A read-only dict, so that options holding keyword arguments stay immutable."""
+    return MappingProxyType(dict(values))
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class DataOptions:
+    dataset: str                   # gmm | checkerboard | digits | cifar10 | mnist
+    root: str | None               # image files; None means ./data/<dataset>
+    num_train: int                 # toy: points drawn; images: first N (0 = all)
+    num_test: int                  # held-out items for the loss and the likelihood
+    centered: bool                 # model space [-1, 1] instead of [0, 1]
+    uniform_dequantization: bool   # (v + u) / K in training instead of the cell centre
+    random_flip: bool              # horizontal flips in training
+
+
+# ---------------------------------------------------------------------------------------- process
+@dataclass(frozen=True)
+class SDEOptions:
+    name: str                      # a name in sde_lib.SDES
+    kwargs: Mapping                # its constructor's arguments (beta_min, ..., N)
+
+    def build(self) -> SDE:
+        return get_sde(self.name, **self.kwargs)
+
+
+# ---------------------------------------------------------------------------------------- network
+@dataclass(frozen=True)
+class NetworkOptions:
+    name: str                      # a name in models.MODELS
+    kwargs: Mapping                # its constructor's arguments, data shape excluded
+    continuous: bool               # continuous-time noise labels (else the discrete chain's)
+    parameterization: str | None   # eps | x0 | score; None: the SDE's default
+    scale_by_sigma: bool           # divide a "score" output by sigma(t)
+    sigma_data: float = 0.5        # the edm parameterisation's data standard deviation
+    pretrained: str | None = None  # a diffusers directory or score_sde checkpoint used instead of the workdir's
+    pretrained_config: str | None = None  # the score_sde checkpoint's config file
+
+    def build(self, data_shape: tuple) -> nn.Module:
+        """The network for data items of ``data_shape`` ((D,) vectors or (C, H, W) images)."""
+        return get_model(self.name, **self.kwargs, **shape_kwargs(data_shape))
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional network or classifier (0: unconditional)."""
+        return int(self.kwargs.get("num_classes", 0))
+
+    @property
+    def score_kwargs(self) -> dict:
+        """Arguments of ``models.get_score_fn`` besides the SDE and the network."""
+        return {"continuous": self.continuous, "parameterization": self.parameterization,
+                "scale_by_sigma": self.scale_by_sigma, "sigma_data": self.sigma_data}
+
+
+def shape_kwargs(data_shape: tuple) -> dict:
+    """The data shape as a network's constructor takes it."""
+    if len(data_shape) == 1:
+        return {"dim": data_shape[0]}
+    return {"in_channels": data_shape[0], "image_size": data_shape[1]}
+
+
+# ---------------------------------------------------------------------------------------- loss
+@dataclass(frozen=True)
+class LossOptions:
+    name: str                      # dsm | ddpm | smld
+    kwargs: Mapping                # the loss function's arguments (reduce, weighting, eps)
+    noise_kwargs: Mapping          # the matching noise drawer's arguments
+
+    @property
+    def fn(self) -> Callable[..., torch.Tensor]:
+        return get_loss_fn(self.name)
+
+    @property
+    def is_classifier(self) -> bool:
+        """Whether the run trains a noise-conditional classifier (``logits_fn`` and labels) instead of a score."""
+        return self.name == "classifier"
+
+    @property
+    def describe(self) -> str:
+        """What the number called "loss" is, in one line."""
+        reduce = "mean over dimensions" if self.kwargs.get("reduce") == "mean" else "half sum over dimensions"
+        if self.name == "classifier":
+            return ("cross-entropy -log p_phi(y | x_t, t) of the noise-conditional classifier (nats per item; "
+                    "Song et al. 2021, App. I.1); lower is better")
+        if self.name in ("flow", "edm", "v"):
+            what = {"flow": "conditional flow matching ||v_theta - (alpha' x_0 + sigma' z)||^2 (Lipman et al. 2023)",
+                    "edm": "EDM's weighted denoising loss (Karras et al. 2022, eq. 8)",
+                    "v": "DDPM's loss on the v target ||v - v_theta||^2 (Salimans & Ho 2022)"}[self.name]
+        elif self.name == "dsm" and self.kwargs.get("likelihood_weighting"):
+            what = ("likelihood-weighted denoising score matching (Song, Durkan et al. 2021): up to a constant, "
+                    "an upper bound on the NLL")
+        else:
+            what = {"dsm": "denoising score matching ||sigma_t s(x_t, t) + z||^2 (Song et al. 2021, eq. 7)",
+                    "ddpm": "DDPM's L_simple ||eps - eps_theta||^2 (Ho et al. 2020, eq. 14)",
+                    "smld": "SMLD's sigma^2-weighted denoising score matching (Song & Ermon 2019)"}.get(
+                        self.name, f"the {self.name!r} loss")
+        return f"{what}; per sample, {reduce}; lower is better"
+
+    @property
+    def noise_fn(self) -> Callable[..., dict]:
+        return get_noise_fn(self.name)
+
+
+# ---------------------------------------------------------------------------------------- optimiser
+@dataclass(frozen=True)
+class OptimOptions:
+    optimizer: str                 # adam
+    lr: float                      # peak learning rate
+    beta1: float
+    eps: float
+    weight_decay: float
+    warmup: int                    # linear warm-up updates
+    grad_clip: float               # max global gradient norm; 0 disables clipping
+
+    def build(self, params) -> torch.optim.Optimizer:
+        return build_optimizer(params, self.optimizer, lr=self.lr, beta1=self.beta1, eps=self.eps,
+                               weight_decay=self.weight_decay)
+
+
+# ---------------------------------------------------------------------------------------- sampler
+@dataclass(frozen=True)
+class SamplingMethod:
+    """A sampler of ``samplers`` and the builder of its keyword arguments from ``SamplerOptions``."""
+
+    sample: Callable               # samplers.pc_sample, ...: (sde, score_fn, shape, **kwargs) -> (x, nfe)
+    arguments: Callable[["SamplerOptions"], dict]
+
+
+SAMPLING_METHODS: Registry = Registry("sampling method")
+SAMPLING_METHODS.register("pc", SamplingMethod(samplers.pc_sample, lambda s: {
+    "predictor": s.predictor, "corrector": s.corrector, "snr": s.snr, "n_steps": s.n_steps,
+    "probability_flow": s.probability_flow, "denoise": s.denoise, "eps": s.eps}))
+SAMPLING_METHODS.register("ode", SamplingMethod(samplers.ode_sample, lambda s: {
+    "method": s.ode_method, "rtol": s.rtol, "atol": s.atol, "denoise": s.denoise, "eps": s.eps,
+    "steps": s.steps if s.ode_method in samplers.ode.FIXED_METHODS else None}))
+SAMPLING_METHODS.register("fast", SamplingMethod(samplers.fast_sample, lambda s: {
+    "steps": s.steps, "order": s.order, "solver": s.solver, "denoise": s.denoise, "eps": s.eps,
+    "thresholding": s.threshold}))
+SAMPLING_METHODS.register("ddim", SamplingMethod(samplers.ddim_sample, lambda s: {
+    "steps": s.steps, "eta": s.eta, "denoise": s.denoise, "eps": s.eps, "thresholding": s.threshold}))
+SAMPLING_METHODS.register("edm", SamplingMethod(samplers.edm_sample, lambda s: {
+    "steps": s.steps, "churn": s.churn, "s_noise": s.s_noise, "eps": s.eps}))
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    method: str                    # a name in SAMPLING_METHODS
+    predictor: str
+    corrector: str
+    snr: float
+    n_steps: int
+    probability_flow: bool
+    denoise: bool
+    eps: float
+    steps: int
+    order: int
+    solver: str
+    eta: float
+    churn: float
+    s_noise: float
+    ode_method: str
+    rtol: float
+    atol: float
+    num_samples: int
+    batch_size: int
+    label: int | str | None = None         # a class, "all" (one row per class) or None (unconditional)
+    guidance: str = "none"                 # none | cfg | classifier
+    guidance_scale: float = 1.0            # w of samplers.classifier_free_guidance / classifier_guidance
+    classifier_workdir: str | None = None  # the classifier of guidance = classifier
+    threshold: float | None = None         # fast / ddim: dynamic thresholding quantile
+    mask: str = "lower_half"               # inpaint: which coordinates are known
+    inpaint_method: str = "replacement"    # replacement | repaint
+    resample: int = 1                      # repaint's U
+    inpaint_data: str | None = None        # a .npz of items to inpaint / colorize; None = held-out data
+
+    @property
+    def imputation_kwargs(self) -> dict:
+        """Keyword arguments of ``samplers.inpaint`` / ``colorize``: the method and the PC settings."""
+        return {"method": self.inpaint_method, "resample": self.resample, "predictor": self.predictor,
+                "corrector": self.corrector, "snr": self.snr, "n_steps": self.n_steps,
+                "probability_flow": self.probability_flow, "denoise": self.denoise, "eps": self.eps}
+
+    @property
+    def kwargs(self) -> dict:
+        """Keyword arguments of the chosen sampler."""
+        return SAMPLING_METHODS.get(self.method).arguments(self)
+
+    def draw(self, sde: SDE, score_fn, shape: tuple, **kwargs):
+        """``(x, nfe)`` from the chosen sampler; ``kwargs`` add ``device``, ``generator``, ..."""
+        return SAMPLING_METHODS.get(self.method).sample(sde, score_fn, shape, **self.kwargs, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class BoundOptions:
+    """The likelihood bounds ``--mode eval`` reports (``scoresde/samplers/bounds.py``) and their Monte-Carlo sizes."""
+
+    names: tuple                   # which of "elbo", "vlb", "iw", in that order; () = none
+    items: int = 100               # held-out items (the first n; 0 = all)
+    rows: int = 2048               # most rows per score call
+    elbo_samples: int = 64         # elbo: draws of (t, +-z) per item
+    vlb_levels: int = 0            # vlb: levels drawn per item; 0 = the exact sum over all N levels
+    iw_k: tuple = (1, 10, 100)     # iw: the K of each IW_K
+    iw_repeats: int = 1            # iw: IW_K estimates per item at the largest K
+    variance: str = "forward"      # vlb / iw: forward | posterior
+    decoder: str = "density"       # vlb / iw: density | discretized
+    score_times: str = "log_snr"   # vlb / iw: grid (discrete-time models) | log_snr (continuous-time models)
+    eps: float = 1e-5              # elbo: the bound is on log p_eps
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    batch_size: int
+    num_samples: int               # held-out items
+    likelihood: bool               # compute bits/dim or nll
+    trace: str                     # exact | gaussian | rademacher
+    method: str                    # ODE solver
+    rtol: float
+    atol: float
+    eps: float                     # likelihood of p_eps
+    true_nll_samples: int          # Monte Carlo size of the toy data's entropy
+    bounds: BoundOptions = field(default_factory=lambda: BoundOptions(names=()))
+    sample_quality: bool = False   # FD / KID / precision / recall of fresh samples against the held-out items
+    quality_samples: int = 300
+    inception_weights: str | None = None   # the Inception weights file for non-digit images
+
+    @property
+    def likelihood_kwargs(self) -> dict:
+        """Keyword arguments of ``samplers.log_likelihood``."""
+        return {"trace": self.trace, "method": self.method, "rtol": self.rtol, "atol": self.atol,
+                "eps": self.eps}
+
+
+# ---------------------------------------------------------------------------------------- training loop
+@dataclass(frozen=True)
+class Accel:
+    """GPU performance switches (``runtime.resolve_accel`` turns them off off CUDA)."""
+
+    bf16: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    tf32: bool = False
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    batch_size: int                # the global batch
+    n_iters: int
+    ema_rate: float
+    log_freq: int
+    eval_freq: int
+    checkpoint_freq: int
+    snapshot_freq: int
+    keep_last: int
+    max_nonfinite_steps: int       # consecutive skipped updates before the run stops
+    exit_zero_on_signal: bool      # exit status 0 (else 128 + signal) after SIGTERM / SIGINT
+    snapshot_sampling: bool
+    snapshot_num_samples: int
+    threads: int                   # intra-op CPU threads; 0 = auto (runtime.choose_threads)
+    progress_bar: bool
+    tensorboard: bool
+    accel: Accel = field(default_factory=Accel)
+    label_dropout: float = 0.0     # probability of the null label (class-conditional models)
+
+
+# ---------------------------------------------------------------------------------------- a run
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a mode needs, as plain values; ``config_json`` is the resolved config, stored with
+    checkpoints and results."""
+
+    seed: int
+    device: str                    # auto | cpu | cuda
+    data: DataOptions
+    sde: SDEOptions
+    network: NetworkOptions
+    loss: LossOptions
+    optim: OptimOptions
+    sampler: SamplerOptions
+    eval: EvalOptions
+    train: TrainOptions
+    config_json: str = "{}"

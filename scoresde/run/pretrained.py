@@ -1,0 +1,108 @@
+"""Models from elsewhere in ``eval``, ``sample``, ``inpaint`` and ``colorize``: with ``model.pretrained``
+set, the score comes from a diffusers ``save_pretrained`` directory (``models.load_diffusers_dir``: a
+``UNet2DModel`` and its DDPM/DDIM scheduler; nothing is downloaded) or a score_sde_pytorch checkpoint
+(``models.from_score_sde``, with the config it was trained with in ``model.pretrained_config``: a JSON
+dump of that config, or its ``.py`` file). The data set, its scaling and the samplers still come from the
+config; the process (the scheduler's betas, the checkpoint's SDE) comes with the model."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from scoresde.models import get_score_fn
+from scoresde.models.score_sde_import import load_score_sde_checkpoint, score_sde_score_kwargs, sde_from_score_sde_config
+from scoresde.data.datasets import ITEM_SHAPES, NUM_CLASSES, NUM_LEVELS
+from scoresde.run.distributed import DistContext
+from scoresde.run.inference import Inference
+from scoresde.run.options import RunOptions
+from scoresde.data.pipeline import spec_from_meta
+from scoresde.run.runtime import local_processes, set_threads
+
+logger = logging.getLogger(__name__)
+
+
+
+def read_score_sde_config(path: str | None):
+    """score_sde's config: a JSON file (``config.to_dict()`` dumped) or a ``.py`` file with ``get_config()``
+    (importable only if its own imports resolve, e.g. with score_sde's ``configs`` package on the path)."""
+    if not path:
+        raise ValueError("config.model.pretrained names a score_sde checkpoint: set config.model.pretrained_config "
+                         "to the config it was trained with (a JSON dump of it, or its .py file)")
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"config.model.pretrained_config={path!r} does not exist")
+    if file.suffix == ".json":
+        return json.loads(file.read_text())
+    spec = importlib.util.spec_from_file_location("score_sde_config", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        return module.get_config()
+    except Exception as err:   # noqa: BLE001 -- the user's file; one line naming it
+        raise ValueError(f"config.model.pretrained_config={path!r}: cannot run its get_config() ({type(err).__name__}: "
+                         f"{err}); save the config as JSON where score_sde is installed "
+                         f"(json.dump(get_config().to_dict(), f)) and pass that") from err
+
+
+def _data_spec(options: RunOptions):
+    name = options.data.dataset
+    if name not in NUM_LEVELS:
+        raise ValueError(f"config.model.pretrained: pretrained image models need image data "
+                         f"({', '.join(NUM_LEVELS)}), got data.dataset={name!r}")
+    return spec_from_meta({"dataset": name, "shape": list(ITEM_SHAPES[name]), "num_levels": NUM_LEVELS[name],
+                           "centered": options.data.centered, "num_classes": NUM_CLASSES[name]})
+
+
+def _from_diffusers(options: RunOptions, path: Path, ctx: DistContext):
+    from scoresde.models.diffusers_interop import load_diffusers_dir
+
+    if not options.data.centered:
+        raise ValueError("config.model.pretrained is a diffusers model, which takes images in [-1, 1]: set "
+                         "config.data.centered=True")
+    # the model's own score: diffusers' clip_sample (a clamp of x0 at every step) is a sampling heuristic
+    sde, score_fn, unet, _ = load_diffusers_dir(path, device=ctx.device, clip_sample=False)
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    return sde, score_fn, unet, shape
+
+
+def _from_score_sde(options: RunOptions, path: Path, ctx: DistContext):
+    config = read_score_sde_config(options.network.pretrained_config)
+    centered = bool(config["data"]["centered"] if isinstance(config, dict) else config.data.centered)
+    if centered != options.data.centered:
+        raise ValueError(f"config.data.centered={options.data.centered} but the score_sde checkpoint was trained "
+                         f"with data.centered={centered}: set them equal (the data scaling is the model's)")
+    model = load_score_sde_checkpoint(path, config).to(ctx.device)
+    sde = sde_from_score_sde_config(config)
+    shape = (model.in_channels, model.image_size, model.image_size) if hasattr(model, "image_size") else None
+    return sde, get_score_fn(sde, model, **score_sde_score_kwargs(config)), model, shape
+
+
+def load_pretrained(options: RunOptions, ctx: DistContext) -> Inference:
+    """``Inference`` of the model ``model.pretrained`` names."""
+    path = Path(options.network.pretrained)
+    if path.is_dir():
+        sde, score_fn, model, shape = _from_diffusers(options, path, ctx)
+    elif path.is_file():
+        sde, score_fn, model, shape = _from_score_sde(options, path, ctx)
+    else:
+        raise ValueError(f"config.model.pretrained={str(path)!r} is neither a diffusers directory nor a score_sde "
+                         f"checkpoint file")
+    data = _data_spec(options)
+    if shape is not None and tuple(shape) != tuple(data.shape):
+        raise ValueError(f"config.model.pretrained: the model takes items of shape {tuple(shape)}, "
+                         f"data.dataset={options.data.dataset!r} has {tuple(data.shape)}")
+    if ctx.device.type == "cpu":
+        set_threads(options.train.threads, local_processes())
+    logger.info("loaded the pretrained model %s (%s process, N = %d)", path, type(sde).__name__, sde.N)
+
+    def score_with(cond: torch.Tensor | None):
+        if cond is None:
+            return score_fn
+        return lambda x, t: score_fn(x, t, cond)
+
+    return Inference(sde=sde, model=model, score_fn=score_fn, data=data, step=0, checkpoint=path,
+                     score_with=score_with)

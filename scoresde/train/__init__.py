@@ -1,0 +1,1 @@
+"""Training: the loop, the losses, the optimiser and class conditioning."""

@@ -1,0 +1,515 @@
+"""The ``train`` mode, as small named steps: set up (or resume) a run, then repeat
+``next_batch`` -> ``train_step`` -> ``after_step`` until ``n_iters``, checkpointing on the way and
+when SIGTERM / SIGINT arrive.
+
+``training.batch_size`` is the global batch G: each of the W ranks trains on its rows
+``[r·G/W, (r+1)·G/W)`` of every global batch from ``ShardedBatchLoader``, DDP averages the gradients,
+and only rank 0 writes files.
+
+World-size independence: the data order is a function of (seed, epoch), and every other random draw
+of a step except dropout (dequantisation, flips, the loss's times and noise) is made for the *whole*
+global batch from a generator re-seeded with (seed, purpose, step), each rank keeping its own rows. So
+sample i of step k sees the same data and noise whether 1 or W processes train, W processes reach the
+weights of one process (up to the float rounding of the gradient all-reduce), and a checkpoint resumes
+with any world size. Dropout masks come from the global torch RNG, seeded per rank; its state (with
+the loader position) is in every checkpoint, so a resume with the same world size is bit-for-bit, one
+with another world size re-seeds only dropout.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from scoresde.models import ExponentialMovingAverage
+from scoresde.sde_lib import SDE
+from scoresde.run import checkpoint as ckpt
+from scoresde.train.conditioning import draw_drop, drop_labels, loss_targets, network_fn
+from scoresde.run.drift import check_config_drift
+from scoresde.data.loader import ShardedBatchLoader
+from scoresde.run.distributed import DistContext, all_reduce_mean, barrier, wrap_model
+from scoresde.run.generation import generate, sample_stats, write_samples
+from scoresde.evaluate.heldout import heldout_loss
+from scoresde.train.optim import optimize_step
+from scoresde.run.options import Accel, RunOptions
+from scoresde.data.pipeline import DataSpec, data_meta, load_data, to_data_space, to_model_space
+from scoresde.run.runtime import (GracefulStop, MetricsWriter, accelerated_score_fn, apply_tf32, autocast,
+                              local_processes, logs_above_bars, memory_format, progress_bar, resolve_accel,
+                              set_threads)
+from scoresde.data.streams import Stream, generator, step_seed
+from scoresde.run.workdir import (METRICS_FILE, SNAPSHOT_DIR, TENSORBOARD_DIR, WorkdirLock, checkpoint_dir,
+                              write_loss_curve)
+
+logger = logging.getLogger(__name__)
+
+# The loss curve is redrawn at an eval at most this often (reading metrics.jsonl and drawing take
+# ~0.3 s: every eval of a GPU run with eval_freq 100 would cost hours), and once when training ends.
+LOSS_CURVE_EVERY_S = 60.0
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or gradient stayed non-finite, or the weights became non-finite: the run stops before
+    anything bad is written."""
+
+
+@dataclass
+class SkipCounter:
+    """Skipped updates (non-finite loss or gradient), counted on the device so that the hot path never
+    waits for the host; ``read`` synchronises, at logging and checkpoint time only."""
+
+    consecutive: torch.Tensor         # skipped updates in a row, up to now
+    first: torch.Tensor               # the step of the first of them
+    total: torch.Tensor               # skipped updates in this process's run
+
+    @classmethod
+    def on(cls, device: torch.device) -> "SkipCounter":
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        return cls(zero, zero.clone(), zero.clone())
+
+    def record(self, skipped: torch.Tensor, step: int) -> None:
+        self.consecutive = torch.where(skipped, self.consecutive + 1, 0)
+        self.first = torch.where(skipped & (self.consecutive == 1), step, self.first)
+        self.total = self.total + skipped.long()
+
+    def read(self) -> tuple[int, int, int]:
+        consecutive, first, total = torch.stack([self.consecutive, self.first, self.total]).tolist()
+        return consecutive, first, total
+
+
+@dataclass
+class TrainRun:
+    """Everything one training run holds. ``model`` is the plain network, ``train_model`` what the
+    forward pass calls (DDP / compiled around it), ``ema.module`` the averaged copy that evaluation
+    and snapshots use."""
+
+    options: RunOptions
+    ctx: DistContext
+    workdir: Path
+    data: DataSpec
+    sde: SDE
+    model: nn.Module
+    ema: ExponentialMovingAverage
+    optimizer: torch.optim.Optimizer
+    loader: ShardedBatchLoader
+    generator: torch.Generator
+    accel: Accel
+    metrics: MetricsWriter
+    train_model: nn.Module | None = None
+    step: int = 0
+    last_saved: int = -1
+    lr: float = 0.0
+    grad_norm: torch.Tensor | None = None
+    skipped: torch.Tensor | None = None       # whether the last update was skipped (on the device)
+    skips: SkipCounter | None = None
+    curve_drawn: float = -math.inf            # time.monotonic() of the last loss-curve drawing
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return checkpoint_dir(self.workdir)
+
+
+# ---------------------------------------------------------------------------------------- set-up
+def check_global_batch(batch_size: int, ctx: DistContext) -> None:
+    """``training.batch_size`` is the global batch: it must split evenly over the ranks."""
+    if batch_size % ctx.world_size:
+        raise ValueError(f"config.training.batch_size={batch_size} is the global batch and must be divisible by "
+                         f"the world size {ctx.world_size} (the number of torchrun processes); use a multiple "
+                         f"of {ctx.world_size}")
+
+
+def check_data_size(batch_size: int, data: DataSpec) -> None:
+    if batch_size > len(data.train):
+        raise ValueError(f"config.training.batch_size={batch_size} is larger than the training set "
+                         f"({len(data.train)} items of {data.name!r})")
+
+
+def _build_network(options: RunOptions, data: DataSpec, ctx: DistContext, accel: Accel) -> nn.Module:
+    torch.manual_seed(options.seed)      # weight initialisation, the same on every rank
+    model = options.network.build(data.shape).to(ctx.device)
+    if accel.channels_last and len(data.shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(step_seed(options.seed, Stream.DROPOUT, 0, ctx.rank))    # dropout, distinct per rank
+    return model
+
+
+def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: DataSpec | None = None) -> TrainRun:
+    """Build data (unless given, e.g. synthetic data for a benchmark), SDE, network, EMA, optimizer,
+    loader and generator; resume if a checkpoint exists."""
+    workdir, train = Path(workdir), options.train
+    check_global_batch(train.batch_size, ctx)
+    accel = resolve_accel(ctx.device, train.accel)
+    apply_tf32(accel)
+    data = data if data is not None else load_data(options.data, options.seed)
+    check_data_size(train.batch_size, data)
+    model = _build_network(options, data, ctx, accel)
+    if ctx.device.type == "cpu":
+        set_threads(train.threads, local_processes())
+    run = TrainRun(
+        options=options, ctx=ctx, workdir=workdir, data=data, sde=options.sde.build(), model=model,
+        ema=ExponentialMovingAverage(model, decay=train.ema_rate), optimizer=options.optim.build(model.parameters()),
+        loader=ShardedBatchLoader(len(data.train), train.batch_size, seed=options.seed, rank=ctx.rank,
+                                  world_size=ctx.world_size, drop_last=True),
+        generator=generator(options.seed, Stream.TRAIN, device=ctx.device), accel=accel,
+        skips=SkipCounter.on(ctx.device),
+        metrics=MetricsWriter(workdir / METRICS_FILE, enabled=ctx.is_main,
+                              tensorboard_dir=workdir / TENSORBOARD_DIR if train.tensorboard else None))
+    if ctx.is_main:
+        run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temp_files(run.checkpoint_dir)
+    barrier(ctx)
+    resume(run)
+    run.train_model = _training_module(run)
+    return run
+
+
+def _training_module(run: TrainRun) -> nn.Module:
+    module = wrap_model(run.model, run.ctx)
+    if run.accel.compile:
+        module = torch.compile(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def checkpoint_state(run: TrainRun) -> dict:
+    """The checkpoint dict (tensors and plain containers only). Collective: every rank must call it."""
+    rng = ckpt.gather_rng_states(ckpt.rng_state(run.generator), run.ctx)
+    return {"format": ckpt.FORMAT_VERSION, "step": run.step, "model": run.model.state_dict(),
+            "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "loader": run.loader.state_dict(), "rng": {"world_size": run.ctx.world_size, "ranks": rng},
+            "meta": data_meta(run.data), "config": run.options.config_json}
+
+
+def last_good_checkpoint(run: TrainRun) -> str:
+    found = ckpt.list_checkpoints(run.checkpoint_dir)
+    return f"{found[-1][1]} (step {found[-1][0]})" if found else "none (no checkpoint was written yet)"
+
+
+def check_skipped_updates(run: TrainRun) -> int:
+    """Raise ``TrainingDivergedError`` once ``max_nonfinite_steps`` updates in a row were skipped;
+    returns how many were skipped in all. Synchronises with the device."""
+    consecutive, first, total = run.skips.read()
+    limit = run.options.train.max_nonfinite_steps
+    if consecutive >= limit:
+        raise TrainingDivergedError(
+            f"training diverged: the loss or gradient was not finite at {consecutive} consecutive updates "
+            f"(steps {first}-{run.step}, limit training.max_nonfinite_steps={limit}); those updates were "
+            f"skipped and nothing was written after them. Last good checkpoint: {last_good_checkpoint(run)}. "
+            f"Lower optim.lr, lengthen optim.warmup or set optim.grad_clip, then run again to resume from it")
+    return total
+
+
+def _state_tensors(run: TrainRun) -> list[torch.Tensor]:
+    optimizer = [v for state in run.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    return [*run.model.parameters(), *run.ema.module.parameters(), *optimizer]
+
+
+def check_finite_state(run: TrainRun) -> None:
+    """Weights, EMA and optimizer state must be finite before they are written (one sync)."""
+    tensors = [t for t in _state_tensors(run) if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise TrainingDivergedError(
+            f"training diverged: the weights, EMA or optimizer state hold NaN or inf at step {run.step}; "
+            f"no checkpoint was written. Last good checkpoint: {last_good_checkpoint(run)}. Lower optim.lr, "
+            f"lengthen optim.warmup or set optim.grad_clip, then run again to resume from it")
+
+
+def save_checkpoint(run: TrainRun) -> None:
+    """Write ``checkpoint_<step>.pt`` atomically (rank 0) and prune old ones; never a checkpoint of
+    a diverged run (so pruning never trades a good checkpoint for a bad one)."""
+    check_skipped_updates(run)
+    check_finite_state(run)
+    state = checkpoint_state(run)
+    if run.ctx.is_main:
+        path = ckpt.checkpoint_path(run.checkpoint_dir, run.step)
+        ckpt.atomic_save(state, path)
+        train = run.options.train
+        removed = ckpt.prune_checkpoints(run.checkpoint_dir, train.keep_last, train.snapshot_freq)
+        logger.info("saved %s%s", path.name, f" (removed {[p.name for p in removed]})" if removed else "")
+    barrier(run.ctx)
+    run.last_saved = run.step
+
+
+def _restore_rng(run: TrainRun, rng: dict, path: Path) -> None:
+    ckpt.check_keys(rng, ("world_size", "ranks"), f"{path} rng")
+    if rng["world_size"] == run.ctx.world_size:
+        ckpt.set_rng_state(rng["ranks"][run.ctx.rank], run.generator)
+        return
+    logger.info("%s was written by %d ranks, this run has %d: data order and training noise continue "
+                "exactly; dropout masks are re-seeded", path, rng["world_size"], run.ctx.world_size)
+    torch.manual_seed(step_seed(run.options.seed, Stream.DROPOUT, run.step, run.ctx.rank))
+
+
+def restore_state(run: TrainRun, state: dict, path: Path) -> None:
+    """Load a checkpoint dict into the run, strictly: the raw weights go into the training network,
+    the averaged ones into the EMA's copy."""
+    check_config_drift(state["config"], run.options.config_json, str(path), resume=True)
+    if state["meta"] != data_meta(run.data):
+        raise ValueError(f"{path} was trained on {state['meta']}, the config gives {data_meta(run.data)}")
+    ckpt.load_module_state(run.model, state["model"], path)
+    run.ema.load_state_dict(state["ema"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.loader.load_state_dict(state["loader"])
+    run.step = run.last_saved = int(state["step"])
+    _restore_rng(run, state["rng"], path)
+
+
+def resume(run: TrainRun) -> None:
+    """Continue from the newest readable checkpoint, if any."""
+    found = ckpt.load_latest(run.checkpoint_dir)
+    if found is None:
+        logger.info("no checkpoint in %s: training from scratch", run.checkpoint_dir)
+        run.metrics.truncate_after(0)                   # records of a run whose checkpoints are gone
+        return
+    state, path = found
+    restore_state(run, state, path)
+    run.metrics.truncate_after(run.step)
+    logger.info("resumed from %s at step %d", path, run.step)
+
+
+# ---------------------------------------------------------------------------------------- steps
+def step_generator(run: TrainRun, stream: Stream) -> torch.Generator:
+    """``run.generator`` re-seeded for ``stream`` at the current step: the same on every rank."""
+    return run.generator.manual_seed(step_seed(run.options.seed, stream, run.step))
+
+
+def uses_labels(options: RunOptions) -> bool:
+    """Whether training reads the data's class labels (a class-conditional model or a classifier)."""
+    return options.network.num_classes > 0
+
+
+def next_batch(run: TrainRun) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This rank's rows of the next global batch, in model space, and their class labels when the
+    model uses them. The global batch is transformed (dequantised, flipped) as a whole, so each row is
+    the same for any world size."""
+    idx = run.loader.next_global_indices()
+    batch = run.data.train[idx.to(run.data.train.device)].to(run.ctx.device)
+    x = to_model_space(batch, run.data, step_generator(run, Stream.DATA), train=True)
+    labels = None
+    if uses_labels(run.options):
+        labels = run.data.train_labels[idx.to(run.data.train_labels.device)].to(run.ctx.device)[run.loader.local_rows]
+    return memory_format(x[run.loader.local_rows], run.accel), labels
+
+
+def loss_noise(run: TrainRun, x: torch.Tensor) -> dict:
+    """This rank's rows of the loss noise (times or levels, ``z``) drawn for the whole global batch,
+    then, with label dropout, which labels become the null label (``drop``), from the same stream."""
+    loss, size = run.options.loss, run.loader.global_batch_size
+    gen = step_generator(run, Stream.NOISE)
+    noise = loss.noise_fn(run.sde, (size,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype,
+                          **loss.noise_kwargs)
+    if run.options.train.label_dropout > 0:
+        noise["drop"] = draw_drop(size, run.options.train.label_dropout, gen, x.device)
+    return {k: memory_format(v[run.loader.local_rows], run.accel) for k, v in noise.items()}
+
+
+def train_step(run: TrainRun, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimizer update on this rank's batch (and labels); returns the (detached) mean loss."""
+    options = run.options
+    run.optimizer.zero_grad(set_to_none=True)
+    noise = loss_noise(run, x)
+    if "drop" in noise:
+        labels = drop_labels(labels, noise.pop("drop"), options.network.num_classes)
+    fn = network_fn(options, run.sde, run.train_model, labels, train=True)
+    with autocast(run.accel, run.ctx.device):
+        per_sample = options.loss.fn(run.sde, fn, x, **noise, **options.loss.kwargs,
+                                     **loss_targets(options, labels))
+    loss = per_sample.float().mean()
+    loss.backward()
+    o = options.optim
+    run.lr, run.grad_norm, run.skipped = optimize_step(run.optimizer, run.model.parameters(), run.step + 1, o.lr,
+                                                       o.warmup, o.grad_clip, loss=loss)
+    run.ema.update(run.model)          # a skipped update left the weights as they were
+    run.step += 1
+    run.skips.record(run.skipped, run.step)
+    return loss.detach()
+
+
+@dataclass
+class LossMeter:
+    """Sums the losses of applied updates on the device (no sync per step) and reports their mean and
+    steps/s at log time (the mean is ``None`` if every update since the last report was skipped)."""
+
+    total: torch.Tensor | None = None
+    applied: torch.Tensor | None = None
+    count: int = 0
+    since: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor, skipped: torch.Tensor) -> None:
+        loss, applied = torch.where(skipped, 0.0, loss), (~skipped).float()
+        self.total = loss if self.total is None else self.total + loss
+        self.applied = applied if self.applied is None else self.applied + applied
+        self.count += 1
+
+    def flush(self, ctx: DistContext) -> tuple[float | None, float]:
+        total, applied = all_reduce_mean(torch.stack([self.total, self.applied]), ctx).tolist()
+        rate = self.count / max(time.perf_counter() - self.since, 1e-9)
+        self.total, self.applied, self.count, self.since = None, None, 0, time.perf_counter()
+        return (total / applied if applied > 0 else None), rate
+
+
+def log_metrics(run: TrainRun, meter: LossMeter, bar) -> None:
+    loss, rate = meter.flush(run.ctx)
+    skipped = check_skipped_updates(run)
+    grad_norm = float(run.grad_norm)
+    record = {"step": run.step, "loss": loss, "lr": run.lr,
+              "grad_norm": grad_norm if grad_norm == grad_norm and abs(grad_norm) != float("inf") else None,
+              "skipped_updates": skipped, "steps_per_s": round(rate, 3), "time": round(time.time(), 3)}
+    run.metrics.write(record)
+    shown = "skipped" if loss is None else f"{loss:.4g}"
+    bar.set_postfix(loss=shown, steps_s=f"{rate:.1f}")
+    if bar.disable:
+        logger.info("step %d: loss %s, %.1f steps/s", run.step, shown, rate)
+
+
+def _rng_devices(run: TrainRun) -> list:
+    return [run.ctx.device] if run.ctx.device.type == "cuda" else []
+
+
+def ema_score_fn(run: TrainRun, labels: torch.Tensor | None = None):
+    """The function the loss takes, of the EMA weights (what evaluation and sampling use): the score
+    (given ``labels`` for a class-conditional model) or a classifier's logits, under bf16 autocast
+    when ``training.bf16``."""
+    fn = network_fn(run.options, run.sde, run.ema.module, labels, train=False)
+    return accelerated_score_fn(fn, run.accel, run.ctx.device)
+
+
+def log_eval_loss(run: TrainRun, bar=None) -> None:
+    """Held-out loss of the EMA weights on one eval batch (fixed noise, global RNG untouched), shown
+    and logged; then the loss curve ``loss_curve.png`` is redrawn."""
+    n = run.options.eval.batch_size
+    items = run.data.test[:n]
+    labels = run.data.test_labels[:n] if uses_labels(run.options) else None
+    with torch.random.fork_rng(devices=_rng_devices(run)):
+        loss = heldout_loss(run.sde, ema_score_fn(run), run.options.loss, items, run.data, batch_size=len(items),
+                            generator=generator(run.options.seed, Stream.EVAL_LOSS, run.ctx.rank, run.ctx.device),
+                            ctx=run.ctx, labels=labels, fn_for=lambda y: ema_score_fn(run, y),
+                            targets=lambda y: loss_targets(run.options, y))
+    run.metrics.write({"step": run.step, "eval_loss": loss})
+    logger.info("step %d: held-out loss %.5g (EMA weights, %d items)", run.step, loss, len(items))
+    if bar is not None and not bar.disable:
+        bar.set_postfix_str(f"{getattr(bar, 'postfix', None) or ''} held_out={loss:.4g}".strip())
+    if run.ctx.is_main and time.monotonic() - run.curve_drawn >= LOSS_CURVE_EVERY_S:
+        write_loss_curve(run.workdir, run.options)
+        run.curve_drawn = time.monotonic()
+
+
+def write_snapshot_samples(run: TrainRun) -> None:
+    """A few samples of the EMA weights into ``snapshots/samples_<step>.npz/.png``."""
+    options = run.options
+    num, labels = options.train.snapshot_num_samples, None
+    if uses_labels(options):        # a class-conditional model: the classes in turn
+        labels = torch.arange(num) % options.network.num_classes
+    with torch.random.fork_rng(devices=_rng_devices(run)):
+        x, nfe = generate(run.sde, ema_score_fn(run), num, run.data.shape, options.sampler,
+                          generator=generator(options.seed, Stream.SNAPSHOT, run.ctx.rank, run.ctx.device),
+                          ctx=run.ctx, labels=labels, score_for=lambda y: ema_score_fn(run, y))
+    samples = to_data_space(x.cpu(), run.data)
+    if run.ctx.is_main:
+        caption = f"step {run.step}, EMA weights, {options.sampler.method} sampler, {nfe} NFE"
+        write_samples(samples, run.data, run.workdir / SNAPSHOT_DIR, f"samples_{run.step:08d}", caption)
+        run.metrics.write({"step": run.step, **{f"snapshot_{k}": v for k, v in sample_stats(samples, run.data).items()}})
+
+
+def after_step(run: TrainRun, loss: torch.Tensor, meter: LossMeter, bar) -> None:
+    """Logging, held-out loss, checkpoints and snapshot samples, each at its own frequency."""
+    o, step = run.options.train, run.step
+    meter.add(loss, run.skipped)
+    bar.update(1)
+    if step % o.log_freq == 0:
+        log_metrics(run, meter, bar)
+    if step % o.eval_freq == 0:
+        log_eval_loss(run, bar)
+    if step % o.checkpoint_freq == 0 or step % o.snapshot_freq == 0:
+        save_checkpoint(run)
+    if (step % o.snapshot_freq == 0 and o.snapshot_sampling and o.snapshot_num_samples > 0
+            and not run.options.loss.is_classifier):
+        what = f"drawing {o.snapshot_num_samples} snapshot samples ({run.options.sampler.method})"
+        bar.set_description_str(what)
+        if bar.disable:
+            logger.info("step %d: %s", step, what)
+        write_snapshot_samples(run)
+        bar.set_description_str("")
+
+
+def stop_requested(stop: GracefulStop, ctx: DistContext) -> bool:
+    """Whether any rank received SIGTERM / SIGINT (all ranks agree, so all checkpoint together)."""
+    if not ctx.distributed:
+        return stop.requested
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=ctx.device)
+    return bool(all_reduce_mean(flag, ctx) > 0)
+
+
+def run_loop(run: TrainRun, stop: GracefulStop) -> bool:
+    """Train until ``n_iters`` or a stop signal; returns whether a signal stopped it."""
+    meter = LossMeter()
+    train = run.options.train
+    with logs_above_bars(), progress_bar(train.n_iters, run.step, train.progress_bar) as bar:
+        while run.step < train.n_iters:
+            loss = train_step(run, *next_batch(run))
+            after_step(run, loss, meter, bar)
+            if stop_requested(stop, run.ctx):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------- driver
+def _agree(ok: bool, ctx: DistContext) -> bool:
+    """Whether ``ok`` holds on every rank (a world of one needs no collective)."""
+    if not ctx.distributed:
+        return ok
+    return bool(all_reduce_mean(torch.tensor([float(ok)], device=ctx.device), ctx) == 1.0)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | Path, ctx: DistContext):
+    """Rank 0 holds ``WorkdirLock`` for the run; every rank fails together if it is busy."""
+    lock, error = contextlib.ExitStack(), None
+    with lock:
+        if ctx.is_main:
+            try:
+                lock.enter_context(WorkdirLock(workdir))
+            except Exception as err:       # noqa: BLE001 -- re-raised below, on every rank together
+                error = err
+        if not _agree(error is None, ctx):
+            raise error or RuntimeError(f"rank 0 could not lock {workdir}; see its error")
+        yield
+
+
+def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = None) -> dict:
+    """The ``train`` mode; returns ``{"step", "stopped_by_signal", "signal"}``."""
+    ctx = ctx or DistContext()
+    check_global_batch(options.train.batch_size, ctx)
+    with workdir_lock(workdir, ctx):
+        return _train_locked(options, workdir, ctx)
+
+
+def _train_locked(options: RunOptions, workdir: str | Path, ctx: DistContext) -> dict:
+    run = setup_run(options, workdir, ctx)
+    if run.step >= options.train.n_iters and run.last_saved == run.step:
+        run.metrics.close()
+        logger.info("training is already finished: the newest checkpoint is at step %d and training.n_iters=%d; "
+                    "to train longer, run again with a larger --config.training.n_iters (e.g. %d)", run.step,
+                    options.train.n_iters, 2 * max(run.step, 1))
+        return {"step": run.step, "stopped_by_signal": False, "signal": None, "already_finished": True}
+    logger.info("loss: %s", options.loss.describe)
+    try:
+        with GracefulStop() as stop:
+            stopped = run_loop(run, stop)
+            if run.last_saved != run.step:
+                save_checkpoint(run)
+        run.metrics.write({"step": run.step, "event": "stopped" if stopped else "finished"})
+        if run.ctx.is_main:
+            write_loss_curve(run.workdir, run.options)
+    finally:
+        run.metrics.close()
+    if stopped:
+        logger.warning("%s received: checkpoint written at step %d; exiting", stop.signal_name or "signal", run.step)
+    else:
+        logger.info("training finished at step %d", run.step)
+    return {"step": run.step, "stopped_by_signal": stopped, "signal": stop.signum if stopped else None}
