@@ -1,4 +1,4 @@
-"""Controllable generation on 8x8 digits, measured through the command line (issue 10's acceptance):
+"""Controllable generation on 8x8 digits, measured through the command line:
 
     python main.py --config configs/digits/ddpmpp_vp_cond.py --workdir runs/digits_cond --mode train
     python main.py --config configs/digits/classifier.py --workdir runs/digits_clf --mode train

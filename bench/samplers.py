@@ -3,7 +3,7 @@
     python -m bench.samplers            # VP and VE (sigma_max = 50), ~2-3 min on 2 CPU cores
     python -m bench.samplers --sdes vp --n 1000
     python -m bench.samplers --sdes vp,ve,rf,edm --n 1000   # + rectified flow and EDM's process
-    python -m bench.samplers --sdes vp,subvp,ve             # the three score-SDE processes (issue 11)
+    python -m bench.samplers --sdes vp,subvp,ve             # the three score-SDE processes
     python -m bench.samplers --sdes vp,subvp,ve --only "dpm++,unipc,opt-grid"   # few-step solvers only
 
 Data: a 2-D mixture of four Gaussians with unequal weights (0.4 / 0.3 / 0.2 / 0.1; one correlated, one
@@ -17,13 +17,13 @@ elongated and one narrow mode, std 0.14). With the exact score the only errors a
   one (mean and 95th percentile over 20 draws); a sampler "reaches the floor" at the smallest NFE from
   which on it stays below that 95th percentile.
 
-``unipc K bhN`` rows are UniPC (``fast_sample(solver="unipc", order=K, unipc_variant="bhN")``, issue 11).
+``unipc K bhN`` rows are UniPC (``fast_sample(solver="unipc", order=K, unipc_variant="bhN")``).
 The fast samplers are swept from 3 steps (4 NFE) so that the floor at <= 6 NFE would show; measured
 (MMD^2 over the floor's 95th percentile at 6 NFE, vp / subvp / ve): dpm++ 2M 19 / 69 / 11, dpm++ 3M
 76 / 74 / 57, unipc 2 bh2 24 / 68 / 14, unipc 3 bh1 113 / 195 / 100, unipc 3 bh2 74 / 71 / 56: no
 setting reaches the floor at 6 NFE; UniPC 3 reaches it at 9-11 NFE on VP and VE (as dpm++ 3M).
 
-``opt-grid`` rows (issue 11): ``fast_sample(denoise=False)`` (nfe = steps) on a grid fitted by
+``opt-grid`` rows: ``fast_sample(denoise=False)`` (nfe = steps) on a grid fitted by
 ``samplers.optimize_time_grid`` (default ``init="inverse_karras"``, 4 sweeps x 8 evaluations) to 1000
 latents of another seed, so the bench's latents are held out; ``nodenoise`` rows are the same solver on
 the default grid. Measured (``--sdes vp,subvp,ve --only "dpm++,unipc,opt-grid"``), MMD^2 / floor q95 at

@@ -3,7 +3,7 @@
 # classifier_mlp / classifier_unet (noise-conditional classifiers for guidance)
 from scoresde.models import classifier, mlp, unet  # noqa: F401  (registration)
 from scoresde.models.classifier import classifier_loss, get_logits_fn
-# diffusers models (issue 15); diffusers itself is imported only when these run
+# diffusers models; diffusers itself is imported only when these run
 from scoresde.models.diffusers_interop import (diffusers_times, from_diffusers, load_diffusers_dir,
                                       to_diffusers_scheduler_config)
 from scoresde.models.ema import ExponentialMovingAverage

@@ -1,5 +1,5 @@
-"""Bring your own model: a diffusers ``UNet2DModel`` and its scheduler as the toolkit's process and score
-(issue 15), and a toolkit VP schedule as a diffusers scheduler config.
+"""Bring your own model: a diffusers ``UNet2DModel`` and its scheduler as the toolkit's process and score,
+and a toolkit VP schedule as a diffusers scheduler config.
 
     sde, score_fn = models.from_diffusers(unet, scheduler)     # any sampler, log_likelihood, guidance
     sde, score_fn, unet, scheduler = models.load_diffusers_dir("path/to/save_pretrained_dir")

@@ -3,7 +3,7 @@ from scoresde.sde_lib.base import SDE, ReverseSDE
 from scoresde.sde_lib.mixture import GaussianMixture
 from scoresde.sde_lib.labelled import LabelledGaussianMixture, condition_mixture, marginal_mixture
 from scoresde.sde_lib.paths import EDMSDE, PathSDE, RectifiedFlow
-from scoresde.sde_lib.tabulated import TabulatedVPSDE  # any DDPM beta table, e.g. a diffusers scheduler's (issue 15)
+from scoresde.sde_lib.tabulated import TabulatedVPSDE  # any DDPM beta table, e.g. a diffusers scheduler's
 from scoresde.utils import Registry, append_dims
 from scoresde.sde_lib.ve import VESDE
 from scoresde.sde_lib.vp import CosineVPSDE, VPSDE, subVPSDE
@@ -13,7 +13,7 @@ SDES.register("vpsde", VPSDE)
 SDES.register("subvpsde", subVPSDE)
 SDES.register("vesde", VESDE)
 SDES.register("cosine_vpsde", CosineVPSDE)
-# flow matching and EDM (issue 14)
+# flow matching and EDM
 SDES.register("rectified_flow", RectifiedFlow)
 SDES.register("edm", EDMSDE)
 

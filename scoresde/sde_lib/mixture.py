@@ -128,7 +128,7 @@ class GaussianMixture:
             return -append_dims(sigma.to(x.dtype), x.ndim) * self.score_t(sde, x, t)
         return eps
 
-    # ----- posterior means: the flow-matching velocity (issue 14) -----------------------------------
+    # ----- posterior means: the flow-matching velocity ------------------------------------------
     def velocity_t(self, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Exact ``E[alpha' x_0 + sigma' z | x_t = x]`` (the conditional flow-matching target's regression,
         Lipman et al. 2023, eq. 15), component by component and not through the score:

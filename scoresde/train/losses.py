@@ -160,7 +160,7 @@ def get_loss_fn(name: str) -> Callable[..., torch.Tensor]:
     return LOSSES.get(name)
 
 
-# ----- flow matching, v-prediction and EDM (issue 14) ----------------------------------------------------
+# ----- flow matching, v-prediction and EDM -----------------------------------------------------------
 # Each compares the network's prediction, recovered from ``score_fn`` through the exact maps of
 # ``sde_lib.predictions`` (so any parameterisation trains with any of these losses), with its target.
 @LOSSES.register("flow")

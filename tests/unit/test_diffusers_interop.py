@@ -1,4 +1,4 @@
-"""Checks of the diffusers adapter (``models.from_diffusers``, issue 15) against diffusers' own schedulers.
+"""Checks of the diffusers adapter (``models.from_diffusers``) against diffusers' own schedulers.
 
 A tiny randomly initialised ``UNet2DModel`` (8x8, channels (8, 16), one layer per block) on the CPU.
 Exactness is checked in two parts:

@@ -1,4 +1,4 @@
-"""Rectified flow, EDM and the velocity / v / EDM parameterisations (issue 14), against closed forms.
+"""Rectified flow, EDM and the velocity / v / EDM parameterisations, against closed forms.
 
 Processes: ``RectifiedFlow`` (``alpha = 1 - t``, ``sigma = t``, ``T = 0.999``) and ``EDMSDE`` (``alpha = 1``,
 ``sigma = t``, ``T = sigma_max``). A Gaussian mixture stays a mixture under both, so marginals, scores,

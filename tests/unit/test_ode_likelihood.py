@@ -163,7 +163,7 @@ def test_scipy_rk45_likelihood_matches(points):
     assert (logp - exact_logp(sde, points[:50])).abs().max() < 1e-3
 
 
-# ------------------------------------------------------------------ likelihood: Adams predictor-corrector (issue 11)
+# ------------------------------------------------------------------ likelihood: Adams predictor-corrector
 
 # Measured on these 200 points (exact prior): mean |err| 1.6e-4 / 2.2e-4 / 1.4e-4 nats at 45 / 47 / 46 NFE
 # (VP / sub-VP / VE; 46 / 51 / 49 before the PI controller of samplers/ode.py); dopri5 at its default

@@ -120,7 +120,7 @@ def test_class_histogram_and_classifier_score():
 
 
 # ------------------------------------------------------------------------------- digits classifier
-DIGITS_TEST_ACCURACY = 0.99   # measured 0.9967 (299 of 300) for the default recipe; issue 10 needs 0.95
+DIGITS_TEST_ACCURACY = 0.99   # measured 0.9967 (299 of 300) for the default recipe; guided-sampling checks need 0.95
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Checks of ``sde_lib.TabulatedVPSDE`` (a VP process from any DDPM beta table; issue 15) and of the few-step
+"""Checks of ``sde_lib.TabulatedVPSDE`` (a VP process from any DDPM beta table) and of the few-step
 samplers' explicit ``times`` grid. No diffusers needed (tests/test_diffusers_interop.py compares with it)."""
 import math
 

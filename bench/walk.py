@@ -1,0 +1,120 @@
+"""Walk a command through the code: which of the project's files a run enters, in order.
+
+    python -m bench.walk --mode train      # config -> saved checkpoint, one training step
+    python -m bench.walk --mode sample     # checkpoint -> PNG (trains one step first, untraced)
+
+Traces every Python call made while the mode runs (after the imports) and keeps those whose code lives
+in the project (not tests, not bench). A *hop* is a call from one project file into another; the walk
+prints each file the first time it is entered, numbered, with the file that entered it, then counts:
+files entered, hops, and *re-entries*: hops back into a file the run had already left (a call from a
+lower layer back up, or a second visit through another route). ``--repo`` runs another checkout (its
+``main.py``), so that an older layout can be measured with the same code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import runpy
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TINY = ["--config.training.n_iters=1", "--config.training.snapshot_freq=1", "--config.training.eval_freq=1",
+        "--config.training.checkpoint_freq=1", "--config.training.snapshot_sampling=False",
+        "--config.training.progress_bar=False", "--config.training.tensorboard=False", "--config.data.num_train=1024",
+        "--config.sampling.num_samples=16", "--config.sampling.batch_size=16", "--config.sampling.method=fast",
+        "--config.sampling.steps=2", "--config.eval.num_samples=16"]
+
+
+class Walk:
+    """Records the project files entered by calls, in order."""
+
+    def __init__(self, root: Path):
+        self.root = str(root) + os.sep
+        self.skip = (str(root / "tests") + os.sep, str(root / "bench") + os.sep)
+        self.stack: list[str | None] = []
+        self.hops: list[tuple[str, str]] = []
+
+    def project_file(self, frame) -> str | None:
+        name = frame.f_code.co_filename
+        if name.startswith("<"):
+            return None
+        name = os.path.realpath(name)
+        if not name.startswith(self.root) or name.startswith(self.skip) or frame.f_code.co_name == "<module>":
+            return None
+        return name[len(self.root):]
+
+    def __call__(self, frame, event, arg):
+        if event == "call":
+            here = self.project_file(frame)
+            caller = next((f for f in reversed(self.stack) if f is not None), None)
+            if here is not None and caller is not None and here != caller:
+                self.hops.append((caller, here))
+            self.stack.append(here)
+        elif event == "return" and self.stack:
+            self.stack.pop()
+
+    def report(self, title: str) -> dict:
+        first, left, reentries = {}, set(), 0
+        current = None
+        for caller, callee in self.hops:
+            if callee in left:
+                reentries += 1
+            if current is not None and current != callee:
+                left.add(caller)
+            first.setdefault(callee, caller)
+            current = callee
+        print(f"{title}: {len(first) + 1} files, {len(self.hops)} hops, {reentries} re-entries")
+        for i, (callee, caller) in enumerate(first.items(), 1):
+            print(f"  {i:2d}. {callee}  (from {caller})")
+        return {"files": len(first) + 1, "hops": len(self.hops), "reentries": reentries}
+
+
+def run_main(repo: Path, argv: list[str], walk: Walk | None) -> None:
+    sys.argv = ["main.py", *argv]
+    if walk is not None:
+        sys.setprofile(walk)
+    try:
+        runpy.run_path(str(repo / "main.py"), run_name="__main__")
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
+    finally:
+        sys.setprofile(None)
+
+
+def import_everything(repo: Path) -> None:
+    """Import every module of the project first, so that imports (and what they run) stay out of the walk."""
+    for path in sorted(repo.rglob("*.py")):
+        parts = path.relative_to(repo).with_suffix("").parts
+        if parts[0] in ("tests", "bench", "docs", "main") or parts[-1] == "__main__" or any(p.startswith(".") for p in parts):
+            continue
+        if parts[0] == "configs" and (repo / "scoresde").is_dir():
+            continue      # the root symlink of scoresde/configs
+        importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("train", "sample", "eval"), default="train")
+    parser.add_argument("--config", default="configs/toy/gmm_vp.py")
+    parser.add_argument("--repo", default=str(Path(__file__).resolve().parents[1]))
+    args = parser.parse_args()
+    repo = Path(args.repo).resolve()
+    os.chdir(repo)
+    sys.path.insert(0, str(repo))
+    with tempfile.TemporaryDirectory() as workdir:
+        common = ["--config", args.config, "--workdir", workdir, *TINY]
+        if args.mode != "train":      # absl parses a command line once per process: train in another
+            subprocess.run([sys.executable, "main.py", *common, "--mode", "train"], check=True,
+                           capture_output=True)
+        import_everything(repo)
+        walk = Walk(repo)
+        run_main(repo, [*common, "--mode", args.mode], walk)
+        walk.report(f"--mode {args.mode} ({args.config})")
+
+
+if __name__ == "__main__":
+    main()
