@@ -26,7 +26,9 @@ from scoresde.run.distributed import DistContext, cleanup, init_distributed
 from scoresde.evaluate.classifier import evaluate_classifier
 from scoresde.cli.modes.eval import evaluate
 from scoresde.cli.modes.impute import colorize, inpaint
-from scoresde.cli.factory import config_help, options_from_config, schema_fields
+from scoresde.cli.factory import options_from_config
+from scoresde.cli.help import config_help, load_config_file
+from scoresde.cli.schema import schema_fields, unknown_field
 from scoresde.run.options import RunOptions
 from scoresde.cli.modes.sample import sample
 from scoresde.train.loop import train
@@ -138,17 +140,15 @@ def execute(options: RunOptions, workdir: str, mode: str, outdir: str | None = N
 
 
 def _unknown_override(argv: list[str]) -> str | None:
-    """The first ``--config.<path>=...`` override that names no config field, with a hint."""
+    """The first ``--config.<path>=...`` override that names no config field, with the closest field
+    ("did you mean n_iters?") and the fields of its section."""
     known = schema_fields()
     for arg in argv[1:]:
         if not arg.startswith("--config."):
             continue
         path = arg[len("--config."):].split("=", 1)[0]
         if path not in known:
-            section = path.rsplit(".", 1)[0]
-            names = [p.split(".")[-1] for p in known if p.rsplit(".", 1)[0] == section and "." in p]
-            hint = f"; fields of config.{section}: {names}" if names else ""
-            return f"config.{path} is not a config field{hint}"
+            return unknown_field(path, known)
     return None
 
 
@@ -208,7 +208,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         print_help()
         sys.exit(0)
     if "--config_help" in argv[1:]:
-        print(config_help())
+        try:
+            print(config_help(load_config_file(resolve_config_path(argv))))
+        except ValueError as err:
+            fail(str(err), 2)
         sys.exit(0)
     argv = resolve_config_path(argv)
     unknown = _unknown_override(argv)

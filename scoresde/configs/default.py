@@ -1,7 +1,9 @@
-"""Every config field any mode reads, with its default and a one-line comment. Experiment files start
-from ``get_default_config()`` and change what they need; ``scoresde/cli/factory.py`` checks that a config
-has exactly these fields, validates every value before any work starts, and maps each field explicitly
-onto the argument it feeds (the frozen option objects in ``scoresde/run/options.py``).
+"""Every config field any mode reads, with its default and a one-line comment (the comment at the end of
+the line that sets a field is its ``--config_help`` text). Experiment files start from
+``get_default_config()`` and change what they need; ``scoresde/cli/validate.py`` checks that a config has
+exactly these fields and validates every value before any work starts, and ``scoresde/cli/factory.py``
+maps each field explicitly onto the argument it feeds (the frozen option objects in
+``scoresde/run/options.py``).
 
 Names follow score_sde (``training.sde``, ``model.ema_rate``, ``sampling.snr``, ...) where one exists.
 The network defaults here are DDPM++'s (Song et al. 2021, App. H) and the MLP's; they live nowhere else.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 
-from scoresde.cli.factory import NETWORK_ARGS, SDE_ARGS, schema_fields
+from scoresde.cli.schema import NETWORK_ARGS, SDE_ARGS, schema_fields
 
 logger = logging.getLogger(__name__)
 

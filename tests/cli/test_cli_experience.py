@@ -19,7 +19,9 @@ from scoresde.configs.digits.ddpmpp_vp import get_config as digits_config
 from scoresde.configs.toy.gmm_vp import get_config as gmm_config
 from scoresde.train import loop as trainer
 from scoresde.run.checkpoint import load_module_state
-from scoresde.cli.factory import config_help, field_comments, options_from_config, schema_fields
+from scoresde.cli.factory import options_from_config
+from scoresde.cli.help import config_help
+from scoresde.cli.schema import field_comments, schema_fields
 from scoresde.run.runtime import logs_above_bars
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +63,45 @@ def test_every_field_has_a_comment_and_config_help_lists_it():
     assert set(comments) == set(schema_fields())          # no field without its one-line comment
     for path, default in schema_fields().items():
         assert f"{path} = {default!r}" in text and comments[path] in text
+
+
+def test_config_help_with_a_config_file_shows_its_values_beside_the_defaults(capsys):
+    with pytest.raises(SystemExit) as code:
+        main.parse_flags(["main.py", "--config_help", "--config", "configs/toy/gmm_vp.py"])
+    assert code.value.code == 0
+    text, config = capsys.readouterr().out, gmm_config()
+    assert config.training.n_iters != 1300001
+    assert f"training.n_iters = {config.training.n_iters!r}  (default 1300001)" in text
+    sde_line = next(line for line in text.splitlines() if line.startswith("  training.sde = "))
+    assert "'vpsde'" in sde_line and "(default" not in sde_line        # equal to the default: shown once
+    for path in schema_fields():                                       # still every field, with its comment
+        assert f"  {path} = " in text
+
+
+def test_config_help_names_unknown_fields_of_the_file_and_a_missing_file(capsys):
+    config = gmm_config()
+    with config.unlocked():
+        config.training.n_iter = 5
+    text = config_help(config)
+    assert "[not config fields]" in text and "config.training.n_iter is not a config field; did you mean n_iters?" in text
+    with pytest.raises(SystemExit) as code:
+        main.parse_flags(["main.py", "--config_help", "--config=no/such/config.py"])
+    assert code.value.code == 2
+    assert "no/such/config.py: no such file" in capsys.readouterr().err
+
+
+def test_a_typo_in_an_override_says_which_field_was_meant(tmp_path, capsys):
+    with pytest.raises(SystemExit) as code:
+        main.parse_flags(["main.py", "--config", "configs/toy/gmm_vp.py", f"--workdir={tmp_path}",
+                          "--config.training.n_iter=5"])
+    assert code.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "config.training.n_iter is not a config field; did you mean n_iters?" in lines[0]
+    assert "'batch_size'" in lines[0]                                  # and the fields of the section
+    with pytest.raises(SystemExit):
+        main.parse_flags(["main.py", "--config", "configs/toy/gmm_vp.py", f"--workdir={tmp_path}",
+                          "--config.trainig.n_iters=5"])               # a misspelt section: the whole path
+    assert "did you mean training.n_iters?" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------- training

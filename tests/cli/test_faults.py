@@ -171,7 +171,7 @@ def test_resume_refuses_another_model_or_recipe_and_logs_allowed_changes(trained
 
 def test_every_field_has_one_tier():
     from scoresde.run.drift import is_free, model_fields
-    from scoresde.cli.factory import schema_fields
+    from scoresde.cli.schema import schema_fields
     fields = schema_fields()
     model = set(model_fields(fields))
     assert model <= set(fields)

@@ -15,7 +15,8 @@ from scoresde.configs.toy.gmm_vp import get_config as gmm_config
 from scoresde.run import checkpoint as ckpt
 from scoresde.train import loop as trainer
 from scoresde.run.distributed import DistContext
-from scoresde.cli.factory import options_from_config, validate_config
+from scoresde.cli.factory import options_from_config
+from scoresde.cli.validate import validate_config
 from scoresde.train.optim import build_optimizer, clip_gradients, optimize_step, warmup_lr
 from scoresde.run.options import Accel
 from scoresde.run.runtime import GracefulStop, resolve_accel
@@ -104,7 +105,7 @@ def test_unknown_and_missing_fields_are_named():
 
 def test_every_field_is_mapped_and_every_mapped_field_exists():
     """No field of configs/default.py is dead, and every field the mapping reads exists."""
-    from scoresde.cli.factory import NETWORK_ARGS, SDE_ARGS, schema_fields
+    from scoresde.cli.schema import NETWORK_ARGS, SDE_ARGS, schema_fields
     fields = set(schema_fields())
     mapped = {f for table in (*NETWORK_ARGS.values(), *SDE_ARGS.values()) for f in table.values()}
     assert mapped <= fields
