@@ -15,7 +15,7 @@ trace, float32 score evaluations. ``NFE/ref`` and ``|err|/ref`` compare each row
 the same run; the ratio lines give ``method="adams"`` at 1e-5 against it and against
 ``log_likelihood``'s default call (dopri5, 1e-5, in the data's dtype), and dopri5 against RK45 with
 everything else equal. ``adams`` rows are the adaptive Adams predictor-corrector
-(``samplers.ode._adams_pec``, one score evaluation per step, state scaled by
+(``scoresde.integrate._adams_pec``, one score evaluation per step, state scaled by
 ``s_t = sqrt(alpha_t^2 + sigma_t^2)``), the configs' ``eval.method``;
 the last table per process gives, for the old solver (dopri5) and the new one (adams), the fewest NFE
 of the tolerance sweep whose mean |err| is below 1e-3 nats (NFE counts do not depend on the machine).

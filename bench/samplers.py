@@ -100,7 +100,7 @@ import torch
 
 from scoresde import sde_lib
 from scoresde.samplers import ddim_sample, edm_sample, fast_sample, ode_sample, pc_sample
-from scoresde.samplers.fast import SKIP_TYPES
+from scoresde.samplers.schedules import SKIP_TYPES
 from scoresde.samplers.time_grid import optimize_time_grid
 
 MIXTURE = sde_lib.GaussianMixture(

@@ -1,5 +1,5 @@
 """Cost of the samplers' score checks: ``fast_sample`` and ``pc_sample`` with the non-finite bookkeeping
-of ``samplers.common.CountingScore`` on (the default) and off (its private switch; the shape check,
+of ``scoresde.score.CountingScore`` on (the default) and off (its private switch; the shape check,
 a Python comparison, stays on in both).
 
     python -m bench.score_checks                   # CPU, one thread, ~30 s
@@ -36,7 +36,7 @@ import torch
 
 from scoresde import sde_lib
 from scoresde.samplers import fast_sample, pc_sample
-from scoresde.samplers.common import CountingScore
+from scoresde.score import CountingScore
 
 
 def mixture_score(sde: sde_lib.SDE, k: int = 8, radius: float = 2.0, var: float = 0.01):

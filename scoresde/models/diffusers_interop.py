@@ -20,7 +20,7 @@ from typing import Callable, Mapping, NamedTuple, Tuple
 import torch
 from torch import nn
 
-from scoresde.models.utils import _marginal, get_score_fn
+from scoresde.models.utils import get_score_fn, trained_marginal
 from scoresde.sde_lib import SDE, TabulatedVPSDE, VPSDE, subVPSDE
 from scoresde.sde_lib.predictions import score_from_x0, x0_from_score
 from scoresde.utils import check_choice
@@ -164,7 +164,7 @@ def from_diffusers(unet: nn.Module, scheduler, clip_sample: bool | None = None,
         if spec.clip_range is None:
             return score
         # diffusers' clip_sample: the data prediction clamped, with the coefficients the score used
-        coeffs = _marginal(sde, t, continuous, x)
+        coeffs = trained_marginal(sde, t, continuous, x)
         x0 = x0_from_score(x, score, coeffs).clamp(-spec.clip_range, spec.clip_range)
         return score_from_x0(x, x0, coeffs)
 

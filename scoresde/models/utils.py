@@ -23,7 +23,7 @@ def get_model_fn(model: nn.Module, train: bool = False) -> Callable:
     return model_fn
 
 
-def _marginal(sde: SDE, t: torch.Tensor, continuous: bool, like: torch.Tensor,
+def trained_marginal(sde: SDE, t: torch.Tensor, continuous: bool, like: torch.Tensor,
               derivatives: bool = False) -> PathCoeffs:
     """``(alpha_t, sigma_t)`` the network was trained with (continuous, or the discrete chain's level),
     broadcast against ``like``; with ``derivatives`` also ``(alpha_t', sigma_t')`` (continuous only)."""
@@ -64,7 +64,7 @@ def get_score_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bo
 
     def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         labels = sde.noise_label(t, continuous)
-        coeffs = _marginal(sde, t, continuous, x, derivatives=parameterization == "velocity")
+        coeffs = trained_marginal(sde, t, continuous, x, derivatives=parameterization == "velocity")
         if parameterization == "edm":
             return _edm_score(model_fn, x, labels, cond, coeffs, sigma_data)
         out = model_fn(x, labels, cond)

@@ -11,8 +11,7 @@ from typing import Tuple
 
 import torch
 
-from scoresde.samplers.common import ScoreFn
-from scoresde.samplers.predictors import gaussian_like
+from scoresde.score import ScoreFn, gaussian_like
 from scoresde.sde_lib import SDE
 from scoresde.utils import Registry, append_dims, check_choice
 

@@ -9,84 +9,23 @@ App. B.2), with the denoiser ``D = E[x_0 | x_t]`` from the score by Tweedie's fo
 
     sigma^_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  sigma^_N = 0,
 
-with Heun's method and an Euler last step to ``sigma^ = 0``: ``2N - 1`` score evaluations, output the
-data prediction. On ``EDMSDE`` (``alpha = 1``, ``sigma = t``) this is EDM's sampler exactly.
+(``schedules.karras_sigmas`` and ``schedules.edm_grid``) with Heun's method and an Euler last step to
+``sigma^ = 0``: ``2N - 1`` score evaluations, output the data prediction. On ``EDMSDE`` (``alpha = 1``,
+``sigma = t``) this is EDM's sampler exactly.
 """
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple
 
 import torch
 
-from scoresde.samplers.common import CountingScore, ScoreFn, batch_time, check_eps, initial_noise, progress_iter
+from scoresde.samplers.schedules import KARRAS_RHO, SigmaGrid, edm_grid, sigma_range
+from scoresde.score import CountingScore, ScoreFn, batch_time, initial_noise, progress_iter
 from scoresde.sde_lib import SDE
 from scoresde.utils import check_float, check_int, check_positive
 
-# EDM's deterministic settings (Karras et al. 2022, Table 1 and Sec. 3)
-EDM_STEPS, EDM_RHO = 18, 7.0
-
-
-class SigmaGrid(NamedTuple):
-    """Per step ``i``: the level ``sigma^_i``, the churned level ``sigma^_hat_i >= sigma^_i`` and the next
-    level, each with its time and ``(alpha, sigma)`` (Python floats, float64 arithmetic)."""
-    level: List[float]      # sigma^_0 .. sigma^_N (the last is 0)
-    raised: List[float]     # sigma^_hat_i, i < N
-    time: dict              # sigma^ -> (t, alpha_t, sigma_t)
-
-
-def _scaled_sigma(sde: SDE, t: float) -> float:
-    alpha, sigma = sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64))
-    return float(sigma / alpha)
-
-
-def _time_of(sde: SDE, sigma_hat: List[float]) -> torch.Tensor:
-    """``t = lambda^{-1}(-2 ln sigma^)`` (float64)."""
-    return sde.inverse_log_snr(-2.0 * torch.tensor(sigma_hat, dtype=torch.float64).log())
-
-
-def sigma_range(sde: SDE, eps: float, sigma_min: float | None, sigma_max: float | None):
-    """``(sigma_min, sigma_max)`` of the scaled noise: by default the process's own range ``[sigma^(eps),
-    sigma^(T)]``; given values must map to times in ``(0, T]``."""
-    eps = check_eps(sde, eps)
-    top = _scaled_sigma(sde, sde.T)
-    lo = _scaled_sigma(sde, eps) if sigma_min is None else check_positive("sigma_min", sigma_min)
-    hi = top if sigma_max is None else check_positive("sigma_max", sigma_max)
-    if hi > top * (1 + 1e-9):
-        raise ValueError(f"sigma_max must be <= sigma_T / alpha_T = {top:.6g} (the process's largest noise), got {hi!r}")
-    if not lo < hi:
-        raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={lo!r}, sigma_max={hi!r}")
-    if not float(_time_of(sde, [lo])) > 0.0:
-        raise ValueError(f"sigma_min must be above sigma_0 / alpha_0 = {_scaled_sigma(sde, 0.0):.6g} "
-                         f"(the process's smallest noise), got {lo!r}")
-    return min(lo, top), min(hi, top)
-
-
-def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = EDM_RHO) -> List[float]:
-    """EDM's ``steps`` levels from ``sigma_max`` to ``sigma_min`` and a final 0 (Karras et al. 2022, eq. 5)."""
-    if steps == 1:
-        return [sigma_max, 0.0]
-    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
-    hi, lo = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-    levels = (hi + ramp * (lo - hi)) ** rho
-    levels[0], levels[-1] = sigma_max, sigma_min  # pin the ends against round-off
-    return levels.tolist() + [0.0]
-
-
-def _grid(sde: SDE, steps: int, sigma_min: float, sigma_max: float, rho: float, churn: float,
-          s_tmin: float, s_tmax: float) -> SigmaGrid:
-    """EDM's levels and, with churn, the raised ones ``sigma^ (1 + gamma_i)`` with
-    ``gamma_i = min(S_churn / N, sqrt(2) - 1)`` where ``S_tmin <= sigma^_i <= S_tmax`` (Alg. 2, line 4),
-    capped at the process's largest noise (the score is not defined beyond ``T``)."""
-    level = karras_sigmas(steps, sigma_min, sigma_max, rho)
-    top = _scaled_sigma(sde, sde.T)
-    gamma = min(churn / steps, math.sqrt(2.0) - 1.0)
-    raised = [min(s * (1.0 + gamma), top) if (gamma > 0 and s_tmin <= s <= s_tmax) else s for s in level[:-1]]
-    needed = sorted(set(level[:-1]) | set(raised))
-    t = _time_of(sde, needed).clamp(0.0, sde.T)
-    alpha, sigma = sde.marginal_coeffs(t)
-    return SigmaGrid(level, raised, {s: (ti, a, si) for s, ti, a, si in
-                                     zip(needed, t.tolist(), alpha.tolist(), sigma.tolist())})
+# EDM's deterministic settings (Karras et al. 2022, Table 1 and Sec. 3); rho is schedules.KARRAS_RHO
+EDM_STEPS = 18
 
 
 def _denoise(score: ScoreFn, x_hat: torch.Tensor, sigma_hat: float, grid: SigmaGrid) -> torch.Tensor:
@@ -121,7 +60,7 @@ def _check_churn(churn, s_tmin, s_tmax, s_noise):
 @torch.no_grad()
 def edm_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = EDM_STEPS, churn: float = 0.0,
                s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
-               sigma_min: float | None = None, sigma_max: float | None = None, rho: float = EDM_RHO,
+               sigma_min: float | None = None, sigma_max: float | None = None, rho: float = KARRAS_RHO,
                eps: float = 1e-3, generator: torch.Generator | None = None, device=None,
                z: torch.Tensor | None = None, dtype: torch.dtype | None = None, progress: bool = False):
     """EDM's Heun sampler (Karras et al. 2022, Alg. 1; ``churn = 0``) or its stochastic sampler (Alg. 2:
@@ -139,7 +78,7 @@ def edm_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = EDM_STEPS, churn
     rho = check_positive("rho", rho)
     churn, s_tmin, s_tmax, s_noise = _check_churn(churn, s_tmin, s_tmax, s_noise)
     lo, hi = sigma_range(sde, eps, sigma_min, sigma_max)
-    grid = _grid(sde, steps, lo, hi, rho, churn, s_tmin, s_tmax)
+    grid = edm_grid(sde, steps, lo, hi, rho, churn, s_tmin, s_tmax)
     x = initial_noise(sde, shape, z=z, device=device, generator=generator, dtype=dtype) * (hi / sde.prior_std)
     with score.guard():
         for i in progress_iter(range(steps), progress, "edm", total=steps):

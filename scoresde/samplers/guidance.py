@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from scoresde.samplers.common import ScoreFn
+from scoresde.score import ScoreFn
 from scoresde.sde_lib import SDE
 from scoresde.utils import append_dims, check_float
 

@@ -12,7 +12,7 @@ harmonise with the known ones. The known coordinates of the result equal ``x_kno
 The replacement method samples the exact conditional when the known and unknown coordinates are
 independent; otherwise it ignores part of their coupling (the unknown coordinates see the noisy known
 ones only through the score). RePaint reduces that error as ``resample`` grows, at ``resample`` times
-the cost (``tests/test_inpaint.py`` and ``bench/controllable.py`` measure both against the exact
+the cost (``tests/unit/test_inpaint.py`` and ``bench/controllable.py`` measure both against the exact
 conditional of a Gaussian mixture).
 """
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Sequence, Tuple
 
 import torch
 
-from scoresde.samplers.common import CountingScore, ScoreFn, batch_time, check_eps, progress_iter, tweedie_denoise
-from scoresde.samplers.pc import build_pc, time_grid
+from scoresde.samplers.pc import build_pc
+from scoresde.samplers.schedules import pc_grid
+from scoresde.score import CountingScore, ScoreFn, batch_time, check_eps, progress_iter, tweedie_denoise
 from scoresde.sde_lib import SDE
 from scoresde.utils import append_dims, check_choice, check_int
 
@@ -121,7 +122,7 @@ def inpaint(sde: SDE, score_fn: ScoreFn, x_known: torch.Tensor, mask: torch.Tens
 
 def _loop(sde, pred, corr, imputer: _Imputer, x, eps, resample, show):
     """Song et al. 2021 App. I.2 (``resample = 1``) / RePaint Alg. 1 with jump length 1."""
-    ts, dt = time_grid(sde, eps, x)
+    ts, dt = pc_grid(sde, eps, x)
     x = imputer.replace(x, sde.timestep_index(ts[:1].expand(x.shape[0])))
     for i in progress_iter(range(sde.N), show, desc="inpainting"):
         t = ts[i].expand(x.shape[0])

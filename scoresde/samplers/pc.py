@@ -5,22 +5,12 @@ from typing import NamedTuple, Tuple, Type
 
 import torch
 
-from scoresde.samplers.common import CountingScore, ScoreFn, batch_time, check_eps, initial_noise, progress_iter, tweedie_denoise
 from scoresde.samplers.correctors import CORRECTORS, Corrector
 from scoresde.samplers.predictors import PREDICTORS, Predictor
+from scoresde.samplers.schedules import pc_grid
+from scoresde.score import CountingScore, ScoreFn, batch_time, check_eps, initial_noise, progress_iter, tweedie_denoise
 from scoresde.sde_lib import SDE
 from scoresde.utils import check_int, check_positive
-
-
-def time_grid(sde: SDE, eps: float, x: torch.Tensor) -> Tuple[torch.Tensor, float]:
-    """The ``N`` times ``linspace(T, eps, N)`` on ``x``'s device/dtype and the step ``dt < 0``.
-
-    As in score_sde, every step has the grid's size ``dt = -(T - eps) / (N - 1)`` (score_sde: ``-1/N``,
-    the same for its defaults ``eps = 1e-3``, ``N = 1000``), so the last step, taken at ``eps``, carries
-    the state to about ``0``; the discrete predictors likewise end on the chain's clean level.
-    """
-    ts = torch.linspace(sde.T, eps, sde.N, device=x.device, dtype=x.dtype)
-    return ts, -(sde.T - eps) / max(sde.N - 1, 1)
 
 
 class PCOptions(NamedTuple):
@@ -90,7 +80,7 @@ def pc_sample(sde: SDE, score_fn: ScoreFn, shape, predictor: str = "reverse_diff
 
 
 def _pc_loop(sde, pred, corr, x, eps, generator, show_progress):
-    ts, dt = time_grid(sde, eps, x)
+    ts, dt = pc_grid(sde, eps, x)
     for i in progress_iter(range(sde.N), show_progress, desc="PC sampling"):
         t = ts[i].expand(x.shape[0])
         x, _ = corr.update(x, t, generator)

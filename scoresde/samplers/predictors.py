@@ -15,7 +15,7 @@ from typing import Tuple
 
 import torch
 
-from scoresde.samplers.common import ScoreFn
+from scoresde.score import ScoreFn, gaussian_like
 from scoresde.sde_lib import SDE
 from scoresde.utils import Registry, append_dims, check_choice
 
@@ -25,11 +25,6 @@ PREDICTORS: Registry = Registry("predictor")
 def register_predictor(name: str):
     """Decorator registering a ``Predictor`` subclass under ``name`` for ``pc_sample(predictor=name)``."""
     return PREDICTORS.register(name)
-
-
-def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, on its device and dtype, drawn from ``generator``."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 class Predictor(abc.ABC):

@@ -1,5 +1,5 @@
 """Time grids fitted to a process and a score: the few-step solver's grid chosen to match a
-high-accuracy solution of the probability-flow ODE (issue 11).
+high-accuracy solution of the probability-flow ODE.
 
 Data-free, like "Align Your Steps" (Sabour et al. 2024) and GITS / DMN-style grid searches: draw latents
 from the prior, decode them once with dopri5 at a tight tolerance (the reference), then move the interior
@@ -24,10 +24,13 @@ from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 
-from scoresde.samplers.common import ScoreFn, check_eps, check_shape
-from scoresde.samplers.fast import (DEFAULT_SKIP_TYPE, DEFAULT_UNIPC_VARIANT, SKIP_TYPES, SOLVERS, _check_order,
-                           fast_sample, get_time_steps)
+from scoresde.samplers.fast import SOLVERS, fast_sample
 from scoresde.samplers.ode import ode_sample
+from scoresde.samplers.schedules import (DEFAULT_SKIP_TYPE, SKIP_TYPES, get_time_steps, half_log_snr,
+                                         times_from_half_log_snr)
+from scoresde.samplers.solver import check_order
+from scoresde.samplers.unipc import DEFAULT_UNIPC_VARIANT
+from scoresde.score import ScoreFn, check_eps, check_shape
 from scoresde.sde_lib import SDE
 from scoresde.utils import check_choice, check_float, check_int
 
@@ -80,14 +83,7 @@ def _check_args(sde: SDE, steps, iterations, line_search_evals, n_samples, refer
     if solver == "sde-dpmsolver++":
         raise ValueError("solver must be a deterministic ODE solver ('dpmsolver++' or 'unipc') for "
                          "optimize_time_grid, got 'sde-dpmsolver++'")
-    _check_order(order)
-
-
-def _times_from_lambda(sde: SDE, lam: List[float], t_ends: torch.Tensor) -> torch.Tensor:
-    """The times of half log-SNRs ``lam`` (float64), with the ends pinned to ``T`` and ``eps``."""
-    t = sde.inverse_log_snr(2.0 * torch.tensor(lam, dtype=torch.float64))
-    t[0], t[-1] = t_ends[0], t_ends[-1]
-    return t
+    check_order(order)
 
 
 def _gaussian_kernel_mean(a: torch.Tensor, b: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
@@ -158,15 +154,15 @@ def optimize_time_grid(sde: SDE, score_fn: ScoreFn, shape, steps: int, *, order:
     def loss_of(lams: List[float]) -> float:
         nonlocal runs
         runs += 1
-        x, _ = fast_sample(sde, score_fn, shape, times=_times_from_lambda(sde, lams, ends), **solver_kwargs)
+        x, _ = fast_sample(sde, score_fn, shape, times=times_from_half_log_snr(sde, lams, ends), **solver_kwargs)
         value = float(loss_fn(x))
         return value if math.isfinite(value) else math.inf
 
-    fits = [_descend(loss_of, (0.5 * sde.log_snr(get_time_steps(sde, steps, eps, name))).tolist(), iterations,
+    fits = [_descend(loss_of, half_log_snr(sde, get_time_steps(sde, steps, eps, name)).tolist(), iterations,
                      line_search_evals) for name in inits]
     best = min(range(len(inits)), key=lambda i: fits[i][1])  # the first of equals
     lam, fitted, initial = fits[best]
-    times = _times_from_lambda(sde, lam, ends)
+    times = times_from_half_log_snr(sde, lam, ends)
     if not return_info:
         return times
     nfe = reference_nfe + runs * (steps + int(bool(denoise)))

@@ -1,4 +1,4 @@
-"""Likelihood bounds (samplers/bounds.py) against exact answers.
+"""Likelihood bounds (``scoresde/likelihood``: elbo.py, chain.py) against exact answers.
 
 Error bars: every bound is a Monte-Carlo estimate; a check "within Z standard errors" uses Z = 4
 (a two-sided false-alarm rate of 6e-5 per comparison) with the standard error of the quantity
@@ -12,7 +12,7 @@ spread over those points ``/ sqrt(M)``. Closed-form parts (prior KL, Gaussian da
   ``½ |c|^2 ∫ g^2 / sigma_t^2 dt = ½ |c|^2 Z`` (Girsanov; the cross term averages to zero over ``x``).
 - DDPM VLB: Gaussian data ``N(m, s^2 I)`` with the exact score of every chain level makes every reverse
   step linear, so ``p_theta(x)`` is Gaussian and each VLB term's expectation is a closed form (below,
-  written from DDPM's tables, independently of samplers/bounds.py).
+  written from DDPM's tables, independently of scoresde/likelihood/chain.py).
 """
 import math
 
@@ -22,7 +22,7 @@ import torch
 from gmm_utils import gen, make_test_mixture
 from scoresde.samplers import (bits_per_dim, bits_per_dim_bound, ddpm_vlb, discretized_gaussian_log_likelihood, elbo,
                       iw_bound, iw_from_log_weights, iw_log_weights, vlb_terms)
-from scoresde.samplers.bounds import default_decoder_std, prior_kl
+from scoresde.likelihood.chain import default_decoder_std, prior_kl
 from scoresde.sde_lib import VESDE, VPSDE, subVPSDE
 
 F64 = torch.float64

@@ -1,4 +1,4 @@
-"""Checks of the few-step samplers (``samplers.fast``: multistep DPM-Solver++ and DDIM) against exact answers.
+"""Checks of the few-step samplers (DPM-Solver++ and DDIM: ``samplers.dpm_solver``, ``ddim``) against exact answers.
 
 - Gaussian data ``N(mu, s^2 I)``: the probability-flow ODE is affine, ``x_t = alpha_t mu + sqrt(v_t) w``
   with ``v_t = alpha_t^2 s^2 + sigma_t^2`` and ``w`` constant along the flow (``dv/dt = 2 f v + g^2``), so

@@ -24,7 +24,7 @@ from scoresde import sde_lib
 from gmm_utils import assert_matches_mixture, gen, make_test_mixture, reference_sample, shared_time_score
 from scoresde.models import PARAMETERIZATIONS, get_score_fn
 from scoresde.samplers import edm_sample, fast_sample, karras_sigmas, log_likelihood, ode_sample, pc_sample
-from scoresde.samplers.common import CountingScore
+from scoresde.score import CountingScore
 from scoresde.sde_lib import EDMSDE, GaussianMixture, RectifiedFlow, VESDE, VPSDE, CosineVPSDE, subVPSDE
 from scoresde.sde_lib import predictions
 from scoresde.sde_lib.predictions import PREDICTIONS, PathCoeffs

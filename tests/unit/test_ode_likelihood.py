@@ -16,7 +16,7 @@ from gmm_utils import (
     assert_matches_mixture, gen, make_test_mixture, reference_sample, shared_time_score,
 )
 from scoresde.samplers import bits_per_dim, log_likelihood, ode_encode, ode_sample, pc_sample
-from scoresde.samplers.common import CountingScore
+from scoresde.score import CountingScore
 from scoresde.sde_lib import GaussianMixture, VESDE, VPSDE, subVPSDE
 
 MIX = make_test_mixture()
@@ -197,7 +197,7 @@ def test_scaled_state_is_the_same_integral(points, sde_name):
 
 
 def test_adams_solver_closed_forms():
-    from scoresde.samplers.ode import integrate
+    from scoresde.integrate import integrate
     # y' = 1 + 2 t: the Adams-Moulton corrector integrates a linear derivative exactly at every order
     # (from the trapezoid rule of the first step on), whatever the step sizes: y(1) = y(0) + 2.
     y0 = torch.zeros(3, 1, dtype=F64)

@@ -23,7 +23,7 @@ from gmm_utils import (
     assert_matches_mixture, gen, make_test_mixture, reference_sample, shared_time_score,
 )
 from scoresde.samplers import PREDICTORS, Predictor, pc_sample, register_predictor
-from scoresde.samplers.common import CountingScore
+from scoresde.score import CountingScore
 from scoresde.sde_lib import VESDE, VPSDE, subVPSDE
 
 N_SAMPLES = 3000

@@ -15,7 +15,7 @@ from scoresde import samplers
 from scoresde.samplers import (
     check_pc_options, ddim_sample, fast_sample, get_time_steps, log_likelihood, ode_encode, ode_sample, pc_sample,
 )
-from scoresde.samplers.common import CountingScore
+from scoresde.score import CountingScore
 from scoresde.samplers.correctors import LangevinCorrector
 from scoresde.sde_lib import VPSDE, GaussianMixture
 from scoresde.utils import check_choice, check_float, check_int, check_positive

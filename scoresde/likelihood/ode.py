@@ -20,8 +20,8 @@ from typing import Callable, Tuple
 
 import torch
 
-from scoresde.samplers.common import CountingScore, ScoreFn, check_eps
-from scoresde.samplers.ode import check_input, check_solver, integrate, time_like
+from scoresde.integrate import check_solver, integrate, time_like
+from scoresde.score import CountingScore, ScoreFn, check_eps, check_input
 from scoresde.sde_lib import SDE
 from scoresde.utils import append_dims, batch_sum, check_choice, check_int
 
@@ -48,13 +48,12 @@ def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, trace: str = "e
     come back in float32 and ``score_fn`` sees float32 ``x``. ``prior_logp`` replaces
     ``sde.prior_logp``, e.g. with a known exact ``log p_T``. Solvers and ``steps`` as in ``ode_sample``;
     ``nfe`` counts score evaluations (one per ODE function evaluation, whatever the trace). A score of
-    the wrong shape or a NaN / infinite one raises ``ValueError`` (see ``samplers.common.CountingScore``).
+    the wrong shape or a NaN / infinite one raises ``ValueError`` (see ``scoresde.score.CountingScore``).
     ``method="adams"`` (adaptive Adams predictor-corrector, one evaluation per step; the default of the
     configs' ``eval.method``, while this function keeps dopri5, its documented default) is more accurate
-    than dopri5 at the same tolerance in fewer evaluations; at ``rtol = atol = 1e-3`` it is within 1e-3
-    nats of the exact value in 41-60 evaluations on exact-score mixtures where dopri5 needs 56-134
-    (``bench/likelihood.py``). ``scale_state`` integrates ``x / s_t``
-    instead of ``x`` (module docstring); ``None`` means on for ``"adams"``, off otherwise.
+    than dopri5 at the same tolerance in fewer evaluations (``bench/likelihood.py``; measured in
+    ``docs/likelihoods.md``). ``scale_state`` integrates ``x / s_t`` instead of ``x`` (module
+    docstring); ``None`` means on for ``"adams"``, off otherwise.
     """
     counting = CountingScore(score_fn, "log_likelihood")
     check_choice("trace", trace, TRACES)
@@ -184,25 +183,3 @@ def hutchinson_divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Te
         vjp = torch.autograd.grad(drift, x, grad_outputs=probes[p], retain_graph=p < probes.shape[0] - 1)[0]
         total = total + batch_sum(vjp * probes[p])
     return total / probes.shape[0]
-
-
-def bits_per_dim(logp: torch.Tensor, dim: int, num_levels: int = 256, centered: bool = False,
-                 log_det: float | None = None) -> torch.Tensor:
-    """Bits per dimension of ``K = num_levels``-level data from the model's ``log p(x)`` (nats).
-
-    The data ``v`` are dequantised to ``y = (v + u) / K`` in ``[0, 1]^D`` and scaled to the model's
-    ``x = 2y - 1`` (``centered``) or ``x = y``; with ``log_det = log|det dx/dy|`` (``D log 2`` or 0,
-    or pass it explicitly for another scaler), ``log p(y) = log p(x) + log_det`` and the discrete
-    ``log P(v) >= log p(y) - D log K`` (Theis et al. 2016), so::
-
-        bpd = -(log p(x) + log_det - D log K) / (D log 2)
-
-    For ``K = 256`` this is score_sde's ``-log p(x) / (D ln 2) + 7`` (centered) or ``+ 8``.
-    """
-    check_int("dim", dim, minimum=1)
-    check_int("num_levels", num_levels, minimum=2)
-    if log_det is None:
-        log_det = dim * math.log(2.0) if centered else 0.0
-    elif centered:
-        raise ValueError("pass either centered=True or log_det, not both")
-    return -(logp + log_det - dim * math.log(num_levels)) / (dim * math.log(2.0))

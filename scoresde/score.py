@@ -1,5 +1,6 @@
-"""Set-up shared by every sampler: argument checks, the initial noise, Tweedie's denoising step,
-score-evaluation counting and progress bars."""
+"""What every sampler and likelihood shares, below both: the score function's type and its checked,
+counting wrapper (``CountingScore``), the argument checks of ``eps``, ``shape`` and data ``x``, the initial
+noise, Tweedie's denoising step, Gaussian noise draws and progress bars."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scoresde.sde_lib import SDE
-from scoresde.utils import append_dims, check_float
+from scoresde.utils import append_dims, check_finite, check_float
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -106,6 +107,16 @@ def check_shape(shape) -> Tuple[int, ...]:
     return shape
 
 
+def check_input(x) -> None:
+    """``x`` must be a finite floating-point tensor shaped ``(B, ...)`` with ``B >= 1``."""
+    if not torch.is_tensor(x) or x.ndim < 2 or x.numel() == 0:
+        raise ValueError(f"x must be a tensor of shape (B, ...) with at least 2 dims and no empty dim, got "
+                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    check_finite("x", x)
+
+
 def initial_noise(sde: SDE, shape, z: torch.Tensor | None = None, device=None, generator=None,
                   dtype: torch.dtype | None = None) -> torch.Tensor:
     """The starting point at ``T``: the given latent ``z`` (checked) or a draw from the prior."""
@@ -135,3 +146,8 @@ def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, t: torch.Tenso
 def progress_iter(iterable: Iterable, enabled: bool, desc: str, total: int | None = None):
     """A tqdm bar when ``enabled``, the plain iterable otherwise."""
     return tqdm(iterable, desc=desc, total=total, leave=False) if enabled else iterable
+
+
+def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, on its device and dtype, drawn from ``generator``."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
