@@ -209,7 +209,7 @@ def test_second_trainer_fails_at_once_eval_runs_beside_and_sigterm_exits_143(tmp
 
 def test_the_lock_dies_with_its_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, '.');"
-                               "from training.workdir import WorkdirLock;"
+                               "from scoresde.run.workdir import WorkdirLock;"
                                f"lock = WorkdirLock({str(tmp_path)!r}).__enter__(); print('locked', flush=True);"
                                "time.sleep(600)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
