@@ -4,7 +4,7 @@ inpainting error against method, resampling and NFE.
     python -m bench.controllable              # ~5 min on 2 CPU cores
     python -m bench.controllable --quick      # fewer samples and settings, ~1 min
 
-Data: the labelled 2-D mixture of ``tests/test_guidance.py`` (six components, three overlapping
+Data: the labelled 2-D mixture of ``tests/unit/test_guidance.py`` (six components, three overlapping
 classes; the Bayes accuracy of the exact ``p_0(y | x)`` is 0.976) under the VP SDE. Scores are exact, so
 only the sampler and the guidance rule are measured.
 

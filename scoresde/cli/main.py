@@ -8,7 +8,7 @@
 ``<workdir>/samples/samples.npz`` and a PNG; ``--mode inpaint`` / ``colorize`` write
 ``<workdir>/inpaint/`` / ``colorize/``. For several processes launch with ``torchrun``.
 
-The config stops here: ``training.factory.options_from_config`` validates every field and turns the
+The config stops here: ``scoresde.cli.factory.options_from_config`` validates every field and turns the
 config into plain options, which the modes take.
 """
 from __future__ import annotations

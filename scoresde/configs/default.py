@@ -155,7 +155,7 @@ def _eval() -> ml_collections.ConfigDict:
     e.sample_quality = False       # images: FD, KID, precision / recall of eval.quality_samples samples (the config's sampler)
     e.quality_samples = 300        # sample quality: samples drawn (the held-out items are the reference)
     e.inception_weights = ""       # sample quality, non-digit images: Inception weights file ("" = torch hub cache)
-    # likelihood bounds (samplers/bounds.py), each with its standard error, NFE and time, in bpd / nll units
+    # likelihood bounds (scoresde/likelihood/), each with its standard error, NFE and time, in bpd / nll units
     e.bounds = ""                  # comma-separated: elbo (continuous-time models) | vlb | iw (the N-level chain) | all (every one that applies); "" = none
     e.bound_items = 100            # bounds: held-out items used, the first n of eval.num_samples (0 = all)
     e.bound_rows = 2048            # bounds: most rows (items x draws or paths) per score call
@@ -170,7 +170,7 @@ def _eval() -> ml_collections.ConfigDict:
 
 def get_default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.seed = 42               # every random stream of a run derives from it (training/streams.py)
+    config.seed = 42               # every random stream of a run derives from it (scoresde/data/streams.py)
     config.device = "auto"         # auto | cpu | cuda
     config.training = _training()
     config.data = _data()

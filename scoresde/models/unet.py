@@ -5,7 +5,7 @@ class with other settings): the arguments decide the architecture. DDPM++ has a 
 embedding, no FIR and no input pyramid; NCSN++ a Fourier embedding of ``log sigma``, FIR resampling
 and a residual input pyramid. Every argument is required: the defaults, with the paper's CIFAR-10
 values, live in one place, ``configs/default.py`` (``use_ddpmpp`` / ``use_ncsnpp`` select a flavour;
-``training.factory.network_defaults(name)`` gives them as keyword arguments).
+``scoresde.cli.factory.network_defaults(name)`` gives them as keyword arguments).
 
 The network is a pure function of ``(x, noise_label, cond)``: data scaling and the VE ``1/sigma``
 output scaling live in the score wrapper.

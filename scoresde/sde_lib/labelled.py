@@ -1,5 +1,5 @@
 """Labelled Gaussian mixtures and exact conditionals: the closed forms controllable generation is
-checked against (``tests/test_guidance.py``, ``tests/test_inpaint.py``, ``bench/controllable.py``).
+checked against (``tests/unit/test_guidance.py``, ``tests/unit/test_inpaint.py``, ``bench/controllable.py``).
 
 Each class ``y`` owns a subset of the components, so under a linear SDE (``x_t = alpha_t x_0 + sigma_t z``)
 

@@ -1,6 +1,6 @@
 """``--mode eval`` with likelihood bounds (``config.eval.bounds``): the keys it writes and prints, the config
 errors for a bound that does not apply, and determinism given ``config.seed``. The bounds' correctness
-against closed forms is ``tests/test_bounds.py``; here the models are tiny and barely trained, and the
+against closed forms is ``tests/unit/test_bounds.py``; here the models are tiny and barely trained, and the
 sizes are the smallest that exercise every path."""
 import json
 import math

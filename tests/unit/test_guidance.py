@@ -10,7 +10,7 @@ t = 0, 0.79 at t = 0.2). Under the VP SDE ``p_t(x | y)``, ``p_t(x)`` and ``p_t(y
   (the autograd gradient of the exact classifier; measured 2e-15);
 - samples at scale 1 are compared with a fresh draw of ``p(x | y)`` by ``tests/gmm_utils`` (mode weights,
   per-mode means and covariances within Z = 4 standard errors of the difference, MMD^2 within 4
-  permutation standard deviations), with the discretisation allowance of ``tests/test_fast_sampler.py``
+  permutation standard deviations), with the discretisation allowance of ``tests/unit/test_fast_sampler.py``
   for the 20-step solver. With exact components CFG and classifier guidance are the same function, so the
   two guided samplers must give the same samples from the same noise (checked to 1e-4, float32 round-off
   over up to 1000 steps);
@@ -111,8 +111,8 @@ def test_classifier_guidance_under_inference_mode_and_grad_mode():
 VP_PC = sde_lib.VPSDE(N=500)
 VP = sde_lib.VPSDE()
 SAMPLERS = {
-    # discretisation bias at these settings is below one standard error: tests/test_pc_sampler.py and
-    # tests/test_fast_sampler.py (the 20-step solver's allowance is theirs)
+    # discretisation bias at these settings is below one standard error: tests/unit/test_pc_sampler.py and
+    # tests/unit/test_fast_sampler.py (the 20-step solver's allowance is theirs)
     "pc": (lambda score, n, seed: pc_sample(VP_PC, score, (n, 2), generator=gen(seed)), 0.0),
     "ode": (lambda score, n, seed: ode_sample(VP, score, (n, 2), generator=gen(seed)), 0.0),
     "fast": (lambda score, n, seed: fast_sample(VP, score, (n, 2), steps=20, generator=gen(seed)),

@@ -4,7 +4,7 @@
 - Product-form data (independent coordinates): the replacement method is exact, so the missing
   coordinate must follow its own marginal whatever the known value: per-mode weights, means, variances
   within Z = 4 standard errors of a fresh draw and the MMD test (``tests/gmm_utils``), N = 500 steps
-  (the PC discretisation bias is below one standard error there, ``tests/test_pc_sampler.py``).
+  (the PC discretisation bias is below one standard error there, ``tests/unit/test_pc_sampler.py``).
 - A correlated mixture: the exact conditional is again a mixture; the error of a sampler is the
   Kolmogorov-Smirnov distance between its samples and the exact conditional CDF. Under the null (exact
   samples) ``sqrt(n) KS`` follows Kolmogorov's law: mean 0.87, 99th percentile 1.63, so with n = 8000 an

@@ -206,4 +206,4 @@ def test_loss_arguments_are_checked():
         dsm_loss(sde, score_fn, x0, z=torch.zeros(3, D))
     with pytest.raises(ValueError, match="unknown loss 'l1'"):
         get_loss_fn("l1")
-    assert {"ddpm", "dsm", "smld"} <= set(LOSSES.names())  # + flow / v / edm (tests/test_flow_edm.py)
+    assert {"ddpm", "dsm", "smld"} <= set(LOSSES.names())  # + flow / v / edm (tests/unit/test_flow_edm.py)

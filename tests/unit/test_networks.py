@@ -1,4 +1,4 @@
-"""Checks of the score networks (MLP, DDPM++/NCSN++ U-Net) and their layers (the EMA: tests/test_ema.py)."""
+"""Checks of the score networks (MLP, DDPM++/NCSN++ U-Net) and their layers (the EMA: tests/unit/test_ema.py)."""
 import itertools
 import math
 

@@ -1,4 +1,4 @@
-"""Sample-quality metrics (training/sample_quality.py) against closed forms and their definitions.
+"""Sample-quality metrics (scoresde/evaluate/metrics.py) against closed forms and their definitions.
 
 Error bars: Monte-Carlo checks use Z = 4 standard errors of the quantity compared (the spread of R
 independent estimates / sqrt(R)); k-NN manifold checks allow the estimator's boundary effect, a

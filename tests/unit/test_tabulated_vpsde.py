@@ -1,5 +1,5 @@
 """Checks of ``sde_lib.TabulatedVPSDE`` (a VP process from any DDPM beta table) and of the few-step
-samplers' explicit ``times`` grid. No diffusers needed (tests/test_diffusers_interop.py compares with it)."""
+samplers' explicit ``times`` grid. No diffusers needed (tests/unit/test_diffusers_interop.py compares with it)."""
 import math
 
 import pytest
