@@ -1,7 +1,9 @@
 """Checkpoints: atomic writes, integrity checks, strict loads, retention and RNG state.
 
 ``<workdir>/checkpoints/checkpoint_00001000.pt`` is a ``torch.save``d dict of tensors and plain
-containers only, so ``torch.load(weights_only=True)`` reads it. It is written to a temporary file in
+containers only, so ``torch.load(weights_only=True)`` reads it. Besides the weights and training state
+it holds the run's options (``"options"``: ``RunOptions.to_json``, what later runs read back) and its
+resolved config (``"config"``: the record for people). It is written to a temporary file in
 the same folder, fsynced and renamed; then its SHA-256 goes into ``checkpoint_00001000.pt.sha256`` the
 same way. A checkpoint whose sidecar is missing or does not match (a write that never finished, a
 truncated or damaged file) is reported by name and the previous one is used. A readable checkpoint
@@ -28,8 +30,9 @@ from scoresde.run.distributed import DistContext, all_gather_cat
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "loader", "rng", "meta", "config")
+FORMAT_VERSION = 2          # 1: before checkpoints stored their options
+CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "loader", "rng", "meta", "options", "config")
+UPGRADE_COMMAND = "python -m scoresde.cli.upgrade --workdir <workdir>"
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 _TMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
@@ -153,6 +156,9 @@ def read_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise CorruptCheckpointError(f"{path}: cannot be read: {err}") from err
+    if isinstance(state, dict) and state.get("format") == 1 and "options" not in state:
+        raise ValueError(f"{path} was written before checkpoints stored their options (format 1); add them "
+                         f"with {UPGRADE_COMMAND}")
     check_keys(state, CHECKPOINT_KEYS, str(path))
     if state["format"] != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {state['format']!r}, this code reads {FORMAT_VERSION}")

@@ -1,83 +1,97 @@
-"""Which config fields may differ between a checkpoint and the run that reads it.
+"""Which options may differ between a checkpoint and the run that reads it.
 
-Every checkpoint carries the resolved config it was trained with. When a run reads a checkpoint
-(resume, eval, sample) the two are compared, field by field, in three tiers:
+Every checkpoint stores the options it was trained with (``RunOptions.to_json``). When a run reads a
+checkpoint (resume, eval, sample) the stored and the requested options are compared, leaf by leaf
+(``sde.kwargs.N``, ``optim.lr``, ...), in three tiers:
 
-- **model fields** define what the weights mean: the process and its parameters, ``N``, continuous or
-  discrete labels, the output parameterisation, the network's architecture, the data set and its
-  scaling. They must match in every mode, else a ``ValueError`` lists each differing field with its
-  stored and requested value.
-- **free fields** may change from run to run: iterations, frequencies and retention, logging, GPU
-  switches, the device, the data location, and every sampling and evaluation setting. Changes are
-  logged.
-- everything else is the **training recipe** (loss and its weighting, optimiser, batch size, EMA
-  rate, seed, data draws and augmentation): it must match to resume training (a resumed run would
-  silently follow another recipe); eval and sample only log a change.
+- **model** leaves define what the weights mean. They are read off the options themselves, as the
+  constructors take them: the process (``SDEOptions``: its name and every argument), the network's
+  constructor (``NetworkOptions.name`` and ``kwargs``) and the arguments of its score
+  (``NetworkOptions.score_kwargs``: continuous labels, parameterisation, ``scale_by_sigma``,
+  ``sigma_data``), the data set and its scaling. They must match in every mode, else a ``ValueError``
+  lists each differing leaf with its stored and requested value.
+- **free** leaves may change from run to run: iterations, frequencies and retention, logging, GPU
+  switches, threads, the device, the data location and held-out size, a pretrained model, and every
+  sampling and evaluation setting. Changes are logged.
+- everything else is the **training recipe** (loss and its weighting, optimiser, batch size, EMA rate,
+  seed, label dropout, data draws and augmentation): it must match to resume training (a resumed run
+  would silently follow another recipe); eval and sample only log a change.
 """
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import fields, is_dataclass
+from typing import Mapping
 
-from scoresde.cli.schema import NETWORK_ARGS, SDE_ARGS, schema_fields
+from scoresde.run.options import RunOptions
 
 logger = logging.getLogger(__name__)
 
-FREE_FIELDS = frozenset({
-    "device", "data.root", "training.n_iters", "training.log_freq", "training.eval_freq",
-    "training.checkpoint_freq", "training.snapshot_freq", "training.keep_last", "training.snapshot_sampling",
-    "training.snapshot_num_samples", "training.progress_bar", "training.tensorboard", "training.bf16",
-    "training.compile", "training.channels_last", "training.tf32", "training.max_nonfinite_steps",
-    "training.exit_zero_on_signal", "training.threads",
-})
-FREE_SECTIONS = ("sampling.", "eval.")
-_MODEL_ALWAYS = ("training.sde", "training.continuous", "model.name", "model.parameterization",
-                 "model.scale_by_sigma", "model.sigma_data", "data.dataset", "data.centered")
+# Leaves (exact paths, or prefixes ending in ".") that may change between runs.
+FREE = ("device", "data.root", "data.num_test", "network.pretrained", "network.pretrained_config",
+        "train.n_iters", "train.log_freq", "train.eval_freq", "train.checkpoint_freq", "train.snapshot_freq",
+        "train.keep_last", "train.snapshot_sampling", "train.snapshot_num_samples", "train.progress_bar",
+        "train.tensorboard", "train.accel.", "train.threads", "train.max_nonfinite_steps",
+        "train.exit_zero_on_signal", "sampler.", "eval.")
 
 
-def model_fields(fields: dict) -> list[str]:
-    """The fields that define the model of a config (flattened ``fields``)."""
-    sde, network = fields.get("training.sde"), fields.get("model.name")
-    return [*_MODEL_ALWAYS, *SDE_ARGS.get(sde, {}).values(), *NETWORK_ARGS.get(network, {}).values()]
+class Absent:
+    """A leaf one side does not have (another process's arguments, a field added since)."""
+
+    def __repr__(self) -> str:
+        return "absent"
 
 
-def is_free(path: str) -> bool:
-    return path in FREE_FIELDS or path.startswith(FREE_SECTIONS)
+ABSENT = Absent()
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """``{"training": {"sde": ...}}`` -> ``{"training.sde": ...}``, lists as tuples (JSON has no tuples)."""
+def leaves(value, prefix: str = "") -> dict:
+    """``{"sde.kwargs.N": 1000, ...}``: every leaf of option objects and mappings by its dotted path
+    (tuples are leaves; the resolved config text is not an option)."""
+    if is_dataclass(value):
+        items = [(f.name, getattr(value, f.name)) for f in fields(value) if f.compare]
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        return {prefix[:-1]: value}
     out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    for key, item in items:
+        out.update(leaves(item, f"{prefix}{key}."))
     return out
 
 
+def model_leaves(options: RunOptions) -> dict:
+    """The leaves that define the model: what builds the process, the network and its score, and the
+    data they were trained on."""
+    network = options.network
+    return {**leaves(options.sde, "sde."),
+            **leaves({"name": network.name, "kwargs": network.kwargs}, "network."),
+            **leaves(network.score_kwargs, "network."),
+            "data.dataset": options.data.dataset, "data.centered": options.data.centered}
+
+
+def is_free(path: str) -> bool:
+    return any(path == entry or (entry.endswith(".") and path.startswith(entry)) for entry in FREE)
+
+
 def _differences(stored: dict, requested: dict, paths) -> list[str]:
-    """``"path: checkpoint <value>, requested <value>"`` for each differing path (a field an older
-    checkpoint did not record counts as its default)."""
-    defaults = schema_fields()
-    before = {p: stored.get(p, defaults.get(p)) for p in paths}
-    return [f"{p}: checkpoint {before[p]!r}, requested {requested.get(p)!r}"
-            for p in paths if before[p] != requested.get(p)]
+    """``"path: checkpoint <value>, requested <value>"`` for each differing path."""
+    pairs = [(p, stored.get(p, ABSENT), requested.get(p, ABSENT)) for p in paths]
+    return [f"{p}: checkpoint {before!r}, requested {after!r}" for p, before, after in pairs if before != after]
 
 
-def check_config_drift(stored_json: str, requested_json: str, what: str, resume: bool) -> None:
-    """Raise ``ValueError`` when the requested config would misread the checkpoint ``what`` (model
-    fields; on ``resume`` also the recipe); log every other change."""
-    stored, requested = flatten(json.loads(stored_json)), flatten(json.loads(requested_json))
-    model = list(dict.fromkeys(model_fields(stored) + model_fields(requested)))
-    recipe = [p for p in schema_fields() if p not in model and not is_free(p) and not p.startswith("model.")]
-    recipe += ["model.ema_rate"]
-    must_match = model + (recipe if resume else [])
-    bad = _differences(stored, requested, must_match)
+def check_options_drift(stored: RunOptions, requested: RunOptions, what: str, resume: bool) -> None:
+    """Raise ``ValueError`` when the requested options would misread the checkpoint ``what`` (model
+    leaves; on ``resume`` also the recipe); log every other change."""
+    before, after = leaves(stored), leaves(requested)
+    model = set(model_leaves(stored)) | set(model_leaves(requested))
+    paths = list(dict.fromkeys([*before, *after]))
+    must_match = [p for p in paths if p in model or (resume and not is_free(p))]
+    bad = _differences(before, after, must_match)
     if bad:
         action = "resume training from" if resume else "use"
         raise ValueError(f"cannot {action} {what}: the config differs from the one it was trained with in "
                          f"{'; '.join(bad)}. Use the training config (or another --workdir)")
-    changed = _differences(stored, requested, [p for p in requested if p not in must_match])
+    changed = _differences(before, after, [p for p in paths if p not in must_match])
     if changed:
-        logger.info("config changes against %s (allowed): %s", what, "; ".join(changed))
+        logger.info("option changes against %s (allowed): %s", what, "; ".join(changed))

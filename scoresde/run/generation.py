@@ -15,6 +15,7 @@ from scoresde.run.checkpoint import atomic_write_bytes
 from scoresde.run.distributed import DistContext, all_gather_cat, shard_range
 from scoresde.run.options import SamplerOptions
 from scoresde.data.pipeline import DataSpec
+from scoresde.evaluate.metrics import digits_classifier
 from scoresde.run.plots import image_grid, scatter_plot
 from scoresde.run.runtime import progress_bar
 
@@ -64,6 +65,23 @@ def sample_stats(samples: torch.Tensor, spec: DataSpec) -> dict:
     if spec.toy is None:
         return {}
     return {"in_support_frac": in_support_fraction(samples.cpu(), spec)}
+
+
+def label_accuracy(samples: torch.Tensor, labels: torch.Tensor, spec: DataSpec) -> dict:
+    """How often a sample is of the class it was drawn for: the exact class (nearest mixture component,
+    dark cell) of toy data, or the digits classifier's prediction (``scoresde/evaluate/metrics.py``)."""
+    finite = torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)
+    if spec.toy is not None:
+        predicted = torch.full_like(labels, -1)
+        predicted[finite] = spec.toy.labels(samples[finite].double())
+        return {"class_accuracy": float((predicted == labels).double().mean()), "class_judge": "exact"}
+    if spec.name == "digits":
+        judge = digits_classifier()
+        predicted = torch.full_like(labels, -1)
+        predicted[finite] = judge.predict(samples[finite])
+        return {"class_accuracy": float((predicted == labels).double().mean()),
+                "class_judge": f"digits classifier (test accuracy {judge.test_accuracy:.4f})"}
+    return {}
 
 
 MAX_ROW_ITEMS = 16          # images per row of a class-conditional grid picture (the .npz keeps them all)

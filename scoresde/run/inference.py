@@ -1,8 +1,9 @@
-"""What ``eval`` and ``sample`` share: the newest checkpoint's EMA weights in a network built from the
-options, and the score function of that network. The training weights are not loaded."""
+"""What ``eval`` and ``sample`` share: the newest checkpoint's EMA weights in the network its stored
+options build, and the score function of that network (or a pretrained model's,
+``scoresde/run/pretrained.py``); and a noise-conditional classifier's for guidance. The training weights
+are not loaded."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,10 @@ from torch import nn
 from scoresde.models import ExponentialMovingAverage, get_logits_fn, get_score_fn, null_label
 from scoresde.sde_lib import SDE
 from scoresde.run.checkpoint import load_latest
-from scoresde.run.drift import check_config_drift
+from scoresde.run.drift import check_options_drift
 from scoresde.run.distributed import DistContext
 from scoresde.run.options import DataOptions, RunOptions
+from scoresde.run.pretrained import load_pretrained
 from scoresde.data.pipeline import DataSpec, spec_from_meta
 from scoresde.run.runtime import accelerated_score_fn, local_processes, resolve_accel, set_threads
 from scoresde.run.workdir import checkpoint_dir
@@ -41,41 +43,82 @@ def _check_dataset(options: DataOptions, meta: dict, path: Path) -> None:
                          f"but config.data.dataset={options.dataset!r} (centered={options.centered})")
 
 
+@dataclass
+class Trained:
+    """The newest checkpoint of a work directory, read: the options it was trained with and its state."""
+
+    options: RunOptions               # stored with it (``RunOptions.from_json``)
+    state: dict                       # ``checkpoint.read_checkpoint``'s dict
+    path: Path
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def read_trained(workdir: str | Path, missing: str) -> Trained:
+    """The newest readable checkpoint of ``workdir``; ``FileNotFoundError`` with ``missing`` (a message
+    with ``{directory}``) when there is none."""
+    directory = checkpoint_dir(workdir)
+    found = load_latest(directory)
+    if found is None:
+        raise FileNotFoundError(missing.format(directory=directory))
+    state, path = found
+    return Trained(options=RunOptions.from_json(state["options"]), state=state, path=path)
+
+
+def ema_network(trained: Trained, device: torch.device) -> nn.Module:
+    """The checkpoint's EMA weights, loaded strictly into the network its stored options build (in eval mode)."""
+    shape = spec_from_meta(trained.state["meta"]).shape
+    ema = ExponentialMovingAverage(trained.options.network.build(shape).to(device))
+    try:
+        ema.load_state_dict(trained.state["ema"])
+    except ValueError as err:
+        raise ValueError(f"{trained.path}: the EMA weights do not match the network built from the config: "
+                         f"{err}") from err
+    return ema.module
+
+
 def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContext) -> Inference:
     """The newest readable checkpoint of ``workdir``; its EMA weights, loaded strictly. With
     ``model.pretrained``, that model instead (``scoresde/run/pretrained.py``)."""
     if options.network.pretrained is not None:
-        from scoresde.run.pretrained import load_pretrained
-        return load_pretrained(options, ctx)
-    directory = checkpoint_dir(workdir)
-    found = load_latest(directory)
-    if found is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}; run --mode train first")
-    state, path = found
-    check_config_drift(state["config"], options.config_json, str(path), resume=False)
-    if options.loss.is_classifier:
+        return pretrained_inference(options, ctx)
+    trained = read_trained(workdir, "no checkpoint in {directory}; run --mode train first")
+    path = trained.path
+    check_options_drift(trained.options, options, str(path), resume=False)
+    if trained.options.loss.is_classifier:
         raise ValueError(f"{path} holds a noise-conditional classifier: it has no score to sample from or "
                          f"likelihood to evaluate; use it through sampling.classifier_workdir")
-    _check_dataset(options.data, state["meta"], path)
-    data = spec_from_meta(state["meta"])
-    ema = ExponentialMovingAverage(options.network.build(data.shape).to(ctx.device))
-    try:
-        ema.load_state_dict(state["ema"])
-    except ValueError as err:
-        raise ValueError(f"{path}: the EMA weights do not match the network built from the config: {err}") from err
+    _check_dataset(options.data, trained.state["meta"], path)
+    module = ema_network(trained, ctx.device)
     if ctx.device.type == "cpu":
         set_threads(options.train.threads, local_processes())
     sde = options.sde.build()
-    logger.info("loaded EMA weights of step %d from %s", state["step"], path)
+    logger.info("loaded EMA weights of step %d from %s", trained.step, path)
     accel = resolve_accel(ctx.device, options.train.accel)
-    network = torch.compile(ema.module) if accel.compile else ema.module
+    network = torch.compile(module) if accel.compile else module
 
     def score_with(cond: torch.Tensor | None):
         score_fn = get_score_fn(sde, network, train=False, cond=cond, **options.network.score_kwargs)
         return accelerated_score_fn(score_fn, accel, ctx.device)
 
-    return Inference(sde=sde, model=ema.module, score_fn=marginal_score(options, score_with), data=data,
-                     step=int(state["step"]), checkpoint=path, score_with=score_with)
+    return Inference(sde=sde, model=module, score_fn=marginal_score(options, score_with),
+                     data=spec_from_meta(trained.state["meta"]), step=trained.step, checkpoint=path,
+                     score_with=score_with)
+
+
+def pretrained_inference(options: RunOptions, ctx: DistContext) -> Inference:
+    """``Inference`` of the model ``model.pretrained`` names (step 0: it was not trained here)."""
+    loaded = load_pretrained(options, ctx)
+
+    def score_with(cond: torch.Tensor | None):
+        if cond is None:
+            return loaded.score_fn
+        return lambda x, t: loaded.score_fn(x, t, cond)
+
+    return Inference(sde=loaded.sde, model=loaded.model, score_fn=loaded.score_fn, data=loaded.data, step=0,
+                     checkpoint=loaded.path, score_with=score_with)
 
 
 def marginal_score(options: RunOptions, score_with: Callable) -> Callable:
@@ -112,39 +155,12 @@ class LoadedClassifier:
     checkpoint: Path
 
 
-def options_from_stored(config_json: str) -> RunOptions:
-    """The options of a run from the config stored in its checkpoint (fields a newer schema added keep
-    their defaults)."""
-    import ml_collections
-    from scoresde.configs.default import get_default_config
-    from scoresde.cli.factory import options_from_config
-
-    config = get_default_config()
-
-    def overlay(target: ml_collections.ConfigDict, values: dict) -> None:
-        for key, value in values.items():
-            if key not in target:
-                continue
-            if isinstance(target[key], ml_collections.ConfigDict):
-                overlay(target[key], value)
-            else:
-                target[key] = tuple(value) if isinstance(value, list) else value
-
-    with config.unlocked():
-        overlay(config, json.loads(config_json))
-    return options_from_config(config)
-
-
 def load_classifier(workdir: str | Path, options: RunOptions, ctx: DistContext) -> LoadedClassifier:
     """The EMA weights of the noise-conditional classifier trained in ``workdir``, as ``logits_fn(x, t)``.
     It must have been trained on the same data and process as the score model it guides."""
-    directory = checkpoint_dir(workdir)
-    found = load_latest(directory)
-    if found is None:
-        raise FileNotFoundError(f"config.sampling.classifier_workdir: no checkpoint in {directory}; train a "
-                                f"classifier there first (training.loss='classifier')")
-    state, path = found
-    stored = options_from_stored(state["config"])
+    trained = read_trained(workdir, "config.sampling.classifier_workdir: no checkpoint in {directory}; train a "
+                                    "classifier there first (training.loss='classifier')")
+    stored, path = trained.options, trained.path
     if not stored.loss.is_classifier:
         raise ValueError(f"config.sampling.classifier_workdir: {path} holds a {stored.loss.name!r} model, not a "
                          f"classifier (training.loss='classifier')")
@@ -152,14 +168,12 @@ def load_classifier(workdir: str | Path, options: RunOptions, ctx: DistContext) 
         raise ValueError(f"config.sampling.classifier_workdir: the classifier {path} was trained on "
                          f"{stored.data.dataset!r} (centered={stored.data.centered}), the score model on "
                          f"{options.data.dataset!r} (centered={options.data.centered})")
-    if (stored.sde.name, dict(stored.sde.kwargs)) != (options.sde.name, dict(options.sde.kwargs)):
+    if stored.sde != options.sde:
         raise ValueError(f"config.sampling.classifier_workdir: the classifier {path} was trained on the process "
                          f"{stored.sde.name} {dict(stored.sde.kwargs)}, the score model on {options.sde.name} "
                          f"{dict(options.sde.kwargs)}; they must match")
-    data = spec_from_meta(state["meta"])
-    ema = ExponentialMovingAverage(stored.network.build(data.shape).to(ctx.device))
-    ema.load_state_dict(state["ema"])
-    logger.info("loaded the classifier's EMA weights of step %d from %s", state["step"], path)
-    logits_fn = get_logits_fn(stored.sde.build(), ema.module, train=False, continuous=stored.network.continuous)
-    return LoadedClassifier(logits_fn=logits_fn, num_classes=stored.network.num_classes, step=int(state["step"]),
+    module = ema_network(trained, ctx.device)
+    logger.info("loaded the classifier's EMA weights of step %d from %s", trained.step, path)
+    logits_fn = get_logits_fn(stored.sde.build(), module, train=False, continuous=stored.network.continuous)
+    return LoadedClassifier(logits_fn=logits_fn, num_classes=stored.network.num_classes, step=trained.step,
                             checkpoint=path)

@@ -4,10 +4,15 @@ evaluation, training loop), built once from the config by ``scoresde/cli/factory
 
 Each object builds what it describes (``SDEOptions.build()``, ``NetworkOptions.build(shape)``, ...), so
 the mapping from a name to a constructor and its arguments lives next to the values it uses.
+
+``RunOptions.to_json()`` / ``RunOptions.from_json(text)`` write and read them as plain JSON (what a
+checkpoint stores), exactly: tuples come back as tuples and keyword mappings as read-only mappings.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -87,7 +92,7 @@ def shape_kwargs(data_shape: tuple) -> dict:
 # ---------------------------------------------------------------------------------------- loss
 @dataclass(frozen=True)
 class LossOptions:
-    name: str                      # dsm | ddpm | smld
+    name: str                      # a name in train.losses.LOSSES: dsm | ddpm | smld | v | flow | edm | classifier
     kwargs: Mapping                # the loss function's arguments (reduce, weighting, eps)
     noise_kwargs: Mapping          # the matching noise drawer's arguments
 
@@ -291,8 +296,8 @@ class TrainOptions:
 # ---------------------------------------------------------------------------------------- a run
 @dataclass(frozen=True)
 class RunOptions:
-    """Everything a mode needs, as plain values; ``config_json`` is the resolved config, stored with
-    checkpoints and results."""
+    """Everything a mode needs, as plain values. ``config_json`` is the resolved config, a record for
+    people stored with checkpoints and results: not part of the options' JSON nor of their equality."""
 
     seed: int
     device: str                    # auto | cpu | cuda
@@ -304,4 +309,60 @@ class RunOptions:
     sampler: SamplerOptions
     eval: EvalOptions
     train: TrainOptions
-    config_json: str = "{}"
+    config_json: str = field(default="{}", compare=False)
+
+    def to_json(self) -> str:
+        """The options as JSON (``config_json`` left out); ``from_json`` reads it back equal."""
+        plain = to_plain(self, "options")
+        del plain["config_json"]
+        return json.dumps(plain, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunOptions":
+        """The options ``to_json`` wrote; ``ValueError`` names a field that is unknown, missing or of the
+        wrong form. Fields added since (those with defaults) take their defaults."""
+        return from_plain(cls, json.loads(text), "options")
+
+
+# ---------------------------------------------------------------------------------------- JSON
+def to_plain(value, path: str):
+    """``value`` as JSON's types: option objects and mappings as objects (string keys), tuples as
+    arrays. Anything ``from_plain`` would not give back equal (a list, a set, an object) is a ``ValueError``."""
+    if is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name), f"{path}.{f.name}") for f in fields(value)}
+    if isinstance(value, Mapping):
+        if not all(isinstance(key, str) for key in value):
+            raise ValueError(f"{path} must have string keys to be stored as JSON, got {list(value)!r}")
+        return {key: to_plain(item, f"{path}.{key}") for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [to_plain(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"{path} must be None, a bool, number, string, tuple or mapping of those to be stored as "
+                     f"JSON, got {type(value).__name__} {value!r}")
+
+
+def from_plain(cls: type, data, path: str):
+    """The option object ``cls`` from ``to_plain``'s output."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be a JSON object of {cls.__name__}'s fields, got {data!r}")
+    known = {f.name: f for f in fields(cls) if f.init}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {unknown}; {cls.__name__} has {list(known)}")
+    missing = [name for name, f in known.items()
+               if name not in data and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ValueError(f"{path}: missing fields {missing} of {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: from_plain(hints[name], value, f"{path}.{name}") if is_dataclass(hints[name])
+                  else plain_value(value) for name, value in data.items()})
+
+
+def plain_value(value):
+    """A JSON value as options hold it: arrays as tuples, objects as read-only mappings."""
+    if isinstance(value, list):
+        return tuple(plain_value(item) for item in value)
+    if isinstance(value, dict):
+        return frozen_mapping({key: plain_value(item) for key, item in value.items()})
+    return value

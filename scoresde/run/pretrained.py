@@ -9,21 +9,31 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-import torch
+from torch import nn
 
 from scoresde.models import get_score_fn
 from scoresde.models.score_sde_import import load_score_sde_checkpoint, score_sde_score_kwargs, sde_from_score_sde_config
 from scoresde.data.datasets import ITEM_SHAPES, NUM_CLASSES, NUM_LEVELS
 from scoresde.run.distributed import DistContext
-from scoresde.run.inference import Inference
 from scoresde.run.options import RunOptions
-from scoresde.data.pipeline import spec_from_meta
+from scoresde.data.pipeline import DataSpec, spec_from_meta
 from scoresde.run.runtime import local_processes, set_threads
+from scoresde.sde_lib import SDE
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass
+class Pretrained:
+    sde: SDE                          # the process the model comes with
+    model: nn.Module
+    score_fn: Callable                # score_fn(x, t) or, for a class-conditional model, score_fn(x, t, cond)
+    data: DataSpec                    # tensor-free: the config's data set and scaling
+    path: Path
 
 
 def read_score_sde_config(path: str | None):
@@ -81,8 +91,8 @@ def _from_score_sde(options: RunOptions, path: Path, ctx: DistContext):
     return sde, get_score_fn(sde, model, **score_sde_score_kwargs(config)), model, shape
 
 
-def load_pretrained(options: RunOptions, ctx: DistContext) -> Inference:
-    """``Inference`` of the model ``model.pretrained`` names."""
+def load_pretrained(options: RunOptions, ctx: DistContext) -> Pretrained:
+    """The model ``model.pretrained`` names and its score."""
     path = Path(options.network.pretrained)
     if path.is_dir():
         sde, score_fn, model, shape = _from_diffusers(options, path, ctx)
@@ -98,11 +108,4 @@ def load_pretrained(options: RunOptions, ctx: DistContext) -> Inference:
     if ctx.device.type == "cpu":
         set_threads(options.train.threads, local_processes())
     logger.info("loaded the pretrained model %s (%s process, N = %d)", path, type(sde).__name__, sde.N)
-
-    def score_with(cond: torch.Tensor | None):
-        if cond is None:
-            return score_fn
-        return lambda x, t: score_fn(x, t, cond)
-
-    return Inference(sde=sde, model=model, score_fn=score_fn, data=data, step=0, checkpoint=path,
-                     score_with=score_with)
+    return Pretrained(sde=sde, model=model, score_fn=score_fn, data=data, path=path)

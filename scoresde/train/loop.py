@@ -31,7 +31,7 @@ from scoresde.models import ExponentialMovingAverage
 from scoresde.sde_lib import SDE
 from scoresde.run import checkpoint as ckpt
 from scoresde.train.conditioning import draw_drop, drop_labels, loss_targets, network_fn
-from scoresde.run.drift import check_config_drift
+from scoresde.run.drift import check_options_drift
 from scoresde.data.loader import ShardedBatchLoader
 from scoresde.run.distributed import DistContext, all_reduce_mean, barrier, wrap_model
 from scoresde.run.generation import generate, sample_stats, write_samples
@@ -182,7 +182,7 @@ def checkpoint_state(run: TrainRun) -> dict:
     return {"format": ckpt.FORMAT_VERSION, "step": run.step, "model": run.model.state_dict(),
             "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(),
             "loader": run.loader.state_dict(), "rng": {"world_size": run.ctx.world_size, "ranks": rng},
-            "meta": data_meta(run.data), "config": run.options.config_json}
+            "meta": data_meta(run.data), "options": run.options.to_json(), "config": run.options.config_json}
 
 
 def last_good_checkpoint(run: TrainRun) -> str:
@@ -248,7 +248,7 @@ def _restore_rng(run: TrainRun, rng: dict, path: Path) -> None:
 def restore_state(run: TrainRun, state: dict, path: Path) -> None:
     """Load a checkpoint dict into the run, strictly: the raw weights go into the training network,
     the averaged ones into the EMA's copy."""
-    check_config_drift(state["config"], run.options.config_json, str(path), resume=True)
+    check_options_drift(RunOptions.from_json(state["options"]), run.options, str(path), resume=True)
     if state["meta"] != data_meta(run.data):
         raise ValueError(f"{path} was trained on {state['meta']}, the config gives {data_meta(run.data)}")
     ckpt.load_module_state(run.model, state["model"], path)

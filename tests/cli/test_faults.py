@@ -142,20 +142,20 @@ def test_eval_with_another_process_is_refused_listing_the_fields(trained):
     config = tiny_config()
     config.training.sde, config.model.sigma_max = "vesde", 5.0
     before = sorted(p.name for p in trained.rglob("*"))
-    with pytest.raises(ValueError, match=r"cannot use .*checkpoint_00000008\.pt.*training\.sde: checkpoint "
-                                         r"'vpsde', requested 'vesde'.*model\.sigma_max"):
+    with pytest.raises(ValueError, match=r"cannot use .*checkpoint_00000008\.pt.*sde\.name: checkpoint "
+                                         r"'vpsde', requested 'vesde'.*sde\.kwargs\.sigma_max"):
         main.run(config, trained, "eval")
     assert sorted(p.name for p in trained.rglob("*")) == before          # no metrics.json overwritten
     config = tiny_config()
     config.model.hidden = 32
-    with pytest.raises(ValueError, match=r"model\.hidden: checkpoint 16, requested 32"):
+    with pytest.raises(ValueError, match=r"network\.kwargs\.hidden: checkpoint 16, requested 32"):
         main.run(config, trained, "sample")
 
 
 def test_resume_refuses_another_model_or_recipe_and_logs_allowed_changes(trained, tmp_path, caplog):
     config = tiny_config()
     config.model.num_scales = 100
-    with pytest.raises(ValueError, match=r"cannot resume training from .*model\.num_scales: checkpoint 50, "
+    with pytest.raises(ValueError, match=r"cannot resume training from .*sde\.kwargs\.N: checkpoint 50, "
                                          r"requested 100"):
         train(config, trained)
     config = tiny_config()
@@ -166,16 +166,49 @@ def test_resume_refuses_another_model_or_recipe_and_logs_allowed_changes(trained
     config.sampling.steps = 7                                          # free: logged, resumed
     with caplog.at_level(logging.INFO, logger="scoresde.run.drift"):
         assert train(config, trained)["step"] == 10
-    assert any("training.n_iters: checkpoint 8, requested 10" in r.getMessage() for r in caplog.records)
+    assert any("train.n_iters: checkpoint 8, requested 10" in r.getMessage() for r in caplog.records)
 
 
-def test_every_field_has_one_tier():
-    from scoresde.run.drift import is_free, model_fields
-    from scoresde.cli.schema import schema_fields
-    fields = schema_fields()
-    model = set(model_fields(fields))
-    assert model <= set(fields)
-    assert not any(is_free(p) for p in model)
+def test_every_option_has_one_tier():
+    from scoresde.run.drift import FREE, is_free, leaves, model_leaves
+    for config in (tiny_config(), cond_config()):
+        options = options_from_config(config)
+        model, every = set(model_leaves(options)), set(leaves(options))
+        assert model <= every
+        assert not any(is_free(p) for p in model)
+    assert all(any(p == entry or p.startswith(entry) for p in every) for entry in FREE)   # no stale entry
+
+
+def cond_config():
+    """A class-conditional digits network: tuples and more keyword arguments among the options."""
+    from scoresde.configs.digits.ddpmpp_vp_cond import get_config
+    return get_config()
+
+
+def _as_format_one(workdir: Path) -> None:
+    """Rewrite every checkpoint of ``workdir`` as written before checkpoints stored their options."""
+    for _, path in ckpt.list_checkpoints(workdir / "checkpoints"):
+        state = ckpt.read_checkpoint(path)
+        del state["options"]
+        ckpt.atomic_save({**state, "format": 1}, path)
+
+
+def test_a_checkpoint_without_options_says_how_to_upgrade_it(trained, tmp_path, capsys):
+    import shutil
+    from scoresde.cli import upgrade
+    workdir = tmp_path / "old"
+    shutil.copytree(trained, workdir)
+    _as_format_one(workdir)
+    assert main.execute(options_from_config(tiny_config()), str(workdir), "sample") == 1
+    line = _last_line(capsys.readouterr().err)
+    assert "before checkpoints stored their options" in line and "python -m scoresde.cli.upgrade" in line
+    assert upgrade.main(["--workdir", str(workdir)]) == 0
+    state = ckpt.read_checkpoint(ckpt.list_checkpoints(workdir / "checkpoints")[-1][1])
+    from scoresde.run.options import RunOptions
+    stored, requested = RunOptions.from_json(state["options"]), options_from_config(tiny_config())
+    assert (stored.sde, stored.network, stored.loss) == (requested.sde, requested.network, requested.loss)
+    assert main.run(tiny_config(), workdir, "sample", outdir=tmp_path / "out")["num_samples"] == 16
+    assert upgrade.upgrade_workdir(workdir) == []                       # already upgraded: left alone
 
 
 # ---------------------------------------------------------------------------------------- lock

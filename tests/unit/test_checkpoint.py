@@ -13,7 +13,7 @@ from scoresde.run import checkpoint as ckpt
 def _state(step: int, value: float = 0.0) -> dict:
     return {"format": ckpt.FORMAT_VERSION, "step": step, "model": {"w": torch.full((64, 64), value)},
             "ema": {}, "optimizer": {}, "loader": {"epoch": 0, "position": step}, "rng": {},
-            "meta": {"dataset": "gmm"}, "config": "{}"}
+            "meta": {"dataset": "gmm"}, "options": "{}", "config": "{}"}
 
 
 def _write(directory, step: int, value: float = 0.0):
@@ -122,6 +122,15 @@ def test_strict_keys(tmp_path):
         ckpt.load_module_state(net, {"weight": torch.zeros(2, 2), "bogus": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="strict"):
         ckpt.load_module_state(net, {"weight": torch.zeros(2, 2)}, path)
+
+
+def test_a_checkpoint_without_options_is_one_line_saying_how_to_upgrade(tmp_path):
+    state = _state(5)
+    del state["options"]
+    path = ckpt.checkpoint_path(tmp_path, 5)
+    ckpt.atomic_save({**state, "format": 1}, path)
+    with pytest.raises(ValueError, match=r"before checkpoints stored their options.*python -m scoresde\.cli\.upgrade"):
+        ckpt.read_checkpoint(path)
 
 
 def test_retention_keeps_last_and_snapshots(tmp_path):

@@ -23,14 +23,14 @@ import torch
 from scoresde import samplers
 from scoresde.data.datasets import data_scaler
 from scoresde.run.distributed import DistContext
-from scoresde.run.generation import count_nonfinite, npz_bytes, sample_picture
+from scoresde.run.generation import count_nonfinite, label_accuracy, npz_bytes, sample_picture
+from scoresde.run.guidance import guided_score_for, unconditional_score
 from scoresde.run.inference import Inference, load_for_inference
 from scoresde.run.options import RunOptions, SamplerOptions
 from scoresde.data.pipeline import DataSpec, load_data, to_data_space, to_model_space
 from scoresde.run.plots import image_grid
 from scoresde.run.runtime import logs_above_bars
 from scoresde.evaluate.metrics import digits_classifier
-from scoresde.cli.modes.sample import guided_score_for, label_accuracy, unconditional_score
 from scoresde.data.streams import Stream, generator
 from scoresde.run.workdir import NonFiniteResultsError, write_results
 

@@ -7,19 +7,16 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from scoresde import samplers
-from scoresde.models import null_label
 from scoresde.run.distributed import DistContext
-from scoresde.run.generation import count_nonfinite, generate, sample_files, sample_stats
-from scoresde.run.inference import Inference, LoadedClassifier, load_classifier, load_for_inference
+from scoresde.run.generation import count_nonfinite, generate, label_accuracy, sample_files, sample_stats
+from scoresde.run.guidance import guided_score_for, unconditional_score
+from scoresde.run.inference import load_classifier, load_for_inference
 from scoresde.run.options import RunOptions, SamplerOptions
-from scoresde.data.pipeline import DataSpec, to_data_space
+from scoresde.data.pipeline import to_data_space
 from scoresde.run.runtime import bars_enabled, logs_above_bars
-from scoresde.evaluate.metrics import digits_classifier
 from scoresde.data.streams import Stream, generator
 from scoresde.run.workdir import SAMPLES_DIR, NonFiniteResultsError, write_results
 
@@ -60,54 +57,6 @@ def sample_labels(sampler: SamplerOptions, num_classes: int) -> tuple[torch.Tens
         per_class = -(-sampler.num_samples // num_classes)
         return torch.arange(num_classes).repeat_interleave(per_class), per_class * num_classes
     return torch.full((sampler.num_samples,), sampler.label, dtype=torch.long), sampler.num_samples
-
-
-def unconditional_score(options: RunOptions, inf: Inference) -> Callable:
-    """The model's score of ``p_t(x)`` (``inf.score_fn``: the network itself, or the null label of one
-    trained with label dropout); a one-line error for a class-conditional model without one."""
-    if options.network.num_classes and not options.train.label_dropout:
-        raise ValueError("this model is class-conditional and was trained without label dropout, so it has no "
-                         "unconditional score: set config.sampling.label to a class index or 'all'")
-    return inf.score_fn
-
-
-def guided_score_for(options: RunOptions, inf: Inference, classifier: LoadedClassifier | None) -> Callable:
-    """``score_for(labels)``: the score a batch of samples of classes ``labels`` is drawn with, by
-    ``sampling.guidance``: the conditional model itself (none), classifier-free guidance
-    ``s_u + w (s_c - s_u)`` (cfg), or ``s_u + w grad_x log p_phi(y | x_t, t)`` (classifier)."""
-    sampler = options.sampler
-
-    def score_for(labels: torch.Tensor) -> Callable:
-        if sampler.guidance == "none":
-            return inf.score_with(labels)
-        uncond = unconditional_score(options, inf)
-        if sampler.guidance == "cfg":
-            if sampler.guidance_scale in (0.0, 1.0):
-                return samplers.classifier_free_guidance(uncond, inf.score_with(labels), sampler.guidance_scale)
-            null = torch.full_like(labels, null_label(options.network.num_classes))
-            return samplers.classifier_free_guidance_batched(inf.score_with(torch.cat([labels, null])),
-                                                             sampler.guidance_scale)
-        log_prob = samplers.classifier_log_prob_fn(classifier.logits_fn, labels)
-        return samplers.classifier_guidance(uncond, log_prob, sampler.guidance_scale)
-
-    return score_for
-
-
-def label_accuracy(samples: torch.Tensor, labels: torch.Tensor, spec: DataSpec) -> dict:
-    """How often a sample is of the class it was drawn for: the exact class (nearest mixture component,
-    dark cell) of toy data, or the digits classifier's prediction (``scoresde/evaluate/metrics.py``)."""
-    finite = torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)
-    if spec.toy is not None:
-        predicted = torch.full_like(labels, -1)
-        predicted[finite] = spec.toy.labels(samples[finite].double())
-        return {"class_accuracy": float((predicted == labels).double().mean()), "class_judge": "exact"}
-    if spec.name == "digits":
-        judge = digits_classifier()
-        predicted = torch.full_like(labels, -1)
-        predicted[finite] = judge.predict(samples[finite])
-        return {"class_accuracy": float((predicted == labels).double().mean()),
-                "class_judge": f"digits classifier (test accuracy {judge.test_accuracy:.4f})"}
-    return {}
 
 
 def sample(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: str | Path | None = None) -> dict:
