@@ -223,7 +223,8 @@ class SamplerOptions:
 # ---------------------------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
 class BoundOptions:
-    """The likelihood bounds ``--mode eval`` reports (``scoresde/samplers/bounds.py``) and their Monte-Carlo sizes."""
+    """The likelihood bounds ``--mode eval`` reports (``scoresde/likelihood/elbo.py`` and ``chain.py``)
+    and their Monte-Carlo sizes."""
 
     names: tuple                   # which of "elbo", "vlb", "iw", in that order; () = none
     items: int = 100               # held-out items (the first n; 0 = all)

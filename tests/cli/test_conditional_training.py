@@ -245,7 +245,7 @@ def test_colorize_mode_on_colour_images(tmp_path):
     returns colour images whose grey level (the channel mean, score_sde's convention) is the input's
     to float round-off, and writes the sheet."""
     from scoresde.configs.cifar10.ddpmpp_vp import get_config as cifar_config
-    from test_datasets import write_cifar
+    from unit.test_datasets import write_cifar           # tests/ is on the path (pyproject.toml)
 
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=8)
     config = cifar_config()

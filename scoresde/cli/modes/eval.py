@@ -6,7 +6,7 @@
   continuous data, each with its Monte Carlo standard error, from ``samplers.log_likelihood``;
 - ``true_nll`` for data with a known density (toy sets): the data's own entropy, the best any model
   can do (``log 8`` exactly for the checkerboard, a Monte Carlo estimate for the mixture);
-- the likelihood bounds ``eval.bounds`` asks for (``scoresde/samplers/bounds.py``), on the first ``eval.bound_items``
+- the likelihood bounds ``eval.bounds`` asks for (``scoresde/likelihood/``), on the first ``eval.bound_items``
   held-out items, in the units of ``bpd`` / ``nll`` (upper bounds on them): ``elbo_bpd`` (continuous ELBO,
   Song, Durkan, Murray & Ermon 2021), ``vlb_bpd`` (DDPM's variational bound, Ho et al. 2020) and
   ``iw{K}_bpd`` (importance-weighted, Burda et al. 2016), ``_nll`` for continuous data; each with
