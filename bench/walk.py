@@ -5,9 +5,9 @@
 
 Traces every Python call made while the mode runs (after the imports) and keeps those whose code lives
 in the project (not tests, not bench). A *hop* is a call from one project file into another; the walk
-prints each file the first time it is entered, numbered, with the file that entered it, then counts:
-files entered, hops, and *re-entries*: hops back into a file the run had already left (a call from a
-lower layer back up, or a second visit through another route). ``--repo`` runs another checkout (its
+prints each distinct hop (caller file -> callee file) numbered in the order first taken, and counts the
+files entered, the distinct hops, and the hops *back* into a file still on the call stack (a lower layer
+calling up, e.g. through a callback). ``--repo`` runs another checkout (its
 ``main.py``), so that an older layout can be measured with the same code.
 """
 from __future__ import annotations
@@ -51,25 +51,26 @@ class Walk:
             here = self.project_file(frame)
             caller = next((f for f in reversed(self.stack) if f is not None), None)
             if here is not None and caller is not None and here != caller:
-                self.hops.append((caller, here))
+                self.hops.append((caller, here, here in self.stack))
             self.stack.append(here)
         elif event == "return" and self.stack:
             self.stack.pop()
 
     def report(self, title: str) -> dict:
-        first, left, reentries = {}, set(), 0
-        current = None
-        for caller, callee in self.hops:
-            if callee in left:
-                reentries += 1
-            if current is not None and current != callee:
-                left.add(caller)
-            first.setdefault(callee, caller)
-            current = callee
-        print(f"{title}: {len(first) + 1} files, {len(self.hops)} hops, {reentries} re-entries")
-        for i, (callee, caller) in enumerate(first.items(), 1):
-            print(f"  {i:2d}. {callee}  (from {caller})")
-        return {"files": len(first) + 1, "hops": len(self.hops), "reentries": reentries}
+        """Files entered, distinct hops (caller file -> callee file, in the order first taken), and
+        back-calls: distinct hops into a file that is still on the call stack (a callback up the layers)."""
+        edges, back = {}, set()
+        for caller, callee, on_stack in self.hops:
+            edges.setdefault((caller, callee), len(edges) + 1)
+            if on_stack:
+                back.add((caller, callee))
+        files = {f for edge in edges for f in edge}
+        print(f"{title}: {len(files)} files, {len(edges)} distinct hops, {len(back)} back into a file "
+              f"still on the call stack; {len(self.hops)} calls across files in all")
+        for (caller, callee), i in edges.items():
+            mark = "   <- back" if (caller, callee) in back else ""
+            print(f"  {i:3d}. {caller} -> {callee}{mark}")
+        return {"files": len(files), "hops": len(edges), "back": len(back), "calls": len(self.hops)}
 
 
 def run_main(repo: Path, argv: list[str], walk: Walk | None) -> None:
