@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import logging
 import os
 import resource
@@ -353,80 +354,112 @@ def _num(value, digits: int = 0) -> str:
     return "skipped" if value is None else f"{value:,.{digits}f}"
 
 
-def run_bench(s: Sizes, budget: float) -> Table:
+SECTIONS = ("cifar", "diffusers", "digits", "sampling", "syncs", "tests")
+
+
+def run_bench(s: Sizes, budget: float, sections=SECTIONS) -> Table:
     clock = Clock(budget)
-    device = s.device
     ceiling = matmul_ceiling(s)
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, "
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if s.device == 'cuda' else 'CPU'}, "
           f"bf16 matmul ceiling {ceiling:.1f} TFLOP/s", flush=True)
     table = Table(ceiling)
-    net = cifar_network(s)
-    x = torch.randn(s.batch, 3, 32, 32, device=device)
-    flops = step_flops(net, x, torch.rand(s.batch, device=device) * 999) / s.batch
-    print(f"DDPM++ cont.: {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M parameters, "
-          f"{flops * s.batch / 1e9:.1f} GFLOP per forward + backward at batch {s.batch}", flush=True)
-    what = f"DDPM++ cont. b{s.batch}"
-    compiled_run = None
     with tempfile.TemporaryDirectory() as tmp:
-        for precision, flags in PRECISIONS.items():
-            rate, _ = trainer_rate(s, flags, f"{tmp}/eager-{precision}")
-            table.add(what, f"trainer eager {precision}", rate, flops)
-            table.add(what, f"bare eager {precision}", bare_rate(s, cifar_network(s), flags, False), flops)
-        for precision, flags in PRECISIONS.items():
-            rate, run = trainer_rate(s, flags + ("compile",), f"{tmp}/compiled-{precision}") if clock.left() \
-                else (None, None)
-            compiled_run = run if precision == "bf16+CL" else compiled_run
-            table.add(what, f"trainer compiled {precision}", rate, flops, f"{what}|trainer eager {precision}")
-            rate = bare_rate(s, cifar_network(s), flags, True) if clock.left() else None
-            table.add(what, f"bare compiled {precision}", rate, flops, f"{what}|bare eager {precision}")
-            if precision == "bf16+CL":
-                table.add(what, "trainer / bare, compiled bf16+CL", table.base[f"{what}|trainer compiled bf16+CL"],
-                          flops, f"{what}|bare compiled bf16+CL")
-        if compiled_run is not None:
-            print("\ntrainer, compiled bf16+CL, ms per step by phase:", {k: round(v, 2) for k, v in
-                                                                          phase_times(compiled_run, s).items()})
-            print(top_kernels(compiled_run, s), flush=True)
-        unet = diffusers_unet(s)
-        if unet is not None:
-            x = torch.randn(s.batch, 3, 32, 32, device=device)
-            d_flops = step_flops(unet, x, torch.randint(0, 1000, (s.batch,), device=device)) / s.batch
-            dw = "diffusers UNet2DModel (DDPM CIFAR-10)"
-            table.add(dw, "bare eager bf16+CL", bare_rate(s, unet, PRECISIONS["bf16+CL"], False), d_flops)
-            rate = bare_rate(s, diffusers_unet(s), PRECISIONS["bf16+CL"], True) if clock.left() else None
-            table.add(dw, "bare compiled bf16+CL", rate, d_flops, f"{dw}|bare eager bf16+CL")
-        else:
-            print("diffusers does not import: its rows are left out")
-        wall, cpu = digits_job(s, f"{tmp}/digits")
-        table.add(f"digits job {s.digits_steps} steps", "end to end (as shipped)", s.digits_steps / wall,
-                  note=f"{wall:.1f} s wall, {cpu:.1f} s host CPU (rate in steps/s)")
-        sw = f"fast_sample {s.nfe} NFE b{s.sample_batch}"
-        table.add(sw, "eager fp32+TF32", sampling_rate(s, cifar_network(s), PRECISIONS["fp32+TF32"], False))
-        table.add(sw, "eager bf16+CL", sampling_rate(s, cifar_network(s), PRECISIONS["bf16+CL"], False),
-                  base=f"{sw}|eager fp32+TF32")
-        rate = sampling_rate(s, cifar_network(s), PRECISIONS["bf16+CL"], True) if clock.left() else None
-        table.add(sw, "compiled bf16+CL", rate, base=f"{sw}|eager fp32+TF32")
-    print("\nhost syncs in one fast_sample call:", sampler_syncs(s))
+        for name in sections:
+            if name != "tests":
+                print(f"--- {name} ({clock.elapsed():.0f} s)", flush=True)
+                SECTION_RUNNERS[name](s, clock, table, tmp)
     print(f"({clock.elapsed():.0f} s)")
     return table
+
+
+def cifar_section(s: Sizes, clock: Clock, table: Table, tmp: str) -> None:
+    net = cifar_network(s)
+    x = torch.randn(s.batch, 3, 32, 32, device=s.device)
+    flops = step_flops(net, x, torch.rand(s.batch, device=s.device) * 999) / s.batch
+    print(f"DDPM++ cont.: {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M parameters, "
+          f"{flops * s.batch / 1e9:.1f} GFLOP per forward + backward at batch {s.batch}", flush=True)
+    what, compiled_run = f"DDPM++ cont. b{s.batch}", None
+    for precision, flags in PRECISIONS.items():
+        rate, _ = trainer_rate(s, flags, f"{tmp}/eager-{precision}") if clock.left() else (None, None)
+        table.add(what, f"trainer eager {precision}", rate, flops)
+        rate = bare_rate(s, cifar_network(s), flags, False) if clock.left() else None
+        table.add(what, f"bare eager {precision}", rate, flops)
+    for precision, flags in PRECISIONS.items():
+        rate, run = trainer_rate(s, flags + ("compile",), f"{tmp}/compiled-{precision}") if clock.left() \
+            else (None, None)
+        compiled_run = run if precision == "bf16+CL" else compiled_run
+        table.add(what, f"trainer compiled {precision}", rate, flops, f"{what}|trainer eager {precision}")
+        rate = bare_rate(s, cifar_network(s), flags, True) if clock.left() else None
+        table.add(what, f"bare compiled {precision}", rate, flops, f"{what}|bare eager {precision}")
+        if precision == "bf16+CL":
+            table.add(what, "trainer / bare, compiled bf16+CL", table.base[f"{what}|trainer compiled bf16+CL"],
+                      flops, f"{what}|bare compiled bf16+CL")
+    if compiled_run is not None:
+        print("\ntrainer, compiled bf16+CL, ms per step by phase:",
+              {k: round(v, 2) for k, v in phase_times(compiled_run, s).items()})
+        print(top_kernels(compiled_run, s), flush=True)
+
+
+def diffusers_section(s: Sizes, clock: Clock, table: Table, tmp: str) -> None:
+    unet = diffusers_unet(s)
+    if unet is None:
+        print("diffusers does not import: its rows are left out")
+        return
+    x = torch.randn(s.batch, 3, 32, 32, device=s.device)
+    flops = step_flops(unet, x, torch.randint(0, 1000, (s.batch,), device=s.device)) / s.batch
+    what = "diffusers UNet2DModel (DDPM CIFAR-10)"
+    table.add(what, "bare eager bf16+CL", bare_rate(s, unet, PRECISIONS["bf16+CL"], False) if clock.left() else None,
+              flops)
+    rate = bare_rate(s, diffusers_unet(s), PRECISIONS["bf16+CL"], True) if clock.left() else None
+    table.add(what, "bare compiled bf16+CL", rate, flops, f"{what}|bare eager bf16+CL")
+
+
+def digits_section(s: Sizes, clock: Clock, table: Table, tmp: str) -> None:
+    wall, cpu = digits_job(s, f"{tmp}/digits")
+    table.add(f"digits job {s.digits_steps} steps", "end to end (as shipped)", s.digits_steps / wall,
+              note=f"{wall:.1f} s wall, {cpu:.1f} s host CPU (rate in steps/s)")
+
+
+def sampling_section(s: Sizes, clock: Clock, table: Table, tmp: str) -> None:
+    what = f"fast_sample {s.nfe} NFE b{s.sample_batch}"
+    table.add(what, "eager fp32+TF32", sampling_rate(s, cifar_network(s), PRECISIONS["fp32+TF32"], False))
+    table.add(what, "eager bf16+CL", sampling_rate(s, cifar_network(s), PRECISIONS["bf16+CL"], False),
+              base=f"{what}|eager fp32+TF32")
+    rate = sampling_rate(s, cifar_network(s), PRECISIONS["bf16+CL"], True) if clock.left() else None
+    table.add(what, "compiled bf16+CL", rate, base=f"{what}|eager fp32+TF32")
+
+
+def syncs_section(s: Sizes, clock: Clock, table: Table, tmp: str) -> None:
+    print("host syncs in one fast_sample call:", sampler_syncs(s), flush=True)
+
+
+SECTION_RUNNERS = {"cifar": cifar_section, "diffusers": diffusers_section, "digits": digits_section,
+                   "sampling": sampling_section, "syncs": syncs_section}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the code, not the chip)")
     parser.add_argument("--budget", type=float, default=330.0, help="seconds after which optional rows are skipped")
-    parser.add_argument("--no-tests", action="store_true", help="skip pytest -k cuda")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, run in this order: {','.join(SECTIONS)}")
+    parser.add_argument("--tests", default="cuda", help="pytest -k expression for the CUDA tests")
     args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    if not args.smoke:
+        faulthandler.dump_traceback_later(90, repeat=True)  # every 90 s: where a slow row is
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sizes = smoke_sizes() if args.smoke else full_sizes()
     if not args.smoke and not torch.cuda.is_available():
         parser.error("no CUDA device: use --smoke")
     with _smoke_compile() if args.smoke else contextlib.nullcontext():
-        table = run_bench(sizes, args.budget)
+        table = run_bench(sizes, args.budget, sections)
     table.print()
-    if not (args.smoke or args.no_tests):
+    if "tests" in sections and not args.smoke:
         import pytest
         root = Path(__file__).resolve().parents[1]
-        pytest.main(["-q", "-p", "no:cacheprovider", "-k", "cuda", str(root / "tests" / "unit")])
+        pytest.main(["-q", "-p", "no:cacheprovider", "-k", args.tests, str(root / "tests" / "unit")])
+    faulthandler.cancel_dump_traceback_later()
 
 
 @contextlib.contextmanager

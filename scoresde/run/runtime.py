@@ -45,11 +45,8 @@ def apply_tf32(accel: Accel) -> None:
 
 
 def apply_accel(accel: Accel, device: torch.device) -> None:
-    """TF32 when asked, and on CUDA cuDNN's autotuner: training shapes never change, so the fastest
-    convolution algorithm is searched once per shape and reused."""
+    """The switches that are process-wide settings (TF32 for now; cuDNN's autotuner is left off)."""
     apply_tf32(accel)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
 
 def autocast(accel: Accel, device: torch.device, cache: bool = True):
