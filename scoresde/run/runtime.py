@@ -44,11 +44,24 @@ def apply_tf32(accel: Accel) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def autocast(accel: Accel, device: torch.device):
-    """bfloat16 autocast of the forward pass on ``device`` when ``accel.bf16``, else a no-op context."""
+def apply_accel(accel: Accel, device: torch.device) -> None:
+    """The switches that are process-wide settings (TF32 for now; cuDNN's autotuner is left off)."""
+    apply_tf32(accel)
+
+
+def autocast(accel: Accel, device: torch.device, cache: bool = True):
+    """bfloat16 autocast of the forward pass on ``device`` when ``accel.bf16``, else a no-op context.
+    ``cache=False`` re-casts the weights at every use (needed inside a captured CUDA graph)."""
     if accel.bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
+
+
+def compile_options(device: torch.device) -> dict:
+    """``torch.compile``'s arguments for the training step: on CUDA ``mode="reduce-overhead"`` (the
+    compiled kernels are replayed from CUDA graphs, so small networks are not bound by kernel
+    launches), else the defaults (inductor's C++ code through the system compiler)."""
+    return {"mode": "reduce-overhead"} if device.type == "cuda" else {}
 
 
 def accelerated_score_fn(score_fn, accel: Accel, device: torch.device):
@@ -143,9 +156,17 @@ def local_processes() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
-def set_threads(asked: int, local_processes: int = 1) -> int:
-    """Apply ``choose_threads`` to this process (it matters on a CPU) and log the choice."""
+# On a GPU the host only launches kernels and gathers small batches: more intra-op threads there
+# spin in OpenMP's barrier between tiny CPU ops and burn cores without speeding anything up.
+FEEDER_THREADS = 2
+
+
+def set_threads(asked: int, local_processes: int = 1, device: torch.device | None = None) -> int:
+    """Apply ``choose_threads`` to this process and log the choice; with a CUDA ``device`` at most
+    ``FEEDER_THREADS`` unless ``asked``."""
     threads, why = choose_threads(asked, local_processes)
+    if device is not None and device.type == "cuda" and asked <= 0 and threads > FEEDER_THREADS:
+        threads, why = FEEDER_THREADS, f"the host only feeds {device}"
     torch.set_num_threads(threads)
     logger.info("intra-op threads: %d (%s)", threads, why)
     return threads

@@ -72,8 +72,9 @@ class SDE(abc.ABC):
         if x is not None and t.shape[0] != x.shape[0]:
             raise ValueError(f"t has shape {tuple(t.shape)} but x has batch size {x.shape[0]}")
         # The range check reads values back: free on a CPU, a host synchronisation on an accelerator,
-        # where it is skipped (the samplers and losses build their times from validated eps and T).
-        if t.device.type != "cpu":
+        # where it is skipped (the samplers and losses build their times from validated eps and T), as it
+        # is under torch.compile (a read-back would split the compiled graph).
+        if t.device.type != "cpu" or torch.compiler.is_compiling():
             return
         slack = 1e-6 * self.T
         if bool(((t < -slack) | (t > self.T + slack) | torch.isnan(t)).any()):

@@ -18,6 +18,7 @@ with another world size re-seeds only dropout.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -39,9 +40,9 @@ from scoresde.evaluate.heldout import heldout_loss
 from scoresde.train.optim import optimize_step
 from scoresde.run.options import Accel, RunOptions
 from scoresde.data.pipeline import DataSpec, data_meta, load_data, to_data_space, to_model_space
-from scoresde.run.runtime import (GracefulStop, MetricsWriter, accelerated_score_fn, apply_tf32, autocast,
-                              local_processes, logs_above_bars, memory_format, progress_bar, resolve_accel,
-                              set_threads)
+from scoresde.run.runtime import (GracefulStop, MetricsWriter, accelerated_score_fn, apply_accel, autocast,
+                              compile_options, local_processes, logs_above_bars, memory_format, progress_bar,
+                              resolve_accel, set_threads)
 from scoresde.data.streams import Stream, generator, step_seed
 from scoresde.run.workdir import (METRICS_FILE, SNAPSHOT_DIR, TENSORBOARD_DIR, WorkdirLock, checkpoint_dir,
                               write_loss_curve)
@@ -101,6 +102,7 @@ class TrainRun:
     accel: Accel
     metrics: MetricsWriter
     train_model: nn.Module | None = None
+    update: "GradientStep | None" = None      # forward, loss and backward (compiled or captured)
     step: int = 0
     last_saved: int = -1
     lr: float = 0.0
@@ -144,12 +146,12 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
     workdir, train = Path(workdir), options.train
     check_global_batch(train.batch_size, ctx)
     accel = resolve_accel(ctx.device, train.accel)
-    apply_tf32(accel)
+    apply_accel(accel, ctx.device)
     data = data if data is not None else load_data(options.data, options.seed)
     check_data_size(train.batch_size, data)
+    data = training_data_on(data, ctx.device)
     model = _build_network(options, data, ctx, accel)
-    if ctx.device.type == "cpu":
-        set_threads(train.threads, local_processes())
+    set_threads(train.threads, local_processes(), ctx.device)
     run = TrainRun(
         options=options, ctx=ctx, workdir=workdir, data=data, sde=options.sde.build(), model=model,
         ema=ExponentialMovingAverage(model, decay=train.ema_rate), optimizer=options.optim.build(model.parameters()),
@@ -164,15 +166,18 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
         ckpt.remove_stale_temp_files(run.checkpoint_dir)
     barrier(ctx)
     resume(run)
-    run.train_model = _training_module(run)
+    run.train_model = wrap_model(run.model, run.ctx)
+    run.update = gradient_step(run)
     return run
 
 
-def _training_module(run: TrainRun) -> nn.Module:
-    module = wrap_model(run.model, run.ctx)
-    if run.accel.compile:
-        module = torch.compile(module)
-    return module
+def training_data_on(data: DataSpec, device: torch.device) -> DataSpec:
+    """The training split (and its labels) moved to a CUDA ``device`` once, so that a batch is gathered
+    there and never copied from the host (a pageable host-to-device copy waits for the device)."""
+    if device.type != "cuda" or data.train is None:
+        return data
+    labels = data.train_labels.to(device) if data.train_labels is not None else None
+    return dataclasses.replace(data, train=data.train.to(device), train_labels=labels)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -283,12 +288,19 @@ def uses_labels(options: RunOptions) -> bool:
     return options.network.num_classes > 0
 
 
+def _indices_on(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host indices on ``device``; to CUDA through pinned memory, a copy the host does not wait for."""
+    if device.type != "cuda":
+        return idx.to(device)
+    return idx.pin_memory().to(device, non_blocking=True)
+
+
 def next_batch(run: TrainRun) -> tuple[torch.Tensor, torch.Tensor | None]:
     """This rank's rows of the next global batch, in model space, and their class labels when the
     model uses them. The global batch is transformed (dequantised, flipped) as a whole, so each row is
     the same for any world size."""
-    idx = run.loader.next_global_indices()
-    batch = run.data.train[idx.to(run.data.train.device)].to(run.ctx.device)
+    idx = _indices_on(run.loader.next_global_indices(), run.data.train.device)
+    batch = run.data.train[idx].to(run.ctx.device)
     x = to_model_space(batch, run.data, step_generator(run, Stream.DATA), train=True)
     labels = None
     if uses_labels(run.options):
@@ -309,25 +321,147 @@ def loss_noise(run: TrainRun, x: torch.Tensor) -> dict:
 
 
 def train_step(run: TrainRun, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimizer update on this rank's batch (and labels); returns the (detached) mean loss."""
-    options = run.options
-    run.optimizer.zero_grad(set_to_none=True)
+    """One optimizer update on this rank's batch (and labels); returns the (detached) mean loss.
+    Nothing in it waits for the device: the non-finite guard counts on the device (``SkipCounter``)."""
     noise = loss_noise(run, x)
     if "drop" in noise:
-        labels = drop_labels(labels, noise.pop("drop"), options.network.num_classes)
-    fn = network_fn(options, run.sde, run.train_model, labels, train=True)
-    with autocast(run.accel, run.ctx.device):
-        per_sample = options.loss.fn(run.sde, fn, x, **noise, **options.loss.kwargs,
-                                     **loss_targets(options, labels))
-    loss = per_sample.float().mean()
-    loss.backward()
-    o = options.optim
+        labels = drop_labels(labels, noise.pop("drop"), run.options.network.num_classes)
+    loss = run.update(x, noise, labels)
+    o = run.options.optim
     run.lr, run.grad_norm, run.skipped = optimize_step(run.optimizer, run.model.parameters(), run.step + 1, o.lr,
                                                        o.warmup, o.grad_clip, loss=loss)
     run.ema.update(run.model)          # a skipped update left the weights as they were
     run.step += 1
     run.skips.record(run.skipped, run.step)
-    return loss.detach()
+    return loss
+
+
+# ---------------------------------------------------------------------------------------- the gradient step
+def loss_function(run: TrainRun, cache: bool = True):
+    """``loss(x, noise, labels)``: the forward pass and the mean loss of this rank's batch (float32).
+    ``cache=False`` turns autocast's weight cache off (a captured CUDA graph must re-cast every step)."""
+    options, device = run.options, run.ctx.device
+
+    def loss(x: torch.Tensor, noise: dict, labels: torch.Tensor | None) -> torch.Tensor:
+        fn = network_fn(options, run.sde, run.train_model, labels, train=True)
+        with autocast(run.accel, device, cache=cache):
+            per_sample = options.loss.fn(run.sde, fn, x, **noise, **options.loss.kwargs,
+                                         **loss_targets(options, labels))
+        return per_sample.float().mean()
+
+    return loss
+
+
+class GradientStep:
+    """Forward, loss and backward, eagerly: zeroes the gradients, fills them, returns the detached loss."""
+
+    def __init__(self, run: TrainRun):
+        self.run, self.loss = run, loss_function(run)
+
+    def __call__(self, x: torch.Tensor, noise: dict, labels: torch.Tensor | None) -> torch.Tensor:
+        self.run.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(x, noise, labels)
+        loss.backward()
+        return loss.detach()
+
+
+class CompiledGradientStep(GradientStep):
+    """The loss function under ``torch.compile`` (forward and loss in one graph, the backward compiled
+    by AOTAutograd); on CUDA in ``"reduce-overhead"`` mode, so both are replayed from CUDA graphs. The
+    first call compiles: it is timed (one device sync) and logged with the number of graphs."""
+
+    def __init__(self, run: TrainRun):
+        super().__init__(run)
+        self.options = compile_options(run.ctx.device)
+        self.loss = torch.compile(self.loss, **self.options)
+        self.compiled = False
+
+    def __call__(self, x, noise, labels):
+        if self.options.get("mode") == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()     # the previous step's outputs are consumed
+        if self.compiled:
+            return super().__call__(x, noise, labels).clone()   # a copy outlives the next graph replay
+        start = time.perf_counter()
+        graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        loss = super().__call__(x, noise, labels).clone()
+        _synchronize(self.run.ctx.device)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+        logger.info("compiled the training step (forward, loss and backward; torch.compile %s, %d graph%s); the "
+                    "first step took %.1f s", self.options or "defaults", graphs, "" if graphs == 1 else "s",
+                    time.perf_counter() - start)
+        self.compiled = True
+        return loss
+
+
+class CapturedGradientStep(GradientStep):
+    """The eager step captured in one CUDA graph after ``WARMUP`` eager steps, then replayed: the
+    batch and noise are copied into static tensors, one launch runs the forward and backward pass, and
+    the gradients land in the same (static) ``.grad`` tensors every step (Nvidia's whole-network
+    capture). For small networks, whose kernels take less time than the host needs to launch them."""
+
+    WARMUP = 3
+
+    def __init__(self, run: TrainRun):
+        super().__init__(run)
+        self.calls, self.graph, self.static, self.static_loss = 0, None, None, None
+
+    def __call__(self, x, noise, labels):
+        self.calls += 1
+        if self.graph is None and self.calls == self.WARMUP + 1:
+            self._try_capture(x, noise, labels)
+        if self.graph is None:
+            return super().__call__(x, noise, labels)
+        for static, value in zip(self.static, _flatten(x, noise, labels)):
+            static.copy_(value)
+        self.graph.replay()
+        return self.static_loss.clone()
+
+    def _try_capture(self, x, noise, labels) -> None:
+        """Capture, or log why not and stay eager (e.g. a class-conditional network's label check reads
+        values back, which a graph cannot)."""
+        try:
+            self._capture(x, noise, labels)
+        except RuntimeError as err:
+            self.graph = None
+            logger.warning("the training step could not be captured in a CUDA graph (%s); it runs eagerly",
+                           str(err).splitlines()[0])
+
+    def _capture(self, x, noise, labels) -> None:
+        start = time.perf_counter()
+        self.static = [v.clone() for v in _flatten(x, noise, labels)]
+        sx, snoise, slabels = _unflatten(self.static, noise, labels)
+        loss = loss_function(self.run, cache=False)
+        self.run.optimizer.zero_grad(set_to_none=True)     # backward allocates .grad inside the graph
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.static_loss = loss(sx, snoise, slabels)
+            self.static_loss.backward()
+        self.graph = graph
+        logger.info("captured the training step (forward, loss and backward) in a CUDA graph in %.2f s",
+                    time.perf_counter() - start)
+
+
+def _flatten(x: torch.Tensor, noise: dict, labels: torch.Tensor | None) -> list[torch.Tensor]:
+    return [x, *(noise[k] for k in sorted(noise)), *([] if labels is None else [labels])]
+
+
+def _unflatten(values: list[torch.Tensor], noise: dict, labels: torch.Tensor | None):
+    keys = sorted(noise)
+    return values[0], dict(zip(keys, values[1:1 + len(keys)])), (None if labels is None else values[-1])
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gradient_step(run: TrainRun) -> GradientStep:
+    """``training.compile``: the compiled step; else on one CUDA device the captured eager step; else eager."""
+    if run.accel.compile:
+        return CompiledGradientStep(run)
+    if run.ctx.device.type == "cuda" and not run.ctx.distributed:
+        return CapturedGradientStep(run)
+    return GradientStep(run)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The switches GPUs use, executed on the CPU in every CI run: bf16 autocast and ``torch.compile``
 (inductor, with the system C++ compiler) through a few training and sampling steps."""
+import logging
 import math
 
 import numpy as np
@@ -41,11 +42,15 @@ def test_bf16_autocast_trains_and_samples_on_cpu(tmp_path):
     assert samples.dtype == np.float32 and np.isfinite(samples).all()   # the sampler ran in float32
 
 
-def test_torch_compile_trains_and_samples_on_cpu(tmp_path):
+def test_torch_compile_trains_and_samples_on_cpu(tmp_path, caplog):
     run = trainer.setup_run(options_from_config(tiny(compile=True)), tmp_path, DistContext())
-    assert run.accel.compile and hasattr(run.train_model, "_orig_mod")  # the compiled module
-    losses = [float(trainer.train_step(run, *trainer.next_batch(run))) for _ in range(3)]
+    assert run.accel.compile and isinstance(run.update, trainer.CompiledGradientStep)  # the compiled step
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with caplog.at_level(logging.INFO, logger=trainer.__name__):
+        losses = [float(trainer.train_step(run, *trainer.next_batch(run))) for _ in range(3)]
     assert all(math.isfinite(v) for v in losses)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1     # one graph: no break
+    assert len([r for r in caplog.records if "compiled the training step" in r.getMessage()]) == 1
     trainer.save_checkpoint(run)
     run.metrics.close()
     info = main.run(tiny(compile=True), tmp_path, "sample")
