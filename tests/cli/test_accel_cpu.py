@@ -6,26 +6,22 @@ import math
 import numpy as np
 import torch
 
+from helpers.tiny import tiny_config
 from scoresde.cli import main
-from scoresde.configs.toy.gmm_vp import get_config as gmm_config
 from scoresde.train import loop as trainer
 from scoresde.run.distributed import DistContext
 from scoresde.cli.factory import options_from_config
 
 
+# 3 training steps and 3 sampling steps (no eval: its sizes stay the config's)
+ACCEL = {"data.num_train": 256, "training.batch_size": 32, "training.n_iters": 3, "training.log_freq": 1,
+         "training.checkpoint_freq": 3, "training.keep_last": 3, "optim.warmup": 500, "sampling.steps": 3,
+         "eval.num_samples": 2000, "eval.batch_size": 1000, "eval.true_nll_samples": 100_000}
+
+
 def tiny(**switches):
-    config = gmm_config()
-    config.data.num_train = 256
-    t = config.training
-    t.batch_size, t.n_iters, t.log_freq, t.eval_freq = 32, 3, 1, 1000
-    t.checkpoint_freq, t.snapshot_freq, t.snapshot_sampling = 3, 1000, False
-    t.progress_bar, t.tensorboard = False, False
-    for name, value in switches.items():
-        t[name] = value
-    config.model.hidden, config.model.n_blocks, config.model.num_scales = 16, 1, 50
-    s = config.sampling
-    s.method, s.steps, s.num_samples, s.batch_size = "fast", 3, 16, 16
-    return config
+    """``ACCEL`` with the training switches ``switches`` (``bf16=True``, ``compile=True``)."""
+    return tiny_config(**ACCEL, **{f"training.{name}": value for name, value in switches.items()})
 
 
 def test_bf16_autocast_trains_and_samples_on_cpu(tmp_path):

@@ -3,8 +3,6 @@ nothing overwritten silently, a finished run that says so, log lines that never 
 import io
 import json
 import logging
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -14,8 +12,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from helpers.cli import run_cli
+from helpers.tiny import tiny_config
 from scoresde.cli import main
-from scoresde.configs.digits.ddpmpp_vp import get_config as digits_config
 from scoresde.configs.toy.gmm_vp import get_config as gmm_config
 from scoresde.train import loop as trainer
 from scoresde.run.checkpoint import load_module_state
@@ -24,37 +23,20 @@ from scoresde.cli.help import config_help
 from scoresde.cli.schema import field_comments, schema_fields
 from scoresde.run.runtime import logs_above_bars
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _run(*args, timeout=120):
-    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def tiny_toy(n_iters=6):
-    config = gmm_config()
-    config.data.num_train = 512
-    t = config.training
-    t.batch_size, t.n_iters, t.log_freq, t.eval_freq = 64, n_iters, 2, 3
-    t.checkpoint_freq, t.snapshot_freq, t.snapshot_num_samples = 3, n_iters, 32
-    t.progress_bar, t.tensorboard = False, False
-    config.model.hidden, config.model.n_blocks, config.model.num_scales = 16, 1, 50
-    e = config.eval
-    e.num_samples, e.batch_size, e.rtol, e.atol, e.true_nll_samples = 32, 32, 1e-3, 1e-3, 1000
-    s = config.sampling
-    s.method, s.steps, s.num_samples, s.batch_size = "fast", 5, 32, 32
-    return config
+# a 6-step run with held-out losses at steps 3 and 6 and a captioned snapshot at the end
+EXPERIENCE = {"training.n_iters": 6, "training.eval_freq": 3, "training.checkpoint_freq": 3, "training.keep_last": 3,
+              "training.snapshot_freq": 6, "training.snapshot_sampling": True, "training.snapshot_num_samples": 32,
+              "optim.warmup": 500, "sampling.num_samples": 32, "sampling.batch_size": 32}
 
 
 # ---------------------------------------------------------------------------------------- help
 def test_help_exits_zero_with_modes_an_example_and_the_way_to_the_fields():
-    result = _run("--help")
+    result = run_cli("--help")
     assert result.returncode == 0, result.stderr
     for text in ("modes (--mode):", "train", "eval", "sample", "python main.py --config configs/toy/gmm_vp.py",
                  "--config_help", "--workdir"):
         assert text in result.stdout
-    fields = _run("--config_help")
+    fields = run_cli("--config_help")
     assert fields.returncode == 0 and "training.n_iters = 1300001" in fields.stdout
 
 
@@ -108,7 +90,7 @@ def test_a_typo_in_an_override_says_which_field_was_meant(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    trainer.train(options_from_config(tiny_toy()), workdir)
+    trainer.train(options_from_config(tiny_config(**EXPERIENCE)), workdir)
     return workdir
 
 
@@ -124,7 +106,7 @@ def test_training_draws_a_loss_curve_and_captioned_snapshots(trained):
 def test_rerunning_a_finished_run_says_so_and_appends_nothing(trained, caplog):
     before = (trained / "metrics.jsonl").read_text()
     with caplog.at_level(logging.INFO):
-        result = trainer.train(options_from_config(tiny_toy()), trained)
+        result = trainer.train(options_from_config(tiny_config(**EXPERIENCE)), trained)
     assert result["already_finished"] and result["step"] == 6
     assert any("already finished" in r.getMessage() and "--config.training.n_iters" in r.getMessage()
                for r in caplog.records)
@@ -134,7 +116,7 @@ def test_rerunning_a_finished_run_says_so_and_appends_nothing(trained, caplog):
 # ---------------------------------------------------------------------------------------- eval / sample
 def test_eval_reports_each_figure_beside_its_baseline(trained, caplog):
     with caplog.at_level(logging.INFO):
-        metrics = main.run(tiny_toy(), trained, "eval")
+        metrics = main.run(tiny_config(**EXPERIENCE), trained, "eval")
     # the paired gap: the mean of log p_data - log p_model over the 32 held-out points; it differs from
     # nll - true_nll by the 32-point mean of -log p_data minus the entropy (spread of log p_data about
     # 1 nat, so a standard error near 0.2): 1 nat is a 5-sigma bound
@@ -147,7 +129,7 @@ def test_eval_reports_each_figure_beside_its_baseline(trained, caplog):
 
 
 def test_a_second_sample_run_keeps_the_first(trained):
-    config = tiny_toy()
+    config = tiny_config(**EXPERIENCE)
     main.run(config, trained, "sample")
     config.sampling.steps = 8
     main.run(config, trained, "sample")
@@ -161,15 +143,9 @@ def test_a_second_sample_run_keeps_the_first(trained):
 
 
 def test_images_eval_names_the_uniform_baseline(tmp_path):
-    config = digits_config()
-    config.data.num_train = 64
-    t = config.training
-    t.batch_size, t.n_iters, t.log_freq, t.eval_freq, t.checkpoint_freq, t.snapshot_freq = 16, 2, 1, 2, 2, 2
-    t.snapshot_num_samples, t.progress_bar, t.tensorboard = 4, False, False
-    m = config.model
-    m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions, m.num_scales = 8, (1,), 1, (), 50
-    e = config.eval
-    e.num_samples, e.batch_size, e.rtol, e.atol = 8, 8, 1e-2, 1e-2
+    config = tiny_config("digits/ddpmpp_vp", **{"training.n_iters": 2, "training.log_freq": 1,
+                                                "training.snapshot_freq": 2, "training.snapshot_sampling": True,
+                                                "sampling.num_samples": 64, "sampling.batch_size": 64})
     main.run(config, tmp_path, "train")
     metrics = main.run(config, tmp_path, "eval")
     assert metrics["uniform_bpd"] == pytest.approx(4.087, abs=1e-3)          # log2 17
@@ -195,12 +171,16 @@ def test_log_lines_never_glue_onto_a_progress_bar(monkeypatch):
 
 
 def test_no_deprecation_warning_from_loading_a_config(tmp_path):
-    result = _run("--config", "configs/toy/gmm_vp.py", "--workdir", str(tmp_path / "w"), "--mode", "eval")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")                   # every warning, even those a process shows once
+        result = run_cli("--config", "configs/toy/gmm_vp.py", workdir=tmp_path / "w", mode="eval")
     assert "DeprecationWarning" not in result.stderr and "load_module" not in result.stderr
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught]
+    assert not any("DeprecationWarning" in line or "load_module" in line for line in shown), shown
 
 
 def test_a_strict_load_mismatch_is_one_line_with_the_first_names():
-    network = options_from_config(tiny_toy()).network.build((2,))
+    network = options_from_config(tiny_config(**EXPERIENCE)).network.build((2,))
     state = {f"extra_{i}": torch.zeros(1) for i in range(10)}
     with pytest.raises(ValueError) as caught:
         load_module_state(network, state, Path("checkpoint_00000001.pt"))
@@ -225,7 +205,7 @@ def test_plots_draw_without_a_display():
 def test_tensorboard_logging_when_installed(tmp_path):
     pytest.importorskip("torch.utils.tensorboard", reason="the tensorboard extra is not installed "
                         "(pip install -e '.[tensorboard]'); CI installs it")
-    config = tiny_toy(n_iters=4)
+    config = tiny_config(**{**EXPERIENCE, "training.n_iters": 4, "training.snapshot_freq": 4})
     config.training.tensorboard = True
     trainer.train(options_from_config(config), tmp_path)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.cli import main
-from scoresde.configs.toy.gmm_vp import get_config as gmm_config
 from dist_utils import run_ranks
+from helpers.data import write_cifar
+from helpers.tiny import apply, tiny_config
+from scoresde.cli import main
 from scoresde.models import null_label
-from test_ddp_training import _assert_close_states, _state, _train_worker, tiny_config
+from test_ddp_training import _assert_close_states, _state, _train_worker, ddp_config
 from scoresde.train import loop as trainer
 from scoresde.train.conditioning import draw_drop, drop_labels
 from scoresde.data.datasets import get_toy_dataset
@@ -32,7 +33,7 @@ STEPS = 6
 
 
 def cond_tiny(n_iters: int = STEPS, dropout: float = 0.5):
-    config = tiny_config(n_iters)
+    config = ddp_config(n_iters)
     config.model.num_classes = 8
     config.training.label_dropout = dropout
     return config
@@ -67,29 +68,21 @@ def test_conditional_two_ranks_and_resume_are_exact(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- learning
+# a small MLP on 20 000 points, long enough to learn the classes; sampled in 8 steps of DPM-Solver++
+LEARNING = {"device": "cpu", "data.num_train": 20_000, "training.batch_size": 256, "training.log_freq": 100,
+            "training.keep_last": 3, "training.snapshot_freq": 10**6, "model.hidden": 64, "model.n_blocks": 2,
+            "model.num_scales": 100, "optim.warmup": 50, "eval.num_samples": 400, "eval.batch_size": 400,
+            "eval.true_nll_samples": 100_000, "sampling.steps": 8, "sampling.solver": "dpmsolver++",
+            "sampling.num_samples": 800, "sampling.batch_size": 800}
+
+
 def _toy(workdir: Path, *, n_iters: int, **fields):
-    config = gmm_config()
-    config.device = "cpu"
-    config.data.num_train = 20_000
-    t = config.training
-    t.batch_size, t.n_iters, t.log_freq, t.eval_freq = 256, n_iters, 100, 1000
-    t.checkpoint_freq, t.snapshot_freq, t.snapshot_sampling, t.progress_bar, t.tensorboard = n_iters, 10**6, False, False, False
-    config.model.hidden, config.model.n_blocks, config.model.num_scales = 64, 2, 100
-    config.optim.warmup = 50
-    config.eval.num_samples, config.eval.batch_size = 400, 400
-    config.sampling.method, config.sampling.steps, config.sampling.solver = "fast", 8, "dpmsolver++"
-    config.sampling.num_samples = config.sampling.batch_size = 800
-    for path, value in fields.items():
-        section, name = path.split("__")
-        setattr(config[section], name, value)
-    return config
+    """``LEARNING`` for ``n_iters`` steps (one checkpoint, at the end), then ``fields`` (``section__name``)."""
+    return tiny_config(**LEARNING, **{"training.n_iters": n_iters, "training.checkpoint_freq": n_iters}, **fields)
 
 
 def _sample(config, workdir: Path, outdir: Path, **fields) -> dict:
-    config = copy.deepcopy(config)
-    for path, value in fields.items():
-        section, name = path.split("__")
-        setattr(config[section], name, value)
+    config = apply(copy.deepcopy(config), **fields)
     main.run(config, workdir, "sample", outdir=outdir)
     return json.loads((outdir / "info.json").read_text())
 
@@ -244,19 +237,8 @@ def test_colorize_mode_on_colour_images(tmp_path):
     """A tiny CIFAR-10 model (random batches written like the real files, 2 steps): ``--mode colorize``
     returns colour images whose grey level (the channel mean, score_sde's convention) is the input's
     to float round-off, and writes the sheet."""
-    from scoresde.configs.cifar10.ddpmpp_vp import get_config as cifar_config
-    from unit.test_datasets import write_cifar           # tests/ is on the path (pyproject.toml)
-
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=8)
-    config = cifar_config()
-    config.device, config.data.root = "cpu", str(tmp_path / "data")
-    t = config.training
-    t.batch_size, t.n_iters, t.snapshot_sampling, t.progress_bar, t.tensorboard = 8, 2, False, False, False
-    t.checkpoint_freq = t.eval_freq = 2
-    config.model.nf, config.model.ch_mult, config.model.num_res_blocks = 8, (1,), 1
-    config.model.attn_resolutions, config.model.num_scales = (), 40
-    config.eval.num_samples = config.eval.batch_size = 4
-    config.sampling.num_samples, config.sampling.batch_size, config.sampling.corrector = 4, 4, "none"
+    config = tiny_config("cifar10/ddpmpp_vp", data__root=str(tmp_path / "data"))
     main.run(config, tmp_path / "run", "train")
     main.run(config, tmp_path / "run", "colorize", outdir=tmp_path / "out")
     npz = np.load(tmp_path / "out" / "colorize.npz")

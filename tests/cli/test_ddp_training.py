@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.cli import main
+from helpers.tiny import tiny_config
 from scoresde.configs.digits.ddpmpp_vp import get_config as digits_config
-from scoresde.configs.toy.gmm_vp import get_config as gmm_config
+from scoresde.cli import main
 from dist_utils import run_ranks
 from scoresde.run import checkpoint as ckpt
 from scoresde.train import loop as trainer
@@ -36,23 +36,17 @@ ATOL = 1e-6
 STEPS, HALF = 6, 3
 
 
-def tiny_config(n_iters: int = STEPS, gpu_flags: bool = False):
-    config = gmm_config()
-    config.device = "cpu"
-    config.data.num_train = 256
-    t = config.training
-    t.batch_size, t.n_iters, t.log_freq, t.eval_freq = 16, n_iters, 2, 3
-    t.checkpoint_freq, t.snapshot_freq, t.keep_last = HALF, 1000, 5
-    t.snapshot_sampling, t.progress_bar, t.tensorboard = False, False, False
-    t.channels_last = t.tf32 = gpu_flags                  # the CUDA-only switches
-    config.model.hidden, config.model.n_blocks, config.model.num_scales = 16, 1, 50
-    config.optim.warmup = 2
-    e = config.eval
-    # 12 items per likelihood batch: 2 ranks and 1 process solve the same batches (adaptive steps
-    # depend on the batch), so per-item values agree to float rounding
-    e.num_samples, e.batch_size, e.rtol, e.atol, e.true_nll_samples = 24, 12, 1e-3, 1e-3, 1000
-    config.sampling.num_samples, config.sampling.batch_size = 9, 16
-    return config
+# 12 items per likelihood batch: 2 ranks and 1 process solve the same batches (adaptive steps depend on
+# the batch), so per-item values agree to float rounding
+DDP = {"device": "cpu", "data.num_train": 256, "training.batch_size": 16, "training.eval_freq": 3,
+       "training.checkpoint_freq": HALF, "training.keep_last": 5, "eval.num_samples": 24, "eval.batch_size": 12,
+       "sampling.steps": 50, "sampling.num_samples": 9}
+
+
+def ddp_config(n_iters: int = STEPS, gpu_flags: bool = False):
+    """``DDP`` for ``n_iters`` steps; ``gpu_flags`` turns on the CUDA-only switches."""
+    return tiny_config(**DDP, **{"training.n_iters": n_iters, "training.channels_last": gpu_flags,
+                                 "training.tf32": gpu_flags})
 
 
 # ---------------------------------------------------------------------------------------- workers
@@ -135,8 +129,8 @@ def _copy_checkpoint(src: Path, dst: Path, step: int) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    trainer.train(options_from_config(tiny_config()), root / "ref")
-    run_ranks(_train_worker, 2, tiny_config(), root / "two", root / "other_ranks")
+    trainer.train(options_from_config(ddp_config()), root / "ref")
+    run_ranks(_train_worker, 2, ddp_config(), root / "two", root / "other_ranks")
     return root
 
 
@@ -154,7 +148,7 @@ def test_two_ranks_reach_the_weights_of_one(runs):
     assert _max_diff(ref, two) < ATOL
     # and the weights moved: Adam moves every weight by about lr = 1e-3 per update, 6 updates, 2 of
     # them warming up, so each tensor's largest change is well above 1e-3 -- far above ATOL
-    init = _initial_weights(tiny_config())
+    init = _initial_weights(ddp_config())
     assert len(init) == len(two["model"]) - 1                          # all but the fixed Fourier features
     assert min(float((two["model"][k] - init[k]).abs().max()) for k in init) > 1e-3
     assert ref["loader"] == {"epoch": 0, "position": STEPS * 16, "seed": 42, "num_items": 256}
@@ -176,23 +170,23 @@ def test_resume_across_world_sizes(runs, tmp_path):
     of the uninterrupted one-process run (the 1-process checkpoint also resumes on 2)."""
     ref = _state(runs / "ref", STEPS)
     one = _copy_checkpoint(runs / "two", tmp_path / "2to1", HALF)
-    trainer.train(options_from_config(tiny_config()), one)
+    trainer.train(options_from_config(ddp_config()), one)
     _assert_close_states(ref, _state(one, STEPS))
     four = _copy_checkpoint(runs / "two", tmp_path / "2to4", HALF)
-    run_ranks(_train_worker, 4, tiny_config(), four, None)
+    run_ranks(_train_worker, 4, ddp_config(), four, None)
     _assert_close_states(ref, _state(four, STEPS))
 
 
 def test_batch_not_divisible_by_world_size(tmp_path):
     with pytest.raises(ValueError, match=r"config\.training\.batch_size=16 .* world size 3"):
-        trainer.train(options_from_config(tiny_config()), tmp_path, DistContext(rank=0, world_size=3))
+        trainer.train(options_from_config(ddp_config()), tmp_path, DistContext(rank=0, world_size=3))
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_gpu_flags_leave_the_cpu_path_unchanged(runs, tmp_path, caplog):
     tf32 = torch.backends.cuda.matmul.allow_tf32
     with caplog.at_level("INFO", logger="scoresde.run.runtime"):
-        trainer.train(options_from_config(tiny_config(gpu_flags=True)), tmp_path)
+        trainer.train(options_from_config(ddp_config(gpu_flags=True)), tmp_path)
     ref, flagged = _state(runs / "ref", STEPS), _state(tmp_path, STEPS)
     assert all(torch.equal(ref["model"][k], flagged["model"][k]) for k in ref["model"])
     assert torch.backends.cuda.matmul.allow_tf32 == tf32
@@ -201,7 +195,7 @@ def test_gpu_flags_leave_the_cpu_path_unchanged(runs, tmp_path, caplog):
 
 
 def test_sample_and_eval_are_sharded_and_gathered(runs, tmp_path):
-    config = tiny_config()
+    config = ddp_config()
     two = _copy_checkpoint(runs / "ref", tmp_path / "two", STEPS)
     run_ranks(_infer_worker, 2, config, two, tmp_path)
     samples = np.load(two / "samples" / "samples.npz")["samples"]

@@ -4,22 +4,19 @@ against closed forms is ``tests/unit/test_bounds.py``; here the models are tiny 
 sizes are the smallest that exercise every path."""
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from absl import flags
 
+from helpers.cli import run_cli
+from helpers.tiny import tiny_config, tiny_flags
 from scoresde.cli import main
 from scoresde.configs.digits.ddpm_discrete import get_config as ddpm_discrete_config
-from test_main_e2e import REPO, TINY_TOY, _tiny_digits, _tiny_toy_config
+from test_main_e2e import DIGITS, TOY
 from scoresde.cli.factory import options_from_config
 
 # tiny Monte-Carlo sizes: 6 items, 4 ELBO draws, IW_1 and IW_2 from 2 paths of the 50-level chain
-TINY_BOUNDS = ["--config.eval.bound_items=6", "--config.eval.elbo_samples=4", "--config.eval.iw_k=(1,2)",
-               "--config.eval.likelihood=False", "--config.training.progress_bar=False"]
+BOUNDS = {"eval.bound_items": 6, "eval.elbo_samples": 4, "eval.iw_k": (1, 2), "eval.likelihood": False}
 
 
 def _keys(unit: str, names) -> list:
@@ -36,15 +33,12 @@ def _bounds_of(metrics: dict) -> dict:
 def toy_run(tmp_path_factory):
     """A tiny continuous-time VP model of the mixture, trained in-process (6 steps)."""
     workdir = tmp_path_factory.mktemp("toy_bounds")
-    main.run(_tiny_toy_config(), workdir, "train")
+    main.run(tiny_config(**TOY), workdir, "train")
     return workdir
 
 
 def test_cli_eval_writes_and_prints_every_bound_with_stderr_and_nfe(toy_run):
-    cmd = [sys.executable, "main.py", "--config", "configs/toy/gmm_vp.py", "--workdir", str(toy_run), "--mode",
-           "eval", *TINY_TOY, *TINY_BOUNDS, "--config.eval.bounds=all"]
-    result = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=120)
+    result = run_cli(*tiny_flags(**TOY, **BOUNDS, **{"eval.bounds": "all"}), workdir=toy_run, mode="eval")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((toy_run / "eval" / "metrics.json").read_text())
     names = ("elbo", "vlb", "iw1", "iw2")
@@ -62,9 +56,7 @@ def test_cli_eval_writes_and_prints_every_bound_with_stderr_and_nfe(toy_run):
 
 
 def test_bounds_are_deterministic_given_the_seed(toy_run, tmp_path):
-    extra = ["--config.eval.bounds='elbo,iw'", "--config.eval.bound_items=6", "--config.eval.elbo_samples=4",
-             "--config.eval.iw_k=(1,2)", "--config.eval.likelihood=False"]
-    config = _tiny_toy_config(*extra)
+    config = tiny_config(**TOY, **BOUNDS, **{"eval.bounds": "elbo,iw"})
     first = _bounds_of(main.run(config, toy_run, "eval", outdir=tmp_path / "a"))
     again = _bounds_of(main.run(config, toy_run, "eval", outdir=tmp_path / "b"))
     assert first == again and "elbo_nll" in first and "iw2_nll" in first
@@ -74,15 +66,10 @@ def test_bounds_are_deterministic_given_the_seed(toy_run, tmp_path):
 
 
 def test_discrete_ddpm_digits_report_the_vlb_in_bits_per_dim(tmp_path):
-    config = ddpm_discrete_config()
-    tiny = _tiny_digits()                                # the tiny network and sizes, on the DDPM chain of 50 levels
-    for section in ("training", "model", "eval", "sampling"):
-        for key, value in tiny[section].items():
-            if key not in ("loss", "continuous", "sde", "predictor", "corrector", "bounds"):
-                config[section][key] = value
-    config.data.num_train = tiny.data.num_train
-    config.eval.bound_items, config.eval.iw_k, config.eval.likelihood = 3, (1, 2), False
-    config.eval.chain_decoder = "discretized"
+    # the tiny network and sizes, on the DDPM chain of 50 levels
+    config = tiny_config("digits/ddpm_discrete", **DIGITS, **{"eval.bound_items": 3, "eval.iw_k": (1, 2),
+                                                              "eval.likelihood": False,
+                                                              "eval.chain_decoder": "discretized"})
     assert options_from_config(config).eval.bounds.names == ("vlb", "iw")
     main.run(config, tmp_path, "train")
     metrics = main.run(config, tmp_path, "eval")
@@ -109,23 +96,17 @@ def test_a_bound_that_does_not_apply_is_a_config_error(change, message):
 
 
 def test_the_discretized_decoder_needs_image_data_and_all_means_what_applies():
-    config = _tiny_toy_config("--config.eval.bounds='vlb'", "--config.eval.chain_decoder='discretized'")
+    config = tiny_config(**TOY, **{"eval.bounds": "vlb", "eval.chain_decoder": "discretized"})
     with pytest.raises(ValueError, match=r"config\.eval\.chain_decoder='discretized' applies to image data"):
         options_from_config(config)
     config.eval.chain_decoder, config.eval.bounds = "density", "all"
     assert options_from_config(config).eval.bounds.names == ("elbo", "vlb", "iw")
 
 
-def test_the_command_line_error_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["main.py", "--config=configs/digits/ddpm_discrete.py", f"--workdir={tmp_path}",
-                                      "--mode=eval", "--config.eval.bounds=elbo,vlb"])
-    flags.FLAGS(sys.argv)
-    try:
-        with pytest.raises(SystemExit) as code:
-            main.main(["main.py"])
-    finally:
-        flags.FLAGS.unparse_flags()
-    assert code.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
+def test_the_command_line_error_is_one_line(tmp_path):
+    result = run_cli("--config=configs/digits/ddpm_discrete.py", "--config.eval.bounds=elbo,vlb", workdir=tmp_path,
+                     mode="eval")
+    assert result.returncode == 2
+    last = result.last_line
     assert last.startswith("main.py: error: invalid config: config.eval.bounds='elbo,vlb': 'elbo' applies to")
     assert not Path(tmp_path / "eval").exists()

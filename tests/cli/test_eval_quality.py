@@ -4,13 +4,14 @@ import json
 
 import pytest
 
+from helpers.tiny import tiny_config
 from scoresde.cli import main
-from test_main_e2e import _tiny_digits, _tiny_toy_config
+from test_main_e2e import DIGITS, TOY
 from scoresde.cli.factory import options_from_config
 
 
 def test_eval_reports_sample_quality_and_repeats(tmp_path):
-    config = _tiny_digits()
+    config = tiny_config("digits/ddpmpp_vp", **DIGITS)
     main.run(config, tmp_path, "train")
     config.eval.sample_quality, config.eval.quality_samples, config.eval.likelihood = True, 40, False
     config.sampling.method, config.sampling.steps = "fast", 4
@@ -26,7 +27,7 @@ def test_eval_reports_sample_quality_and_repeats(tmp_path):
 
 
 def test_sample_quality_needs_images():
-    config = _tiny_toy_config()
+    config = tiny_config(**TOY)
     config.eval.sample_quality = True
     with pytest.raises(ValueError, match="sample_quality applies to image data"):
         options_from_config(config)

@@ -5,7 +5,6 @@ Each test reproduces the fault for real and checks what the user sees."""
 import json
 import logging
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -16,31 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.cli import REPO, run_cli, run_cli_process
+from helpers.tiny import tiny_config, tiny_flags
 from scoresde.cli import main
-from scoresde.configs.toy.gmm_vp import get_config as gmm_config
 from scoresde.run import checkpoint as ckpt
 from scoresde.train import loop as trainer
 from scoresde.cli.factory import options_from_config
 from scoresde.run.workdir import NonFiniteResultsError, WorkdirBusyError, WorkdirLock
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def tiny_config(n_iters: int = 8):
-    config = gmm_config()
-    config.data.num_train = 512
-    t = config.training
-    t.batch_size, t.n_iters, t.log_freq, t.eval_freq = 64, n_iters, 2, 1000
-    t.checkpoint_freq, t.snapshot_freq, t.keep_last, t.snapshot_sampling = 2, 1000, 2, False
-    t.progress_bar, t.tensorboard = False, False
-    config.model.hidden, config.model.n_blocks, config.model.num_scales = 16, 1, 50
-    config.optim.warmup = 2
-    e = config.eval
-    e.num_samples, e.batch_size, e.rtol, e.atol, e.true_nll_samples = 32, 32, 1e-3, 1e-3, 1000
-    s = config.sampling
-    s.method, s.steps, s.num_samples, s.batch_size = "fast", 5, 16, 16
-    return config
-
 
 def train(config, workdir):
     return trainer.train(options_from_config(config), workdir)
@@ -48,20 +29,6 @@ def train(config, workdir):
 
 def _steps(workdir):
     return [s for s, _ in ckpt.list_checkpoints(workdir / "checkpoints")]
-
-
-def _cli(workdir, mode, *extra, wait=True, config="configs/toy/gmm_vp.py"):
-    small = ["--config.data.num_train=512", "--config.training.batch_size=64", "--config.model.hidden=16",
-             "--config.model.n_blocks=1", "--config.model.num_scales=50", "--config.training.progress_bar=False",
-             "--config.eval.num_samples=32", "--config.eval.rtol=1e-3", "--config.eval.atol=1e-3",
-             "--config.eval.true_nll_samples=1000", "--config.sampling.method=fast", "--config.sampling.steps=5",
-             "--config.sampling.num_samples=16", "--config.sampling.batch_size=16"]
-    cmd = [sys.executable, "main.py", "--config", config, "--workdir", str(workdir), "--mode", mode, *small, *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if not wait:   # its log goes to a file: an unread pipe would fill up and block the trainer
-        log = open(Path(workdir).parent / f"{Path(workdir).name}-{mode}.log", "w")
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _last_line(stderr: str) -> str:
@@ -84,7 +51,7 @@ def _nan_data_from(monkeypatch, step: int):
 
 
 def test_divergence_skips_updates_stops_and_keeps_the_good_checkpoints(tmp_path, monkeypatch):
-    config = tiny_config(n_iters=20)
+    config = tiny_config(training__n_iters=20)
     _nan_data_from(monkeypatch, step=5)
     with pytest.raises(trainer.TrainingDivergedError) as caught:
         train(config, tmp_path)
@@ -106,7 +73,7 @@ def test_divergence_skips_updates_stops_and_keeps_the_good_checkpoints(tmp_path,
 
 
 def test_weights_that_went_non_finite_are_never_written(tmp_path, monkeypatch):
-    config = tiny_config(n_iters=6)
+    config = tiny_config(training__n_iters=6)
     original = trainer.train_step
 
     def corrupt_after(run, x, labels=None):
@@ -123,7 +90,7 @@ def test_weights_that_went_non_finite_are_never_written(tmp_path, monkeypatch):
 
 
 def test_divergence_on_the_command_line_exits_non_zero_with_one_line(tmp_path, monkeypatch, capsys):
-    config = tiny_config(n_iters=20)
+    config = tiny_config(training__n_iters=20)
     _nan_data_from(monkeypatch, step=3)
     assert main.execute(options_from_config(config), str(tmp_path), "train") == 1
     line = _last_line(capsys.readouterr().err)
@@ -162,7 +129,7 @@ def test_resume_refuses_another_model_or_recipe_and_logs_allowed_changes(trained
     config.optim.lr = 5e-4
     with pytest.raises(ValueError, match=r"optim\.lr: checkpoint 0\.001, requested 0\.0005"):
         train(config, trained)
-    config = tiny_config(n_iters=10)
+    config = tiny_config(training__n_iters=10)
     config.sampling.steps = 7                                          # free: logged, resumed
     with caplog.at_level(logging.INFO, logger="scoresde.run.drift"):
         assert train(config, trained)["step"] == 10
@@ -222,20 +189,22 @@ def _wait_for_a_checkpoint(workdir: Path, proc, timeout: float = 120.0) -> None:
 
 
 def test_second_trainer_fails_at_once_eval_runs_beside_and_sigterm_exits_143(tmp_path):
-    first = _cli(tmp_path, "train", "--config.training.n_iters=1000000", "--config.training.checkpoint_freq=20",
-                 "--config.training.log_freq=20", wait=False)
+    log = tmp_path.parent / f"{tmp_path.name}-train.log"
+    first = run_cli_process(*tiny_flags(training__n_iters=1000000, training__checkpoint_freq=20,
+                                        training__log_freq=20, training__keep_last=3),
+                            workdir=tmp_path, mode="train", log=log)
     try:
         _wait_for_a_checkpoint(tmp_path, first)
-        second = _cli(tmp_path, "train")
+        second = run_cli(*tiny_flags(), workdir=tmp_path, mode="train")   # here, against the other process
         assert second.returncode == 1
         line = _last_line(second.stderr)
         assert f"is in use by another trainer (pid {first.pid} on" in line and "WorkdirBusyError" in line
-        beside = _cli(tmp_path, "eval", "--config.eval.likelihood=False")      # eval needs no lock
+        beside = run_cli(*tiny_flags(eval__likelihood=False), workdir=tmp_path, mode="eval")   # eval needs no lock
         assert beside.returncode == 0, beside.stderr[-2000:]
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=120)
-    stderr = (tmp_path.parent / f"{tmp_path.name}-train.log").read_text()
+    stderr = log.read_text()
     assert first.returncode == 143, stderr[-2000:]                    # 128 + SIGTERM, as schedulers expect
     assert "SIGTERM received: checkpoint written at step" in stderr
 
@@ -263,7 +232,7 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
     with open(metrics, "a") as f:
         f.write('{"step": 9, "loss": 0.12')                          # a crash mid-append
     with caplog.at_level(logging.WARNING):
-        assert train(tiny_config(n_iters=10), tmp_path)["step"] == 10
+        assert train(tiny_config(training__n_iters=10), tmp_path)["step"] == 10
     assert any("torn last line" in r.getMessage() for r in caplog.records)
     records = [json.loads(line) for line in metrics.read_text().splitlines()]      # every line parses
     assert records[-1] == {"step": 10, "event": "finished"}
@@ -352,9 +321,7 @@ def test_command_line_mistakes_are_one_line(tmp_path):
          "batch_size=1024 is larger than the training set"),
     ]
     for (config, workdir, extra), status, text in cases:
-        result = subprocess.run([sys.executable, "main.py", "--config", config, "--workdir", workdir, "--mode", "train",
-                                 *extra], cwd=REPO, capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        result = run_cli("--config", config, *extra, workdir=workdir, mode="train")
         assert result.returncode == status, (extra, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, (extra, result.stderr[-2000:])
         line = _last_line(result.stderr)
@@ -363,6 +330,6 @@ def test_command_line_mistakes_are_one_line(tmp_path):
 
 def test_eval_and_sample_never_create_the_work_directory(tmp_path):
     for mode in ("eval", "sample"):
-        result = _cli(tmp_path / "nothing", mode)
+        result = run_cli(*tiny_flags(), workdir=tmp_path / "nothing", mode=mode)
         assert result.returncode == 2 and "does not exist; train a model there first" in _last_line(result.stderr)
     assert not (tmp_path / "nothing").exists()

@@ -10,6 +10,7 @@ import signal
 import pytest
 import torch
 
+from helpers.tiny import tiny_config
 from scoresde.configs.digits.ddpmpp_vp import get_config as digits_config
 from scoresde.configs.toy.gmm_vp import get_config as gmm_config
 from scoresde.run import checkpoint as ckpt
@@ -28,36 +29,22 @@ def train(config, workdir, ctx=None):
 
 
 
+# the predictor-corrector options these tests check; held-out losses and checkpoints every 4 steps
+TOY = {"training.eval_freq": 4, "training.checkpoint_freq": 4, "training.keep_last": 3, "eval.num_samples": 64,
+       "eval.batch_size": 64, "sampling.method": "pc", "sampling.steps": 50, "sampling.num_samples": 32,
+       "sampling.batch_size": 32}
+# a 1-level U-Net with dropout, flips and dequantisation: every random stream in use
+DIGITS = {"data.num_train": 256, "data.random_flip": True, "training.n_iters": 6, "training.eval_freq": 3,
+          "training.checkpoint_freq": 3, "training.snapshot_num_samples": 36, "eval.num_samples": 16,
+          "eval.batch_size": 16}
+
+
 def tiny_toy_config():
-    config = gmm_config()
-    config.data.num_train = 512
-    t = config.training
-    t.batch_size, t.n_iters, t.log_freq, t.eval_freq = 64, 8, 2, 4
-    t.checkpoint_freq, t.snapshot_freq, t.snapshot_sampling = 4, 1000, False
-    t.progress_bar, t.tensorboard = False, False
-    config.model.hidden, config.model.n_blocks, config.model.num_scales = 16, 1, 50
-    config.optim.warmup = 2
-    config.eval.num_samples, config.eval.batch_size = 64, 64
-    config.eval.rtol, config.eval.atol, config.eval.true_nll_samples = 1e-3, 1e-3, 1000
-    config.sampling.num_samples, config.sampling.batch_size = 32, 32
-    config.sampling.method = "pc"             # the predictor-corrector options these tests check
-    return config
+    return tiny_config(**TOY)
 
 
 def tiny_digits_config():
-    """A 1-level U-Net with dropout, flips and dequantisation: every random stream in use."""
-    config = digits_config()
-    config.data.num_train, config.data.random_flip = 256, True
-    t = config.training
-    t.batch_size, t.n_iters, t.log_freq, t.eval_freq = 16, 6, 2, 3
-    t.checkpoint_freq, t.snapshot_freq, t.snapshot_sampling = 3, 1000, False
-    t.progress_bar, t.tensorboard = False, False
-    m = config.model
-    m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions, m.dropout, m.num_scales = 8, (1,), 1, (), 0.1, 50
-    config.eval.num_samples, config.eval.batch_size = 16, 16
-    config.eval.rtol, config.eval.atol = 1e-2, 1e-2
-    config.sampling.num_samples, config.sampling.batch_size = 4, 4
-    return config
+    return tiny_config("digits/ddpmpp_vp", **DIGITS)
 
 
 # ---------------------------------------------------------------------------------------- validation

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.data import write_cifar
 from scoresde.data.loader import ShardedBatchLoader
 from scoresde.data.datasets import (
     ITEM_SHAPES, Checkerboard, GaussianMixture2D, ImageDataset, data_scaler, dataset_names, dequantize,
@@ -158,21 +159,6 @@ def test_digits_split():
 
 
 # ---------------------------------------------------------------- cifar10
-
-def write_cifar(folder, n_per_batch=3, seed=0):
-    folder.mkdir(parents=True)
-    rng = np.random.RandomState(seed)
-    rows, labels = [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.randint(0, 256, size=(n_per_batch, 3072)).astype(np.uint8)
-        lab = rng.randint(0, 10, size=n_per_batch).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": lab,
-                         b"filenames": [b"x.png"] * n_per_batch}, f, protocol=2)
-        rows.append(data)
-        labels.append(lab)
-    return rows, labels
-
 
 def test_cifar10_reader_pixel_layout(tmp_path):
     rows, labels = write_cifar(tmp_path / "cifar-10-batches-py")
