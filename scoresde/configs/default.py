@@ -135,7 +135,7 @@ def _sampling() -> ml_collections.ConfigDict:
     s.mask = "lower_half"          # inpaint: lower_half | right_half | centre | random:<missing fraction> | mask.npy (1 = known)
     s.inpaint_method = "replacement"  # inpaint / colorize: replacement (Song et al. 2021) | repaint (Lugmayr et al.)
     s.resample = 1                 # inpaint / colorize with repaint: U, reverse steps per level
-    s.inpaint_data = ""            # inpaint / colorize: .npz of data-space items (array "samples"); "" = held-out data
+    s.inpaint_data = ""            # inpaint / colorize: .npz of data-space items (array "samples", images in [0, 1]); "" = held-out
     s.num_samples = 64             # samples written by --mode sample (items by inpaint / colorize)
     s.batch_size = 64              # samples drawn per batch
     return s
