@@ -158,6 +158,20 @@ def test_a_run_that_fails_before_training_leaves_no_work_directory(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_a_run_that_fails_while_setting_up_removes_the_work_directory_it_created(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no network today")
+
+    monkeypatch.setattr(trainer, "_build_network", broken)
+    with pytest.raises(RuntimeError, match="no network today"):
+        main.run(tiny_config(), tmp_path / "new" / "run", "train")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    with pytest.raises(RuntimeError, match="no network today"):
+        main.run(tiny_config(), tmp_path / "old", "train")
+    assert (tmp_path / "old").is_dir()                      # a directory the run did not create stays
+
+
 # ---------------------------------------------------------------------------------------- recipe on resume
 def test_divergence_advice_resumes_with_a_lower_lr(tmp_path, monkeypatch, caplog):
     config = tiny_config(n_iters=20)
