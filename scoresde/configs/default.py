@@ -65,7 +65,7 @@ def _model() -> ml_collections.ConfigDict:
     m.sigma_data = 0.5             # edm parameterisation and loss: the data's standard deviation
     m.num_classes = 0              # class-conditional network or classifier: number of classes (0 = unconditional)
     m.pretrained = ""              # eval / sample / inpaint: a diffusers save_pretrained dir or a score_sde checkpoint
-    m.pretrained_config = ""       # a score_sde checkpoint's training config (.json dump or its .py file)
+    m.pretrained_config = ""       # a score_sde checkpoint's training config: .json dump, or its .py file (executed)
     # the process (training.sde) reads these
     m.sigma_min = 0.01             # VE / EDM: smallest noise level (EDM's own: 0.002)
     m.sigma_max = 50.0             # VE / EDM: largest noise level (EDM's own: 80)
