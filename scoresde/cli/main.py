@@ -21,7 +21,6 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from scoresde.run.checkpoint import atomic_write_text
 from scoresde.run.distributed import DistContext, cleanup, init_distributed
 from scoresde.evaluate.classifier import evaluate_classifier
 from scoresde.cli.modes.eval import evaluate
@@ -32,7 +31,6 @@ from scoresde.cli.schema import schema_fields, unknown_field
 from scoresde.run.options import RunOptions
 from scoresde.cli.modes.sample import sample
 from scoresde.train.loop import train
-from scoresde.run.workdir import config_path
 
 def evaluate_model(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: str | Path | None = None) -> dict:
     """``--mode eval``: likelihoods and held-out loss of a score model, or a classifier's accuracy."""
@@ -53,16 +51,6 @@ flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
 flags.DEFINE_string("outdir", None, "eval / sample: write results here instead of <workdir>/eval or "
                     "<workdir>/samples (e.g. when the work directory is read-only).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def save_train_config(options: RunOptions, workdir: str | Path, ctx: DistContext) -> Path:
-    """Write the resolved config of a training run into the work directory (rank 0). Eval and sample
-    write theirs next to their results, after them."""
-    path = config_path(workdir, "train")
-    if ctx.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, options.config_json + "\n")
-    return path
 
 
 def quiet_other_ranks(ctx: DistContext) -> None:
@@ -100,8 +88,7 @@ def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mod
     quiet_other_ranks(ctx)
     try:
         if mode == "train":
-            save_train_config(options, workdir, ctx)
-            return train(options, workdir, ctx)
+            return train(options, workdir, ctx)    # writes <workdir>/config.json once it may train there
         return MODES[mode](options, workdir, ctx, outdir=outdir)
     finally:
         cleanup(ctx)

@@ -65,7 +65,7 @@ def _model() -> ml_collections.ConfigDict:
     m.sigma_data = 0.5             # edm parameterisation and loss: the data's standard deviation
     m.num_classes = 0              # class-conditional network or classifier: number of classes (0 = unconditional)
     m.pretrained = ""              # eval / sample / inpaint: a diffusers save_pretrained dir or a score_sde checkpoint
-    m.pretrained_config = ""       # a score_sde checkpoint's training config (.json dump or its .py file)
+    m.pretrained_config = ""       # a score_sde checkpoint's training config: .json dump, or its .py file (executed)
     # the process (training.sde) reads these
     m.sigma_min = 0.01             # VE / EDM: smallest noise level (EDM's own: 0.002)
     m.sigma_max = 50.0             # VE / EDM: largest noise level (EDM's own: 80)
@@ -135,7 +135,7 @@ def _sampling() -> ml_collections.ConfigDict:
     s.mask = "lower_half"          # inpaint: lower_half | right_half | centre | random:<missing fraction> | mask.npy (1 = known)
     s.inpaint_method = "replacement"  # inpaint / colorize: replacement (Song et al. 2021) | repaint (Lugmayr et al.)
     s.resample = 1                 # inpaint / colorize with repaint: U, reverse steps per level
-    s.inpaint_data = ""            # inpaint / colorize: .npz of data-space items (array "samples"); "" = held-out data
+    s.inpaint_data = ""            # inpaint / colorize: .npz of data-space items (array "samples", images in [0, 1]); "" = held-out
     s.num_samples = 64             # samples written by --mode sample (items by inpaint / colorize)
     s.batch_size = 64              # samples drawn per batch
     return s

@@ -125,6 +125,24 @@ def to_model_space(batch: torch.Tensor, spec: DataSpec, generator: torch.Generat
     return data_scaler(spec.centered)(y)
 
 
+def check_data_space(items, spec: DataSpec, what: str) -> None:
+    """``ValueError`` naming ``what`` unless ``items`` (a NumPy array or tensor) lie in ``spec``'s data space,
+    what ``to_data_space`` returns: floats in [0, 1] for images (never stored grey levels, which would
+    be clipped), finite numbers for points."""
+    items = torch.as_tensor(items)
+    if not items.numel():
+        raise ValueError(f"{what} holds no items")
+    found = (f"found {str(items.dtype).replace('torch.', '')} values in "
+             f"[{float(items.min()):g}, {float(items.max()):g}]")
+    if spec.is_image:
+        if not items.is_floating_point() or not bool(((items >= 0) & (items <= 1)).all()):
+            raise ValueError(f"{what} must hold {spec.name} images in data space: floating-point values in [0, 1] "
+                             f"(grey level v of {spec.num_levels} as (v + 1/2) / {spec.num_levels}, as samples.npz "
+                             f"and inpaint.npz hold them); {found}")
+    elif items.dtype == torch.bool or items.is_complex() or not bool(torch.isfinite(items.double()).all()):
+        raise ValueError(f"{what} must hold finite numbers (data space of {spec.name!r} points); {found}")
+
+
 def to_data_space(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     """Model-space samples -> data space: images in [0, 1] (clipped), points as they are."""
     if not spec.is_image:

@@ -15,7 +15,10 @@ checkpoint (resume, eval, sample) the stored and the requested options are compa
   sampling and evaluation setting. Changes are logged.
 - everything else is the **training recipe** (loss and its weighting, optimiser, batch size, EMA rate,
   seed, label dropout, data draws and augmentation): it must match to resume training (a resumed run
-  would silently follow another recipe); eval and sample only log a change.
+  would silently follow another recipe); eval and sample only log a change. Three recipe leaves are
+  **step-size** leaves, the ones a diverged run is told to change: ``optim.lr``, ``optim.warmup`` and
+  ``optim.grad_clip`` are set afresh at every update (nothing in the optimizer's state depends on
+  them), so a resume may change them; each change is logged on a line of its own.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ FREE = ("device", "data.root", "data.num_test", "network.pretrained", "network.p
         "train.keep_last", "train.snapshot_sampling", "train.snapshot_num_samples", "train.progress_bar",
         "train.tensorboard", "train.accel.", "train.threads", "train.max_nonfinite_steps",
         "train.exit_zero_on_signal", "sampler.", "eval.")
+
+# Recipe leaves a resumed run may change: the step size, read afresh at every update (``optimize_step``).
+STEP_SIZE = ("optim.lr", "optim.warmup", "optim.grad_clip")
 
 
 class Absent:
@@ -82,16 +88,19 @@ def _differences(stored: dict, requested: dict, paths) -> list[str]:
 
 def check_options_drift(stored: RunOptions, requested: RunOptions, what: str, resume: bool) -> None:
     """Raise ``ValueError`` when the requested options would misread the checkpoint ``what`` (model
-    leaves; on ``resume`` also the recipe); log every other change."""
+    leaves; on ``resume`` also the recipe but its step size); log every other change."""
     before, after = leaves(stored), leaves(requested)
     model = set(model_leaves(stored)) | set(model_leaves(requested))
     paths = list(dict.fromkeys([*before, *after]))
-    must_match = [p for p in paths if p in model or (resume and not is_free(p))]
+    step_size = [p for p in paths if resume and p in STEP_SIZE]
+    must_match = [p for p in paths if p in model or (resume and not is_free(p) and p not in step_size)]
     bad = _differences(before, after, must_match)
     if bad:
         action = "resume training from" if resume else "use"
         raise ValueError(f"cannot {action} {what}: the config differs from the one it was trained with in "
                          f"{'; '.join(bad)}. Use the training config (or another --workdir)")
-    changed = _differences(before, after, [p for p in paths if p not in must_match])
+    for change in _differences(before, after, step_size):
+        logger.info("resuming %s with a changed step size: %s", what, change)
+    changed = _differences(before, after, [p for p in paths if p not in must_match and p not in step_size])
     if changed:
         logger.info("option changes against %s (allowed): %s", what, "; ".join(changed))

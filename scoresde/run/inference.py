@@ -34,6 +34,7 @@ class Inference:
     data: DataSpec                    # tensor-free: shape, levels, scaling
     step: int
     checkpoint: Path
+    trained: RunOptions               # the options the weights were trained with (what checks of the model read)
     score_with: Callable | None = None   # score_with(cond): the score given class labels (conditional models)
 
 
@@ -103,13 +104,14 @@ def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContex
         score_fn = get_score_fn(sde, network, train=False, cond=cond, **options.network.score_kwargs)
         return accelerated_score_fn(score_fn, accel, ctx.device)
 
-    return Inference(sde=sde, model=module, score_fn=marginal_score(options, score_with),
+    return Inference(sde=sde, model=module, score_fn=marginal_score(trained.options, score_with),
                      data=spec_from_meta(trained.state["meta"]), step=trained.step, checkpoint=path,
-                     score_with=score_with)
+                     trained=trained.options, score_with=score_with)
 
 
 def pretrained_inference(options: RunOptions, ctx: DistContext) -> Inference:
-    """``Inference`` of the model ``model.pretrained`` names (step 0: it was not trained here)."""
+    """``Inference`` of the model ``model.pretrained`` names (step 0: it was not trained here, so the
+    requested options stand for the trained ones)."""
     loaded = load_pretrained(options, ctx)
 
     def score_with(cond: torch.Tensor | None):
@@ -118,16 +120,16 @@ def pretrained_inference(options: RunOptions, ctx: DistContext) -> Inference:
         return lambda x, t: loaded.score_fn(x, t, cond)
 
     return Inference(sde=loaded.sde, model=loaded.model, score_fn=loaded.score_fn, data=loaded.data, step=0,
-                     checkpoint=loaded.path, score_with=score_with)
+                     checkpoint=loaded.path, trained=options, score_with=score_with)
 
 
-def marginal_score(options: RunOptions, score_with: Callable) -> Callable:
+def marginal_score(trained: RunOptions, score_with: Callable) -> Callable:
     """The score of ``p_t(x)`` (what eval's likelihoods and unlabelled sampling use): the network's own, or
-    for a class-conditional network trained with label dropout its null label's."""
-    classes = options.network.num_classes
+    for a class-conditional network trained with label dropout (by its ``trained`` options) its null label's."""
+    classes = trained.network.num_classes
     if not classes:
         return score_with(None)
-    if not options.train.label_dropout:
+    if not trained.train.label_dropout:
         def unavailable(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             raise ValueError("this class-conditional model was trained without label dropout (training.label_dropout "
                              "= 0): it has no score of p(x) for likelihoods or unlabelled samples; sample with "

@@ -2,7 +2,7 @@
 set, the score comes from a diffusers ``save_pretrained`` directory (``models.load_diffusers_dir``: a
 ``UNet2DModel`` and its DDPM/DDIM scheduler; nothing is downloaded) or a score_sde_pytorch checkpoint
 (``models.from_score_sde``, with the config it was trained with in ``model.pretrained_config``: a JSON
-dump of that config, or its ``.py`` file). The data set, its scaling and the samplers still come from the
+dump of that config, or its ``.py`` file, which is executed). The data set, its scaling and the samplers still come from the
 config; the process (the scheduler's betas, the checkpoint's SDE) comes with the model."""
 from __future__ import annotations
 
@@ -36,26 +36,35 @@ class Pretrained:
     path: Path
 
 
+CONFIG_SUFFIXES = (".json", ".py")
+
+
 def read_score_sde_config(path: str | None):
-    """score_sde's config: a JSON file (``config.to_dict()`` dumped) or a ``.py`` file with ``get_config()``
-    (importable only if its own imports resolve, e.g. with score_sde's ``configs`` package on the path)."""
+    """score_sde's config: a JSON file (``config.to_dict()`` dumped) or a ``.py`` file whose ``get_config()``
+    is executed (score_sde's configs are Python; importable only if its own imports resolve, e.g. with
+    score_sde's ``configs`` package on the path)."""
     if not path:
         raise ValueError("config.model.pretrained names a score_sde checkpoint: set config.model.pretrained_config "
                          "to the config it was trained with (a JSON dump of it, or its .py file)")
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"config.model.pretrained_config={path!r} does not exist")
+    if file.suffix not in CONFIG_SUFFIXES:
+        raise ValueError(f"config.model.pretrained_config={path!r} must be a {' or '.join(CONFIG_SUFFIXES)} file "
+                         f"(a JSON dump of score_sde's config, or its Python file, which is executed), got "
+                         f"{file.suffix or 'no suffix'!r}")
     if file.suffix == ".json":
         return json.loads(file.read_text())
+    logger.info("executing the Python file %s for its get_config() (config.model.pretrained_config)", file)
     spec = importlib.util.spec_from_file_location("score_sde_config", file)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
         return module.get_config()
     except Exception as err:   # noqa: BLE001 -- the user's file; one line naming it
-        raise ValueError(f"config.model.pretrained_config={path!r}: cannot run its get_config() ({type(err).__name__}: "
-                         f"{err}); save the config as JSON where score_sde is installed "
-                         f"(json.dump(get_config().to_dict(), f)) and pass that") from err
+        raise ValueError(f"config.model.pretrained_config={path!r}: the Python file was executed and its "
+                         f"get_config() failed ({type(err).__name__}: {err}); save the config as JSON where "
+                         f"score_sde is installed (json.dump(get_config().to_dict(), f)) and pass that") from err
 
 
 def _data_spec(options: RunOptions):

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from scoresde.run.runtime import (GracefulStop, MetricsWriter, accelerated_score
                               resolve_accel, set_threads)
 from scoresde.data.streams import Stream, generator, step_seed
 from scoresde.run.workdir import (METRICS_FILE, SNAPSHOT_DIR, TENSORBOARD_DIR, WorkdirLock, checkpoint_dir,
-                              write_loss_curve)
+                              config_path, write_loss_curve)
 
 logger = logging.getLogger(__name__)
 
@@ -140,15 +141,18 @@ def _build_network(options: RunOptions, data: DataSpec, ctx: DistContext, accel:
     return model
 
 
-def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: DataSpec | None = None) -> TrainRun:
+def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: DataSpec | None = None,
+              found: "tuple[dict, Path] | None | bool" = True) -> TrainRun:
     """Build data (unless given, e.g. synthetic data for a benchmark), SDE, network, EMA, optimizer,
-    loader and generator; resume if a checkpoint exists."""
+    loader and generator; resume from ``found`` (``read_resumable``'s answer; ``True``: read it here)."""
     workdir, train = Path(workdir), options.train
     check_global_batch(train.batch_size, ctx)
     accel = resolve_accel(ctx.device, train.accel)
     apply_accel(accel, ctx.device)
     data = data if data is not None else load_data(options.data, options.seed)
     check_data_size(train.batch_size, data)
+    if found is True:
+        found = read_resumable(options, workdir, data)
     data = training_data_on(data, ctx.device)
     model = _build_network(options, data, ctx, accel)
     set_threads(train.threads, local_processes(), ctx.device)
@@ -165,7 +169,7 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
         run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temp_files(run.checkpoint_dir)
     barrier(ctx)
-    resume(run)
+    resume(run, found)
     run.train_model = wrap_model(run.model, run.ctx)
     run.update = gradient_step(run)
     return run
@@ -195,6 +199,14 @@ def last_good_checkpoint(run: TrainRun) -> str:
     return f"{found[-1][1]} (step {found[-1][0]})" if found else "none (no checkpoint was written yet)"
 
 
+def divergence_advice(run: TrainRun) -> str:
+    """How to go on from the last good checkpoint: a smaller step, which a resume may change."""
+    o = run.options.optim
+    return (f"To resume from it with a smaller step, run the same command again with --config.optim.lr="
+            f"{o.lr / 4:g} added (or a longer --config.optim.warmup, or --config.optim.grad_clip="
+            f"{o.grad_clip / 2 if o.grad_clip else 1.0:g}); these may change on resume")
+
+
 def check_skipped_updates(run: TrainRun) -> int:
     """Raise ``TrainingDivergedError`` once ``max_nonfinite_steps`` updates in a row were skipped;
     returns how many were skipped in all. Synchronises with the device."""
@@ -205,7 +217,7 @@ def check_skipped_updates(run: TrainRun) -> int:
             f"training diverged: the loss or gradient was not finite at {consecutive} consecutive updates "
             f"(steps {first}-{run.step}, limit training.max_nonfinite_steps={limit}); those updates were "
             f"skipped and nothing was written after them. Last good checkpoint: {last_good_checkpoint(run)}. "
-            f"Lower optim.lr, lengthen optim.warmup or set optim.grad_clip, then run again to resume from it")
+            f"{divergence_advice(run)}")
     return total
 
 
@@ -220,8 +232,7 @@ def check_finite_state(run: TrainRun) -> None:
     if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
         raise TrainingDivergedError(
             f"training diverged: the weights, EMA or optimizer state hold NaN or inf at step {run.step}; "
-            f"no checkpoint was written. Last good checkpoint: {last_good_checkpoint(run)}. Lower optim.lr, "
-            f"lengthen optim.warmup or set optim.grad_clip, then run again to resume from it")
+            f"no checkpoint was written. Last good checkpoint: {last_good_checkpoint(run)}. {divergence_advice(run)}")
 
 
 def save_checkpoint(run: TrainRun) -> None:
@@ -250,12 +261,22 @@ def _restore_rng(run: TrainRun, rng: dict, path: Path) -> None:
     torch.manual_seed(step_seed(run.options.seed, Stream.DROPOUT, run.step, run.ctx.rank))
 
 
+def read_resumable(options: RunOptions, workdir: str | Path, data: DataSpec) -> tuple[dict, Path] | None:
+    """The newest readable checkpoint of ``workdir`` and its path (``None`` when there is none), once
+    ``options`` and ``data`` are checked against it: a run refused here has changed no file."""
+    found = ckpt.load_latest(checkpoint_dir(workdir))
+    if found is None:
+        return None
+    state, path = found
+    check_options_drift(RunOptions.from_json(state["options"]), options, str(path), resume=True)
+    if state["meta"] != data_meta(data):
+        raise ValueError(f"{path} was trained on {state['meta']}, the config gives {data_meta(data)}")
+    return found
+
+
 def restore_state(run: TrainRun, state: dict, path: Path) -> None:
-    """Load a checkpoint dict into the run, strictly: the raw weights go into the training network,
-    the averaged ones into the EMA's copy."""
-    check_options_drift(RunOptions.from_json(state["options"]), run.options, str(path), resume=True)
-    if state["meta"] != data_meta(run.data):
-        raise ValueError(f"{path} was trained on {state['meta']}, the config gives {data_meta(run.data)}")
+    """Load a checkpoint dict (checked by ``read_resumable``) into the run, strictly: the raw weights go
+    into the training network, the averaged ones into the EMA's copy."""
     ckpt.load_module_state(run.model, state["model"], path)
     run.ema.load_state_dict(state["ema"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -264,9 +285,8 @@ def restore_state(run: TrainRun, state: dict, path: Path) -> None:
     _restore_rng(run, state["rng"], path)
 
 
-def resume(run: TrainRun) -> None:
-    """Continue from the newest readable checkpoint, if any."""
-    found = ckpt.load_latest(run.checkpoint_dir)
+def resume(run: TrainRun, found: tuple[dict, Path] | None) -> None:
+    """Continue from ``found``, the newest readable checkpoint, if any."""
     if found is None:
         logger.info("no checkpoint in %s: training from scratch", run.checkpoint_dir)
         run.metrics.truncate_after(0)                   # records of a run whose checkpoints are gone
@@ -616,15 +636,58 @@ def workdir_lock(workdir: str | Path, ctx: DistContext):
 
 
 def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = None) -> dict:
-    """The ``train`` mode; returns ``{"step", "stopped_by_signal", "signal"}``."""
+    """The ``train`` mode; returns ``{"step", "stopped_by_signal", "signal"}``.
+
+    No file of the work directory changes before the lock is held and the options are checked against
+    its newest checkpoint; the data are loaded before that, so a run without its data creates nothing,
+    and a run that fails before training in a work directory it created removes it again."""
     ctx = ctx or DistContext()
     check_global_batch(options.train.batch_size, ctx)
+    data = load_data(options.data, options.seed)
+    check_data_size(options.train.batch_size, data)
+    created = first_missing(Path(workdir))
     with workdir_lock(workdir, ctx):
-        return _train_locked(options, workdir, ctx)
+        with removed_on_failure(created, ctx):
+            found = read_resumable(options, workdir, data)
+            write_train_config(options, workdir, ctx)
+            run = setup_run(options, workdir, ctx, data=data, found=found)
+        return _train_locked(run)
 
 
-def _train_locked(options: RunOptions, workdir: str | Path, ctx: DistContext) -> dict:
-    run = setup_run(options, workdir, ctx)
+def first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (what creating it creates)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+@contextlib.contextmanager
+def removed_on_failure(created: Path | None, ctx: DistContext):
+    """On an error, remove ``created`` (a directory this run made, lock and resolved config included)."""
+    try:
+        yield
+    except BaseException:
+        if created is not None and ctx.is_main and created.is_dir():
+            shutil.rmtree(created)
+            logger.info("removed %s, created by this run before it failed", created)
+        raise
+
+
+def write_train_config(options: RunOptions, workdir: str | Path, ctx: DistContext) -> Path:
+    """Write the resolved config of a training run into the work directory (rank 0), once the run holds
+    its lock and may resume from the newest checkpoint. Eval and sample write theirs next to their
+    results, after them."""
+    path = config_path(workdir, "train")
+    if ctx.is_main:
+        ckpt.atomic_write_text(path, options.config_json + "\n")
+    return path
+
+
+def _train_locked(run: TrainRun) -> dict:
+    options = run.options
     if run.step >= options.train.n_iters and run.last_saved == run.step:
         run.metrics.close()
         logger.info("training is already finished: the newest checkpoint is at step %d and training.n_iters=%d; "

@@ -126,8 +126,8 @@ def test_resume_refuses_another_model_or_recipe_and_logs_allowed_changes(trained
                                          r"requested 100"):
         train(config, trained)
     config = tiny_config()
-    config.optim.lr = 5e-4
-    with pytest.raises(ValueError, match=r"optim\.lr: checkpoint 0\.001, requested 0\.0005"):
+    config.optim.beta1 = 0.5
+    with pytest.raises(ValueError, match=r"optim\.beta1: checkpoint 0\.9, requested 0\.5"):
         train(config, trained)
     config = tiny_config(training__n_iters=10)
     config.sampling.steps = 7                                          # free: logged, resumed

@@ -27,7 +27,7 @@ from scoresde.run.generation import count_nonfinite, label_accuracy, npz_bytes, 
 from scoresde.run.guidance import guided_score_for, unconditional_score
 from scoresde.run.inference import Inference, load_for_inference
 from scoresde.run.options import RunOptions, SamplerOptions
-from scoresde.data.pipeline import DataSpec, load_data, to_data_space, to_model_space
+from scoresde.data.pipeline import DataSpec, check_data_space, load_data, to_data_space, to_model_space
 from scoresde.run.plots import image_grid
 from scoresde.run.runtime import logs_above_bars
 from scoresde.evaluate.metrics import digits_classifier
@@ -90,9 +90,10 @@ def build_mask(kind: str, n: int, shape: tuple, gen: torch.Generator) -> torch.T
 
 # ---------------------------------------------------------------------------------------- data
 def items_to_complete(options: RunOptions, inf: Inference, gen: torch.Generator
-                      ) -> tuple[torch.Tensor, torch.Tensor | None, DataSpec]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, DataSpec]:
     """``num_samples`` items in model space (held-out data, uniformly dequantised, or the user's
-    ``.npz`` of data-space items), their labels when known, and the data description."""
+    ``.npz`` of data-space items, refused unless they lie in the data space), the same items in data
+    space, their labels when known, and the data description."""
     n = options.sampler.num_samples
     if options.sampler.inpaint_data is None:
         spec = load_data(options.data, options.seed, with_train=False)
@@ -100,7 +101,7 @@ def items_to_complete(options: RunOptions, inf: Inference, gen: torch.Generator
             raise ValueError(f"config.sampling.num_samples={n} exceeds the {len(spec.test)} held-out items "
                              f"(config.eval.num_samples)")
         x = to_model_space(spec.test[:n], spec, gen, train=False)
-        return x, None if spec.test_labels is None else spec.test_labels[:n], spec
+        return x, to_data_space(x, spec), None if spec.test_labels is None else spec.test_labels[:n], spec
     path = Path(options.sampler.inpaint_data)
     if not path.is_file():
         raise ValueError(f"config.sampling.inpaint_data={str(path)!r} does not exist")
@@ -109,10 +110,10 @@ def items_to_complete(options: RunOptions, inf: Inference, gen: torch.Generator
     if tuple(array.shape[1:]) != tuple(inf.data.shape):
         raise ValueError(f"config.sampling.inpaint_data {path}: items must have shape {tuple(inf.data.shape)}, "
                          f"got {tuple(array.shape[1:])}")
-    x = torch.from_numpy(np.asarray(array[:n], dtype=np.float32))
-    if inf.data.is_image:
-        x = data_scaler(inf.data.centered)(x)
-    return x, None, inf.data
+    check_data_space(array[:n], inf.data, f"config.sampling.inpaint_data {path}")
+    items = torch.from_numpy(np.asarray(array[:n], dtype=np.float32))
+    x = data_scaler(inf.data.centered)(items) if inf.data.is_image else items
+    return x, items, None, inf.data
 
 
 def score_for_items(options: RunOptions, inf: Inference, n: int, device) -> samplers.ScoreFn:
@@ -193,7 +194,7 @@ def impute(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: s
     if not colour and options.sampler.mask in IMAGE_MASKS and not inf.data.is_image:
         build_mask(options.sampler.mask, 1, tuple(inf.data.shape), None)      # the one-line error, before any work
     gen = generator(options.seed, Stream.IMPUTATION, ctx.rank)
-    x, labels, spec = items_to_complete(options, inf, gen)
+    x, original, labels, spec = items_to_complete(options, inf, gen)
     if colour:
         known = torch.zeros_like(x, dtype=torch.bool)        # every colour entry is sampled; the grey is kept
     else:
@@ -202,7 +203,7 @@ def impute(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: s
     start = time.perf_counter()
     completed, nfe = _complete(options, inf, x, known, colour, ctx, sampler_gen)
     elapsed = time.perf_counter() - start
-    original, result = to_data_space(x, spec), to_data_space(completed, spec)
+    result = torch.where(known, original, to_data_space(completed, spec))     # the known entries as given
     method = options.sampler.inpaint_method + (f" U={options.sampler.resample}" if options.sampler.resample > 1 else "")
     info = {"step": inf.step, "mode": mode, "method": method, "mask": None if colour else options.sampler.mask,
             "num_items": len(x), "nfe_per_batch": nfe, "time_s": round(elapsed, 3),
