@@ -224,6 +224,24 @@ def requested_bounds(config) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------- process and network
+def lowest_num_scales(config) -> int:
+    """The fewest levels ``model.num_scales`` may give: 2 (one level has no steps between noise and data:
+    PC sampling would jump from the prior to the data in one move), and for the VP processes more than
+    ``beta_max``, since the discrete betas are ``beta_max / N`` at most and must stay below 1."""
+    if config.training.sde in ("vpsde", "subvpsde"):
+        return max(2, math.floor(config.model.beta_max) + 1)
+    return 2
+
+
+def check_num_scales(config) -> None:
+    lowest = lowest_num_scales(config)
+    if config.model.num_scales < lowest:
+        why = (f" for training.sde={config.training.sde!r} with model.beta_max={config.model.beta_max!r} "
+               f"(discrete betas beta_max / N must stay below 1)" if lowest > 2 else "")
+        raise ValueError(f"config.model.num_scales must be an integer >= {lowest}{why}, the number of noise "
+                         f"levels N of the discretised process (default 1000); got {config.model.num_scales}")
+
+
 def _built_sde(config) -> SDE:
     """The process, built with the config's arguments (its own checks named after ``config.model``)."""
     name = config.training.sde
@@ -283,6 +301,7 @@ def validate_config(config) -> None:
     check_combinations(config)
     check_conditioning(config)
     requested_bounds(config)
+    check_num_scales(config)
     sde = _built_sde(config)
     _check_times(config, sde)
     _check_labels(config, sde)

@@ -284,6 +284,18 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
+def _missing_files(files: dict, split: str, present: Callable[[str], bool]) -> str:
+    """``missing [...]``: the missing files of ``split``, then those of the other splits (training reads
+    both, the test split for the held-out loss, so naming one split's files only sends the user back
+    twice); empty when nothing is missing."""
+    missing = {s: [n for n in names if not present(n)] for s, names in files.items()}
+    others = [f"the {s} split's {names}" for s, names in missing.items() if s != split and names]
+    if not missing[split]:
+        return ""
+    also = f" (and {', '.join(others)}: training reads every split, eval and sample the test split)" if others else ""
+    return f"missing {missing[split]}{also}"
+
+
 def _cifar_folder(root: Path) -> Path:
     """``root/cifar-10-batches-py`` (the extracted archive), or ``root`` itself if it holds the batches."""
     nested = root / CIFAR10_FOLDER
@@ -300,12 +312,13 @@ def load_cifar10(root=None, split: str = "train") -> ImageDataset:
     check_choice("split", split, SPLITS)
     folder = _cifar_folder(_default_root("cifar10", root))
     names = CIFAR10_FILES[split]
-    missing = [n for n in names if not (folder / n).is_file()]
+    missing = _missing_files(CIFAR10_FILES, split, lambda n: (folder / n).is_file())
     if missing:
+        every = [n for files in CIFAR10_FILES.values() for n in files]
         raise FileNotFoundError(
-            f"CIFAR-10 {split} split: missing {missing} in {folder.resolve()}; that folder must hold "
-            f"{names}. Download 'CIFAR-10 python version' (cifar-10-python.tar.gz) from Alex Krizhevsky's "
-            f"CIFAR page (www.cs.toronto.edu/~kriz/cifar.html) and extract it inside {folder.parent.resolve()}.")
+            f"CIFAR-10 {split} split: {missing} in {folder.resolve()}; that folder must hold {every}. Download "
+            f"'CIFAR-10 python version' (cifar-10-python.tar.gz) from Alex Krizhevsky's CIFAR page "
+            f"(www.cs.toronto.edu/~kriz/cifar.html) and extract it inside {folder.parent.resolve()}.")
     parts = [_read_cifar_batch(folder / n) for n in names]
     data = np.concatenate([d for d, _ in parts]).reshape(-1, 3, 32, 32)
     labels = np.concatenate([lab for _, lab in parts])
@@ -358,11 +371,11 @@ def load_mnist(root=None, split: str = "train") -> ImageDataset:
     names = MNIST_FILES[split]
     paths = [_find_idx(folder, n) for n in names]
     if None in paths:
-        missing = [n for n, p in zip(names, paths) if p is None]
+        missing = _missing_files(MNIST_FILES, split, lambda n: _find_idx(folder, n) is not None)
+        every = [n for files in MNIST_FILES.values() for n in files]
         raise FileNotFoundError(
-            f"MNIST {split} split: missing {missing} (plain or .gz) in {folder.resolve()}; put "
-            f"{list(names)} there. They are the four files of Yann LeCun's MNIST page "
-            f"(yann.lecun.com/exdb/mnist) or any of its mirrors.")
+            f"MNIST {split} split: {missing} in {folder.resolve()}; put {every} there (plain or .gz). They are "
+            f"the four files of Yann LeCun's MNIST page (yann.lecun.com/exdb/mnist) or any of its mirrors.")
     images, labels = _read_idx(paths[0], 3), _read_idx(paths[1], 1)
     if len(images) != len(labels):
         raise ValueError(f"MNIST {split}: {len(images)} images but {len(labels)} labels")

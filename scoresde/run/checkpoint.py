@@ -5,12 +5,19 @@ containers only, so ``torch.load(weights_only=True)`` reads it. Besides the weig
 it holds the run's options (``"options"``: ``RunOptions.to_json``, what later runs read back) and its
 resolved config (``"config"``: the record for people). It is written to a temporary file in
 the same folder, fsynced and renamed; then its SHA-256 goes into ``checkpoint_00001000.pt.sha256`` the
-same way. A checkpoint whose sidecar is missing or does not match (a write that never finished, a
-truncated or damaged file) is reported by name and the previous one is used. A readable checkpoint
-whose keys do not match is an error (``ValueError``): loads are strict.
+same way. A checkpoint whose sidecar does not match (a truncated or damaged file), or is missing while
+the checkpoints beside it have theirs (a write that never finished), is reported by name and the previous
+one is used. Checkpoints copied without their sidecars (none in the folder has one) are loaded with
+``weights_only=True`` and a warning that they were not verified; ``write_missing_checksums`` writes the
+sidecars. A readable checkpoint whose keys do not match is an error (``ValueError``): loads are strict.
+
+A checkpoint written as a snapshot (kept for good) has a marker file ``checkpoint_00001000.pt.snapshot``
+beside it, written before the checkpoint; retention keeps it whatever a later run's ``snapshot_freq``.
+A full disk is a ``DiskFullError`` naming the file; the partial file is removed and nothing else changes.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
@@ -18,6 +25,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -35,12 +43,17 @@ CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "loader", "rng
 UPGRADE_COMMAND = "python -m scoresde.cli.upgrade --workdir <workdir>"
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 _TMP_PREFIX = ".tmp-"
+_SNAPSHOT_SUFFIX = ".snapshot"
 _CHUNK = 1 << 20
 _RNG_KEYS = ("torch_cpu", "generator", "numpy_keys", "numpy_extra", "python", "python_extra")
 
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint file that cannot be trusted: unfinished, truncated or damaged."""
+
+
+class DiskFullError(OSError):
+    """A write that failed for want of disk space; its partial file was removed."""
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -50,6 +63,15 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 
 def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
+
+
+def snapshot_marker(path: Path) -> Path:
+    """``checkpoint_<step>.pt.snapshot``: present when the checkpoint was written as a snapshot."""
+    return Path(path).with_name(Path(path).name + _SNAPSHOT_SUFFIX)
+
+
+def is_snapshot(path: Path) -> bool:
+    return snapshot_marker(path).is_file()
 
 
 def list_checkpoints(directory: Path) -> List[Tuple[int, Path]]:
@@ -110,12 +132,77 @@ def file_sha256(path: Path) -> str:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically, then its SHA-256 sidecar (also atomically)."""
+    """``torch.save(obj)`` to ``path`` atomically, then its SHA-256 sidecar (also atomically). A full
+    disk is a ``DiskFullError``: no partial file is left, and a checkpoint whose sidecar could not be
+    written is removed too (it would not be trusted beside checksummed ones)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     checksum_path(path).unlink(missing_ok=True)   # never pair a new file with an old checksum
-    _atomic_write(path, lambda f: torch.save(obj, f))
-    atomic_write_text(checksum_path(path), file_sha256(path) + "\n")
+    renamed = False
+    try:
+        _atomic_write(path, lambda f: torch.save(obj, f))
+        renamed = True
+        atomic_write_text(checksum_path(path), file_sha256(path) + "\n")
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err):
+            raise
+        if renamed:
+            path.unlink(missing_ok=True)
+        raise disk_full_error(path, err) from err
+
+
+def write_checkpoint(state: dict, path: Path, snapshot: bool = False) -> None:
+    """``atomic_save(state, path)``; ``snapshot=True`` marks it as one to keep for good (the marker is
+    written first, so a snapshot is never left unmarked; a failed write removes a marker it made)."""
+    marker = snapshot_marker(path)
+    made = snapshot and not marker.is_file()
+    try:
+        if made:
+            mark_snapshot(path)
+        atomic_save(state, path)
+    except BaseException:
+        if made:
+            marker.unlink(missing_ok=True)
+        raise
+
+
+def mark_snapshot(path: Path) -> None:
+    """Mark ``path`` as a snapshot, kept by every later ``prune_checkpoints``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(snapshot_marker(path), f"{Path(path).name} was written as a snapshot: kept for good\n")
+
+
+# The forms a failed write takes: ``ENOSPC`` / ``EDQUOT`` from the OS, or from ``torch.save``'s zip
+# writer, which reports a short write as ``[enforce fail at inline_container.cc:...] . unexpected pos
+# N vs M`` or ``... file write failed``.
+_TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, RuntimeError) and any(form in str(err) for form in _TORCH_WRITE_FAILURES)
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(directory).free / 2 ** 20:.1f} MiB free"
+    except OSError:
+        return "free space unknown"
+
+
+def disk_full_error(path: Path, err: BaseException) -> DiskFullError:
+    """One line: which file, that the disk is full, and what is left intact."""
+    path = Path(path)
+    earlier = [p for _, p in list_checkpoints(path.parent) if p != path] if _NAME.match(path.name) else []
+    intact = (f"the previous checkpoint {earlier[-1]} is intact" if earlier else
+              "no earlier file was changed")
+    cause = (str(err).strip().splitlines() or [""])[0]       # torch appends a C++ stack trace
+    error = DiskFullError(f"cannot write {path}: the disk is full ({_free_space(path.parent)} in {path.parent}; "
+                          f"{type(err).__name__}: {cause}). Nothing was lost: the partial file was removed and "
+                          f"{intact}. Free some space, then run again")
+    error.errno = errno.ENOSPC
+    return error
 
 
 def remove_stale_temp_files(directory: Path) -> List[Path]:
@@ -149,13 +236,28 @@ def check_keys(state: dict, expected, what: str) -> None:
         raise ValueError(f"{what}: missing keys {missing}, unexpected keys {unexpected}")
 
 
+def checksum_expected(path: Path) -> bool:
+    """Whether ``path`` must have a sidecar: it has one, or a checkpoint beside it has one (then a
+    missing sidecar is a write that did not finish). A folder with none was copied without them."""
+    path = Path(path)
+    return checksum_path(path).is_file() or any(checksum_path(p).is_file() for _, p in list_checkpoints(path.parent))
+
+
 def read_checkpoint(path: Path) -> dict:
-    """Verify and load one checkpoint on the CPU (``weights_only=True``); keys checked strictly."""
-    verify_checksum(path)
+    """Verify (where a checksum is expected, see ``checksum_expected``) and load one checkpoint on the
+    CPU (``weights_only=True``); keys checked strictly."""
+    path = Path(path)
+    verified = checksum_expected(path)
+    if verified:
+        verify_checksum(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise CorruptCheckpointError(f"{path}: cannot be read: {err}") from err
+    if not verified:
+        logger.warning("%s: not verified: it has no checksum file %s (copied without it?); loaded with "
+                       "weights_only=True. scoresde.run.checkpoint.write_missing_checksums(%r) writes them",
+                       path, checksum_path(path).name, str(path.parent))
     if isinstance(state, dict) and state.get("format") == 1 and "options" not in state:
         raise ValueError(f"{path} was written before checkpoints stored their options (format 1); add them "
                          f"with {UPGRADE_COMMAND}")
@@ -163,6 +265,24 @@ def read_checkpoint(path: Path) -> dict:
     if state["format"] != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {state['format']!r}, this code reads {FORMAT_VERSION}")
     return state
+
+
+def write_missing_checksums(directory: Path) -> List[Path]:
+    """Write the missing ``.sha256`` sidecars of the readable checkpoints in ``directory`` (e.g. after
+    copying the checkpoints without them); returns the sidecars written. An unreadable checkpoint gets
+    none (``CorruptCheckpointError``)."""
+    written = []
+    for _, path in list_checkpoints(directory):
+        sidecar = checksum_path(path)
+        if sidecar.is_file():
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            raise CorruptCheckpointError(f"{path}: cannot be read, so no checksum was written for it: {err}") from err
+        atomic_write_text(sidecar, file_sha256(path) + "\n")
+        written.append(sidecar)
+    return written
 
 
 def _read_if_present(path: Path) -> dict | None:
@@ -206,22 +326,41 @@ def load_latest(directory: Path, attempts: int = 5) -> Tuple[dict, Path] | None:
 
 
 # ---------------------------------------------------------------------------------------- retention
-def steps_to_keep(steps, keep_last: int, snapshot_freq: int) -> set:
-    """The newest ``keep_last`` steps plus every multiple of ``snapshot_freq`` (kept for good)."""
+def steps_to_keep(steps, keep_last: int, snapshot_freq: int = 0, snapshots=()) -> set:
+    """The newest ``keep_last`` steps, the ``snapshots`` (steps written as snapshots) and every multiple
+    of ``snapshot_freq`` (0: none), all kept for good."""
     steps = sorted(steps)
     newest = set(steps[-keep_last:]) if keep_last > 0 else set()
-    return newest | {s for s in steps if snapshot_freq > 0 and s % snapshot_freq == 0}
+    multiples = {s for s in steps if snapshot_freq > 0 and s % snapshot_freq == 0}
+    return newest | multiples | (set(snapshots) & set(steps))
 
 
-def prune_checkpoints(directory: Path, keep_last: int, snapshot_freq: int) -> List[Path]:
-    """Delete checkpoints (and sidecars) that ``steps_to_keep`` does not keep; returns them."""
+def prune_checkpoints(directory: Path, keep_last: int, snapshot_freq: int = 0) -> List[Path]:
+    """Delete checkpoints (and sidecars) that ``steps_to_keep`` does not keep; returns them.
+
+    Snapshots are the checkpoints marked as such (``write_checkpoint(..., snapshot=True)``), whatever
+    ``snapshot_freq`` says now. A caller that writes and then prunes with its ``snapshot_freq`` has the
+    newest checkpoint marked when it is a multiple of it (it was written as a snapshot); older unmarked
+    multiples (written before snapshots were marked) are kept too.
+    """
     found = list_checkpoints(directory)
-    keep = steps_to_keep([s for s, _ in found], keep_last, snapshot_freq)
+    if found and snapshot_freq > 0 and found[-1][0] % snapshot_freq == 0 and not is_snapshot(found[-1][1]):
+        mark_snapshot(found[-1][1])
+    snapshots = [s for s, p in found if is_snapshot(p)]
+    keep = steps_to_keep([s for s, _ in found], keep_last, snapshot_freq, snapshots)
     removed = [p for s, p in found if s not in keep]
     for p in removed:
         checksum_path(p).unlink(missing_ok=True)
         p.unlink(missing_ok=True)
+    _remove_orphan_markers(directory)
     return removed
+
+
+def _remove_orphan_markers(directory: Path) -> None:
+    """Snapshot markers whose checkpoint is gone (a write that failed after its marker)."""
+    for marker in Path(directory).glob("checkpoint_*.pt" + _SNAPSHOT_SUFFIX):
+        if not marker.with_name(marker.name[: -len(_SNAPSHOT_SUFFIX)]).exists():
+            marker.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------- RNG

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from scoresde.run.checkpoint import atomic_write_text
+from scoresde.run.checkpoint import atomic_write_text, checksum_path, list_checkpoints
 from scoresde.run.options import Accel
 
 logger = logging.getLogger(__name__)
@@ -173,20 +173,27 @@ def set_threads(asked: int, local_processes: int = 1, device: torch.device | Non
 
 
 # ---------------------------------------------------------------------------------------- signals
+class SecondInterrupt(KeyboardInterrupt):
+    """A second SIGINT while ``GracefulStop`` was stopping the run."""
+
+
 class GracefulStop:
     """While active, SIGTERM and SIGINT only set ``requested``; the training loop checkpoints at the
-    next step boundary and returns. A second SIGINT aborts at once (``KeyboardInterrupt``)."""
+    next step boundary and returns. A second SIGINT aborts at once: one line on stderr naming the last
+    complete checkpoint in ``checkpoint_dir`` (the one being written is abandoned; its temporary file is
+    removed on the way out) and exit status 130 (``SystemExit``), no traceback."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, checkpoint_dir: str | Path | None = None):
         self.requested = False
         self.signum: int | None = None
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise SecondInterrupt
         self.requested, self.signum = True, signum
 
     def __enter__(self) -> "GracefulStop":
@@ -194,10 +201,23 @@ class GracefulStop:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+        if exc_type is not None and issubclass(exc_type, SecondInterrupt):
+            print(f"main.py: interrupted again while stopping (second SIGINT): exiting without a new checkpoint; "
+                  f"{self.last_complete_checkpoint()}", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signal.SIGINT) from None
+
+    def last_complete_checkpoint(self) -> str:
+        """Where training resumes from: the newest checkpoint with its checksum in ``checkpoint_dir``."""
+        if self.checkpoint_dir is None:
+            return "the newest complete checkpoint in the work directory's checkpoints/ is kept"
+        complete = [p for _, p in list_checkpoints(self.checkpoint_dir) if checksum_path(p).is_file()]
+        if not complete:
+            return f"no complete checkpoint in {self.checkpoint_dir} yet: the next run starts from scratch"
+        return f"the last complete checkpoint is {complete[-1]} (the next run resumes from it)"
 
     @property
     def signal_name(self) -> str:

@@ -2,7 +2,7 @@
 
     <workdir>/.lock                      held by the running trainer (``WorkdirLock``)
     <workdir>/config.json                resolved config of the last ``train``
-    <workdir>/checkpoints/checkpoint_<step>.pt (+ .sha256)
+    <workdir>/checkpoints/checkpoint_<step>.pt (+ .sha256, + .snapshot for a snapshot kept for good)
     <workdir>/metrics.jsonl              training metrics, one JSON object per line
     <workdir>/loss_curve.png             training and held-out loss against step, redrawn at each eval
     <workdir>/snapshots/samples_<step>.npz / .png
@@ -105,13 +105,18 @@ class NonFiniteResultsError(RuntimeError):
     """Some likelihoods or samples came out NaN or inf; the results were written with their count."""
 
 
-def _fresh(directory: Path, name: str) -> Path:
-    """``directory/name``, or ``name-2``, ``name-3``, ... if taken: a new folder per run."""
-    candidate, k = directory / name, 1
-    while candidate.exists():
-        k += 1
-        candidate = directory / f"{name}-{k}"
-    return candidate
+def make_fresh_folder(directory: Path, name: str) -> Path:
+    """Create ``directory/name``, or ``name-2``, ``name-3``, ... if taken: a new folder per run. Each
+    ``mkdir`` either creates the folder or fails because it exists, so runs finishing at once never
+    share a folder nor fail on one another's."""
+    k = 1
+    while True:
+        candidate = directory / (name if k == 1 else f"{name}-{k}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            k += 1
 
 
 def write_results(directory: str | Path, run_name: str, files: dict, config_json: str) -> Path:
@@ -121,8 +126,7 @@ def write_results(directory: str | Path, run_name: str, files: dict, config_json
     nothing and a stale config never sits beside new results (it is removed first). Returns the folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    run_dir = _fresh(directory, run_name)
-    run_dir.mkdir()
+    run_dir = make_fresh_folder(directory, run_name)
     for folder in (run_dir, directory):
         (folder / CONFIG_FILE).unlink(missing_ok=True)
         for name, content in files.items():

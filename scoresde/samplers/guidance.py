@@ -49,7 +49,8 @@ def classifier_free_guidance(score_uncond: ScoreFn, score_cond: ScoreFn, scale: 
     """``score_fn(x, t) = s_u + scale (s_c - s_u)`` (Ho & Salimans 2022 with ``w = scale - 1``).
 
     ``scale = 0`` gives ``s_u`` and ``scale = 1`` gives ``s_c``, each with one evaluation; otherwise
-    both are evaluated. With scores of ``p_t(x)`` and ``p_t(x | y)`` the result is the score of
+    both are evaluated, each checked to have ``x``'s shape (a ``(B, 1)`` or ``(1, D)`` score would
+    broadcast into a right-shaped, wrong result). With scores of ``p_t(x)`` and ``p_t(x | y)`` the result is the score of
     ``p_t(x)^(1 - scale) p_t(x | y)^scale`` (up to normalisation), ``∝ p_t(x) p_t(y | x)^scale``.
     """
     _check_callable("score_uncond", score_uncond)
@@ -61,10 +62,19 @@ def classifier_free_guidance(score_uncond: ScoreFn, score_cond: ScoreFn, scale: 
         return score_cond
 
     def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        s_u = score_uncond(x, t)
-        return s_u + scale * (score_cond(x, t) - s_u)
+        s_u = _shaped_like("score_uncond", score_uncond(x, t), x)
+        return s_u + scale * (_shaped_like("score_cond", score_cond(x, t), x) - s_u)
 
     return score_fn
+
+
+def _shaped_like(name: str, score, x: torch.Tensor) -> torch.Tensor:
+    """``score`` if it is a tensor of ``x``'s shape; a ``(B, 1)`` or ``(1, D)`` score would broadcast
+    into a right-shaped but wrong guided score."""
+    if not torch.is_tensor(score) or score.shape != x.shape:
+        got = tuple(score.shape) if torch.is_tensor(score) else type(score).__name__
+        raise ValueError(f"{name} must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+    return score
 
 
 def classifier_free_guidance_batched(score_pair: ScoreFn, scale: float) -> ScoreFn:
@@ -185,10 +195,7 @@ def dynamic_thresholding(sde: SDE, score_fn: ScoreFn, percentile: float) -> Scor
     check_float("thresholding", percentile, 0.0, 1.0, open_low=True)
 
     def thresholded(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        score = score_fn(x, t)
-        if not torch.is_tensor(score) or score.shape != x.shape:  # would broadcast below
-            got = tuple(score.shape) if torch.is_tensor(score) else type(score).__name__
-            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+        score = _shaped_like("score_fn", score_fn(x, t), x)
         alpha, sigma = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coeffs(t))
         x0 = (x + sigma ** 2 * score) / alpha
         return (alpha * dynamic_threshold(x0, percentile) - x) / sigma ** 2

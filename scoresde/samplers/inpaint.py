@@ -50,9 +50,27 @@ def check_mask(mask, x_known: torch.Tensor) -> torch.Tensor:
     if full != x_known.shape:
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to x_known's shape "
                          f"{tuple(x_known.shape)}")
-    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError("mask must hold only 0 (missing) and 1 (known)")
+    check_mask_values("mask", mask)
     return mask.to(device=x_known.device, dtype=torch.bool).expand(x_known.shape)
+
+
+def check_mask_values(name: str, mask: torch.Tensor, shown: int = 4) -> None:
+    """``ValueError`` naming the values other than 0 and 1 in ``mask`` (NaN included), how many entries
+    hold each and where the first is, e.g. for a mask read from a file."""
+    if mask.dtype == torch.bool:
+        return
+    bad = ~((mask == 0) | (mask == 1))
+    if not bool(bad.any()):
+        return
+    values, counts = torch.unique(mask[bad].double().cpu(), return_counts=True)   # NaNs count one by one
+    tally: dict = {}
+    for value, count in zip(values.tolist(), counts.tolist()):
+        tally[repr(value)] = tally.get(repr(value), 0) + count
+    listed = ", ".join(f"{v} ({c} {'entry' if c == 1 else 'entries'})" for v, c in list(tally.items())[:shown])
+    more = f", ... ({len(tally)} values in all)" if len(tally) > shown else ""
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    raise ValueError(f"{name} must hold only 0 (missing) and 1 (known); it holds {listed}{more}: "
+                     f"{int(bad.sum())} bad entries of {mask.numel()}, the first at index {first}")
 
 
 def _known_data(x_known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

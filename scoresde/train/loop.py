@@ -243,8 +243,8 @@ def save_checkpoint(run: TrainRun) -> None:
     state = checkpoint_state(run)
     if run.ctx.is_main:
         path = ckpt.checkpoint_path(run.checkpoint_dir, run.step)
-        ckpt.atomic_save(state, path)
         train = run.options.train
+        ckpt.write_checkpoint(state, path, snapshot=train.snapshot_freq > 0 and run.step % train.snapshot_freq == 0)
         removed = ckpt.prune_checkpoints(run.checkpoint_dir, train.keep_last, train.snapshot_freq)
         logger.info("saved %s%s", path.name, f" (removed {[p.name for p in removed]})" if removed else "")
     barrier(run.ctx)
@@ -696,7 +696,7 @@ def _train_locked(run: TrainRun) -> dict:
         return {"step": run.step, "stopped_by_signal": False, "signal": None, "already_finished": True}
     logger.info("loss: %s", options.loss.describe)
     try:
-        with GracefulStop() as stop:
+        with GracefulStop(run.checkpoint_dir) as stop:
             stopped = run_loop(run, stop)
             if run.last_saved != run.step:
                 save_checkpoint(run)

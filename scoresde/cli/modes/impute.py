@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from scoresde import samplers
+from scoresde.samplers.inpaint import check_mask_values
 from scoresde.data.datasets import data_scaler
 from scoresde.run.distributed import DistContext
 from scoresde.run.generation import count_nonfinite, label_accuracy, npz_bytes, sample_picture
@@ -70,9 +71,10 @@ def _file_mask(path: str, n: int, shape: tuple) -> torch.Tensor:
         raise ValueError(f"config.sampling.mask={path!r} is neither a mask kind ({', '.join(IMAGE_MASKS)}, "
                          f"random:<fraction>) nor an existing .npy file")
     array = np.load(path)
-    if tuple(array.shape) not in (tuple(shape), (n,) + tuple(shape)) or not np.isin(array, (0, 1)).all():
+    if tuple(array.shape) not in (tuple(shape), (n,) + tuple(shape)):
         raise ValueError(f"config.sampling.mask file {path} must hold ones (known) and zeros shaped like one item "
                          f"{tuple(shape)} or all {n} items, got shape {array.shape}")
+    check_mask_values(f"config.sampling.mask file {path}", torch.from_numpy(np.asarray(array, dtype=np.float64)))
     return torch.from_numpy(array.astype(bool)).expand((n,) + tuple(shape)).clone()
 
 
