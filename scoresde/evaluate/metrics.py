@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Tuple
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scoresde.data.folder import default_cache_dir
 from scoresde.utils import check_choice, check_int
 
 F64 = torch.float64
@@ -303,13 +303,6 @@ def digits_accuracy(model: DigitsClassifier, split: str = "test") -> float:
     """The fraction of ``split`` digits (at their cell centres) classified correctly."""
     images, labels = _digits_split(split)
     return float((model.predict(images) == labels).double().mean())
-
-
-def default_cache_dir() -> Path:
-    """``$SCORESDE_CACHE``, else ``$XDG_CACHE_HOME/scoresde``, else ``~/.cache/scoresde``."""
-    if os.environ.get("SCORESDE_CACHE"):
-        return Path(os.environ["SCORESDE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scoresde"
 
 
 def digits_classifier(path=None, recipe: DigitsRecipe = DigitsRecipe(), retrain: bool = False) -> DigitsClassifier:
