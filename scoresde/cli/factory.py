@@ -16,7 +16,9 @@ def _data(config) -> DataOptions:
     d = config.data
     return DataOptions(dataset=d.dataset, root=d.root or None, num_train=d.num_train,
                        num_test=config.eval.num_samples, centered=d.centered,
-                       uniform_dequantization=d.uniform_dequantization, random_flip=d.random_flip)
+                       uniform_dequantization=d.uniform_dequantization, random_flip=d.random_flip,
+                       image_size=d.image_size, channels=d.channels, resize=d.resize,
+                       labels_from_folders=d.labels_from_folders, heldout_fraction=d.heldout_fraction)
 
 
 def _sde(config) -> SDEOptions:

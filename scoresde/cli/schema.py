@@ -18,6 +18,7 @@ import ml_collections
 from scoresde import samplers
 from scoresde.configs import default as default_module
 from scoresde.data.datasets import dataset_names
+from scoresde.data.folder import CHANNELS, RESIZE_MODES
 from scoresde.evaluate.heldout import CHAIN_DECODERS
 from scoresde.models import MODELS, PARAMETERIZATIONS
 from scoresde.run.distributed import DEVICES
@@ -81,6 +82,8 @@ CHOICES = {
     "eval.method": lambda: LIKELIHOOD_METHODS,
     "eval.chain_variance": lambda: samplers.VLB_VARIANCES,
     "eval.chain_decoder": lambda: CHAIN_DECODERS,
+    "data.resize": lambda: RESIZE_MODES,
+    "data.channels": lambda: CHANNELS,
 }
 # field -> the smallest integer it may hold
 INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_iters": 0,
@@ -92,7 +95,7 @@ INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_it
         "sampling.num_samples": 1, "sampling.batch_size": 1, "sampling.resample": 1,
         "eval.batch_size": 1, "eval.num_samples": 1, "eval.true_nll_samples": 2, "eval.quality_samples": 4,
         "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
-        "eval.iw_repeats": 1}
+        "eval.iw_repeats": 1, "data.image_size": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
 _POSITIVE = dict(low=0.0, open_low=True)
 # field -> the interval of finite numbers it may hold (``utils.check_float``'s arguments)
@@ -108,7 +111,8 @@ FLOATS = {"training.eps": _OPEN_UNIT, "training.p_mean": {}, "training.p_std": _
           "sampling.rtol": _POSITIVE, "sampling.atol": _POSITIVE, "sampling.churn": dict(low=0.0),
           "sampling.s_noise": _POSITIVE, "sampling.guidance_scale": {},
           "sampling.threshold": dict(low=0.0, high=1.0),
-          "eval.rtol": _POSITIVE, "eval.atol": _POSITIVE, "eval.likelihood_eps": _OPEN_UNIT}
+          "eval.rtol": _POSITIVE, "eval.atol": _POSITIVE, "eval.likelihood_eps": _OPEN_UNIT,
+          "data.heldout_fraction": _OPEN_UNIT}
 # field -> the smallest integer each entry of its tuple may hold
 INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1, "eval.iw_k": 1}
 # fields holding a non-empty tuple of finite numbers

@@ -20,7 +20,7 @@ from scoresde import samplers
 from scoresde.cli.schema import (CHOICES, CLASSIFIERS, CONTINUOUS_LOSSES, FLOATS, INT_TUPLES, INTS, NUMBER_TUPLES,
                                  STRINGS, is_config, leaf_fields, network_kwargs, schema_fields, sde_kwargs,
                                  unknown_field)
-from scoresde.data.datasets import IMAGE_DATASETS, ITEM_SHAPES, NUM_CLASSES
+from scoresde.data.datasets import IMAGE_DATASETS, dataset_classes, item_shape
 from scoresde.evaluate.heldout import BOUND_NAMES, bounds_that_apply
 from scoresde.models import MODELS, get_model
 from scoresde.run.options import shape_kwargs
@@ -134,7 +134,7 @@ def label_classes(config) -> int:
     """How many classes ``sampling.label`` may name: the model's, or the data's under classifier guidance
     (which can steer an unconditional model)."""
     if config.sampling.guidance == "classifier":
-        return NUM_CLASSES.get(config.data.dataset, 0)
+        return data_classes(config)
     return config.model.num_classes
 
 
@@ -157,7 +157,7 @@ def parse_label(value, num_classes: int) -> int | str | None:
 def check_conditioning(config) -> None:
     """Class labels, label dropout, classifiers and guidance fit together and fit the data."""
     t, m, s = config.training, config.model, config.sampling
-    classes = NUM_CLASSES.get(config.data.dataset, 0)
+    classes = data_classes(config)
     is_classifier = m.name in CLASSIFIERS
     if (t.loss == "classifier") != is_classifier:
         raise ValueError(f"config.training.loss='classifier' trains a classifier network (model.name in "
@@ -211,7 +211,7 @@ def requested_bounds(config) -> tuple:
                              f"(training.continuous=True), but this model is discrete-time (training.continuous="
                              f"False, loss {t.loss!r}); the bounds that apply to it are {', '.join(applies)}")
     names = tuple(n for n in applies if n in words or "all" in words)
-    if e.chain_decoder == "discretized" and len(ITEM_SHAPES[config.data.dataset]) == 1:
+    if e.chain_decoder == "discretized" and len(data_shape(config)) == 1:
         raise ValueError(f"config.eval.chain_decoder='discretized' applies to image data (grey levels), but "
                          f"data.dataset={config.data.dataset!r} is continuous; use 'density'")
     if {"vlb", "iw"} & set(names) and config.model.num_scales < 2:
@@ -281,7 +281,7 @@ def _check_labels(config, sde: SDE) -> None:
 def _check_network(config) -> None:
     """The network's own argument checks, on the meta device (no memory, no compute)."""
     name, dataset = config.model.name, config.data.dataset
-    shape = ITEM_SHAPES[dataset]
+    shape = data_shape(config)
     rank = MODELS.get(name).data_rank
     if len(shape) != rank:
         kind = "vector data (D,)" if rank == 1 else "images (C, H, W)"
@@ -306,3 +306,17 @@ def validate_config(config) -> None:
     _check_times(config, sde)
     _check_labels(config, sde)
     _check_network(config)
+
+
+# ---------------------------------------------------------------------------------------- data shape
+def data_shape(config) -> tuple:
+    """The shape of one item of ``config.data`` (an image folder's from data.channels and data.image_size)."""
+    d = config.data
+    return item_shape(d.dataset, image_size=d.image_size, channels=d.channels)
+
+
+def data_classes(config) -> int:
+    """How many classes the labels of ``config.data`` have (an image folder's: its sub-folders, when
+    data.labels_from_folders is set; reading them needs data.root)."""
+    d = config.data
+    return dataset_classes(d.dataset, root=d.root or None, labels_from_folders=d.labels_from_folders)

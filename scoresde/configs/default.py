@@ -47,12 +47,17 @@ def _training() -> ml_collections.ConfigDict:
 
 def _data() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
-    d.dataset = "cifar10"          # gmm | checkerboard | digits | cifar10 | mnist
+    d.dataset = "cifar10"          # gmm | checkerboard | digits | cifar10 | mnist | folder (image files under data.root)
     d.root = ""                    # image files; "" means ./data/<dataset>
     d.num_train = 0                # toy: points drawn for training; images: first N (0 = all)
     d.centered = False             # model space [-1, 1] instead of [0, 1] (images)
     d.uniform_dequantization = False  # (v + u) / K with u ~ U[0, 1) instead of the cell centre
     d.random_flip = False          # horizontal flips during training (images)
+    d.image_size = 32              # folder: items are image_size x image_size (smaller images are refused)
+    d.channels = 3                 # folder: 1 (grey, luma) | 3 (RGB)
+    d.resize = "center_crop"       # folder: center_crop (largest centred square) | resize (squash); LANCZOS
+    d.labels_from_folders = False  # folder: each sub-folder is a class (sorted names); saved in checkpoints
+    d.heldout_fraction = 0.05      # folder: fraction of the files held out (a fixed seeded permutation)
     return d
 
 

@@ -9,6 +9,7 @@ Image data (uint8 grey levels ``v ∈ {0, …, K-1}`` plus ``K = num_levels``):
   * ``digits``  scikit-learn's 1,797 8×8 digits, K = 17, fixed 1,497 / 300 train/test split.
   * ``cifar10`` the python-pickle batches, (N, 3, 32, 32), K = 256.
   * ``mnist``   the IDX files, (N, 1, 28, 28), K = 256.
+  * ``folder``  a folder of PNG / JPEG / WebP / BMP files (``folder.py``), (N, C, S, S), K = 256.
 
 From levels to model space (Ho et al. 2020, Song et al. 2021, App. D):
   y = (v + u) / K,  u ~ U[0, 1)        (uniform dequantisation; u = 1/2 for the cell centre)
@@ -29,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from scoresde.data.folder import FOLDER_LEVELS, FolderSettings, class_names, read_folder
 from scoresde.utils import Registry, check_choice, check_finite
 
 SPLITS = ("train", "test")
@@ -205,6 +207,7 @@ class ImageDataset:
     labels: torch.Tensor | None
     num_levels: int
     name: str = ""
+    class_names: tuple = ()            # the name of each class label, when the data set names them
 
     def __post_init__(self):
         if self.images.ndim != 4:
@@ -383,10 +386,25 @@ def load_mnist(root=None, split: str = "train") -> ImageDataset:
                         torch.from_numpy(labels.astype(np.int64)), num_levels=NUM_LEVELS["mnist"], name="mnist")
 
 
-def get_image_dataset(name: str, root=None, split: str = "train") -> ImageDataset:
-    """Image data set by name (``"digits"``, ``"cifar10"``, ``"mnist"``) and split (``"train"``/``"test"``)."""
+@IMAGE_DATASETS.register("folder")
+def load_image_folder(root=None, split: str = "train", *, image_size: int = 32, channels: int = 3,
+                      resize: str = "center_crop", labels_from_folders: bool = False,
+                      heldout_fraction: float = 0.05) -> ImageDataset:
+    """A folder of image files (``scoresde/data/folder.py``): (N, channels, image_size, image_size) uint8,
+    K = 256, labels from the sorted sub-folder names with ``labels_from_folders``."""
     check_choice("split", split, SPLITS)
-    return IMAGE_DATASETS.get(name)(root, split)
+    settings = FolderSettings(image_size=image_size, channels=channels, resize=resize,
+                              labels_from_folders=labels_from_folders)
+    images, labels, names = read_folder(_default_root("folder", root), split, settings, heldout_fraction)
+    return ImageDataset(torch.from_numpy(images), None if labels is None else torch.from_numpy(labels),
+                        num_levels=FOLDER_LEVELS, name="folder", class_names=tuple(names))
+
+
+def get_image_dataset(name: str, root=None, split: str = "train", **options) -> ImageDataset:
+    """Image data set by name (``"digits"``, ``"cifar10"``, ``"mnist"``, ``"folder"``) and split
+    (``"train"``/``"test"``); ``options`` are the folder's settings (``load_image_folder``)."""
+    check_choice("split", split, SPLITS)
+    return IMAGE_DATASETS.get(name)(root, split, **options)
 
 
 def dataset_names() -> list[str]:
@@ -401,6 +419,21 @@ ITEM_SHAPES = {"gmm": (2,), "checkerboard": (2,), "digits": (1, 8, 8), "cifar10"
 NUM_LEVELS = {"digits": 17, "cifar10": 256, "mnist": 256}
 # How many classes each data set's labels have (toy data: the mixture components / dark cells).
 NUM_CLASSES = {"gmm": 8, "checkerboard": 8, "digits": 10, "cifar10": 10, "mnist": 10}
+# Data sets whose item shape and classes come from the config (an image folder's size, its sub-folders).
+CONFIGURED_DATASETS = ("folder",)
+
+
+def item_shape(name: str, image_size: int = 32, channels: int = 3) -> tuple:
+    """The shape of one item: ``ITEM_SHAPES[name]``, or ``(channels, image_size, image_size)`` for a folder."""
+    return (channels, image_size, image_size) if name in CONFIGURED_DATASETS else ITEM_SHAPES[name]
+
+
+def dataset_classes(name: str, root=None, labels_from_folders: bool = False) -> int:
+    """How many classes the labels have: ``NUM_CLASSES[name]`` (0 if unlabelled), or for a folder with
+    ``labels_from_folders`` its number of sub-folders (0 without)."""
+    if name in CONFIGURED_DATASETS:
+        return len(class_names(_default_root(name, root))) if labels_from_folders else 0
+    return NUM_CLASSES.get(name, 0)
 
 
 # --------------------------------------------------------------------------------------------

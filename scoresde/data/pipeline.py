@@ -43,6 +43,7 @@ class DataSpec:
     train_labels: torch.Tensor | None = None  # class labels (N,) of ``train`` / ``test``
     test_labels: torch.Tensor | None = None
     num_classes: int = 0                # how many classes the labels have
+    class_names: tuple = ()             # the name of each class, when the data set names them (image folders)
 
     @property
     def is_image(self) -> bool:
@@ -72,15 +73,17 @@ def _first(images: ImageDataset, n: int) -> tuple[torch.Tensor, torch.Tensor | N
 
 
 def _image_spec(name: str, root: str | None, num_train: int, num_test: int, with_train: bool,
-                centered: bool, uniform_dequantization: bool, random_flip: bool) -> DataSpec:
-    test_set = get_image_dataset(name, root, split="test")
-    train, train_labels = _first(get_image_dataset(name, root, split="train"), num_train) if with_train else (None, None)
+                centered: bool, uniform_dequantization: bool, random_flip: bool, loader_kwargs: dict) -> DataSpec:
+    test_set = get_image_dataset(name, root, split="test", **loader_kwargs)
+    train, train_labels = (_first(get_image_dataset(name, root, split="train", **loader_kwargs), num_train)
+                           if with_train else (None, None))
     test, test_labels = _first(test_set, num_test)
     return DataSpec(name=name, train=train, test=test, shape=test_set.shape,
                     num_levels=test_set.num_levels, centered=centered,
                     uniform_dequantization=uniform_dequantization, random_flip=random_flip,
                     train_labels=train_labels, test_labels=test_labels,
-                    num_classes=NUM_CLASSES[name] if test_labels is not None else 0)
+                    num_classes=(len(test_set.class_names) or NUM_CLASSES[name]) if test_labels is not None else 0,
+                    class_names=test_set.class_names)
 
 
 def load_data(options: DataOptions, seed: int, with_train: bool = True) -> DataSpec:
@@ -90,13 +93,16 @@ def load_data(options: DataOptions, seed: int, with_train: bool = True) -> DataS
         return _toy_spec(get_toy_dataset(options.dataset), options.dataset, options.num_train, options.num_test,
                          seed, with_train)
     return _image_spec(options.dataset, options.root, options.num_train, options.num_test, with_train,
-                       options.centered, options.uniform_dequantization, options.random_flip)
+                       options.centered, options.uniform_dequantization, options.random_flip, options.loader_kwargs)
 
 
 def data_meta(spec: DataSpec) -> dict:
     """What sampling needs to know about the data, as plain values (stored in checkpoints)."""
-    return {"dataset": spec.name, "shape": list(spec.shape), "num_levels": spec.num_levels,
+    meta = {"dataset": spec.name, "shape": list(spec.shape), "num_levels": spec.num_levels,
             "centered": spec.centered, "num_classes": spec.num_classes}
+    if spec.class_names:
+        meta["class_names"] = list(spec.class_names)
+    return meta
 
 
 def spec_from_meta(meta: dict) -> DataSpec:
@@ -104,7 +110,7 @@ def spec_from_meta(meta: dict) -> DataSpec:
     toy = get_toy_dataset(meta["dataset"]) if meta["dataset"] in TOY_DATASETS else None
     return DataSpec(name=meta["dataset"], train=None, test=None, shape=tuple(int(s) for s in meta["shape"]),
                     num_levels=int(meta["num_levels"]), toy=toy, centered=bool(meta["centered"]),
-                    num_classes=int(meta.get("num_classes", 0)))
+                    num_classes=int(meta.get("num_classes", 0)), class_names=tuple(meta.get("class_names", ())))
 
 
 def _flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -22,16 +22,19 @@ Feature extractors:
   scikit-learn's 8x8 digits (``training.datasets``), deterministically, cached under the user cache
   directory; ``features(images)`` is its 64-d penultimate layer, ``predict(images)`` its class.
 - ``inception_features(images, weights_path=...)``: the standard TF-ported Inception (2048-d pool
-  features) through ``torch-fidelity`` or ``pytorch-fid``, which the user installs along with the
-  weights file (nothing is downloaded here). Both packages import ``torchvision``; on a CPU-only torch
-  whose ``torchvision`` wheel does not load (``operator torchvision::nms does not exist``) this adapter
-  cannot run, and it is untested in this repository's CI.
+  features). The default backend ``"scoresde"`` is ``evaluate/inception.py``'s plain-torch network
+  with pytorch-fid's weights file (the user's; nothing is downloaded here), checked against
+  pytorch-fid by ``bench/inception_check.py``. The ``torch-fidelity`` and ``pytorch-fid`` backends call
+  those packages, which import ``torchvision``; on a CPU-only torch whose ``torchvision`` wheel does not
+  load (``operator torchvision::nms does not exist``) they cannot run, and they are untested here.
+- ``inception_score(logits)``: the Inception score over 10 splits (Salimans et al. 2016).
+- ``cached_statistics(path, features_fn)``: reference statistics read from, or computed once into, a
+  pytorch-fid ``.npz``.
 """
 from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Tuple
@@ -40,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scoresde.data.folder import default_cache_dir
 from scoresde.utils import check_choice, check_int
 
 F64 = torch.float64
@@ -75,8 +79,11 @@ def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^½)`` between ``N(mu1, S1)`` and ``N(mu2, S2)``.
 
-    ``tr((S1 S2)^½)`` is computed as ``tr((S1^½ S2 S1^½)^½)`` (same eigenvalues, symmetric PSD), in
-    float64: no complex parts to drop and no ``eps`` offset, unlike ``scipy.linalg.sqrtm(S1 @ S2)``.
+    ``tr((S1 S2)^½)`` is computed as the nuclear norm (the sum of singular values) of ``S1^½ S2^½``,
+    whose squared singular values are the eigenvalues of ``S1^½ S2 S1^½`` and so of ``S1 S2``, in float64:
+    no complex parts to drop and no ``eps`` offset, unlike ``scipy.linalg.sqrtm(S1 @ S2)``. Rounding
+    noise in the null space of a rank-deficient covariance (fewer items than dimensions) enters the
+    singular values linearly, not through a square root, so a set against itself gives ~1e-12.
     """
     mu1, mu2 = (torch.as_tensor(np.asarray(m), dtype=F64) for m in (mu1, mu2))
     s1, s2 = (torch.as_tensor(np.asarray(s), dtype=F64) for s in (sigma1, sigma2))
@@ -84,8 +91,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
         raise ValueError(f"mu1, mu2 must have shape (d,) and sigma1, sigma2 (d, d); got {tuple(mu1.shape)}, "
                          f"{tuple(mu2.shape)}, {tuple(s1.shape)}, {tuple(s2.shape)}")
-    root1 = _sqrtm_psd(s1)
-    cross = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp(min=0).sqrt().sum()
+    cross = torch.linalg.svdvals(_sqrtm_psd(s1) @ _sqrtm_psd(s2)).sum()
     return float(((mu1 - mu2) ** 2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross)
 
 
@@ -305,13 +311,6 @@ def digits_accuracy(model: DigitsClassifier, split: str = "test") -> float:
     return float((model.predict(images) == labels).double().mean())
 
 
-def default_cache_dir() -> Path:
-    """``$SCORESDE_CACHE``, else ``$XDG_CACHE_HOME/scoresde``, else ``~/.cache/scoresde``."""
-    if os.environ.get("SCORESDE_CACHE"):
-        return Path(os.environ["SCORESDE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scoresde"
-
-
 def digits_classifier(path=None, recipe: DigitsRecipe = DigitsRecipe(), retrain: bool = False) -> DigitsClassifier:
     """The digits feature extractor, in eval mode: loaded from ``path`` (default
     ``default_cache_dir() / digits_classifier_v<version>_seed<seed>.pt``) when it holds weights of this
@@ -335,7 +334,7 @@ def digits_classifier(path=None, recipe: DigitsRecipe = DigitsRecipe(), retrain:
 
 
 # ---------------------------------------------------------------------------- Inception adapter
-INCEPTION_BACKENDS = ("torch-fidelity", "pytorch-fid")
+INCEPTION_BACKENDS = ("scoresde", "torch-fidelity", "pytorch-fid")
 # the weights file each package downloads into the torch hub cache (torch.hub.get_dir()/checkpoints)
 INCEPTION_WEIGHTS = {
     "torch-fidelity": ("weights-inception-2015-12-05-6726825d.pth",
@@ -345,6 +344,7 @@ INCEPTION_WEIGHTS = {
                     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                     "pt_inception-2015-12-05-6726825d.pth"),
 }
+INCEPTION_WEIGHTS["scoresde"] = INCEPTION_WEIGHTS["pytorch-fid"]     # the same file, from any path
 
 
 def inception_weights_path(backend: str = "torch-fidelity", weights_path=None) -> Path:
@@ -365,6 +365,9 @@ def inception_weights_path(backend: str = "torch-fidelity", weights_path=None) -
 
 
 def _inception_model(backend: str, path: Path):
+    if backend == "scoresde":
+        from scoresde.evaluate.inception import load_fid_inception
+        return load_fid_inception(path)
     try:
         if backend == "torch-fidelity":
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -378,15 +381,20 @@ def _inception_model(backend: str, path: Path):
 
 
 @torch.no_grad()
-def inception_features(images: torch.Tensor, weights_path=None, backend: str = "torch-fidelity",
+def inception_features(images: torch.Tensor, weights_path=None, backend: str = "scoresde",
                        batch_size: int = 100, device=None) -> torch.Tensor:
     """The 2048-d pool features of the TF-ported Inception v3 (the FID/KID feature space), ``(N, 2048)``.
 
-    ``images``: ``(N, 1 or 3, H, W)`` floats in ``[0, 1]`` (grey images are repeated to RGB). A thin call
+    ``images``: ``(N, 1 or 3, H, W)`` floats in ``[0, 1]`` (grey images are repeated to RGB). The
+    ``"scoresde"`` backend is ``evaluate/inception.py`` (pytorch-fid's resize and weights); the others a thin call
     into ``torch-fidelity`` (``FeatureExtractorInceptionV3``, uint8 input, its TF-compatible resizing) or
     ``pytorch-fid`` (``InceptionV3`` block 3, float input); the weights file is the user's (see
     ``inception_weights_path``). Unverified in this repository: both packages import torchvision.
     """
+    if backend == "scoresde":
+        from scoresde.evaluate.inception import fid_inception_outputs
+        model = _inception_model(backend, inception_weights_path(backend, weights_path)).to(device or "cpu")
+        return fid_inception_outputs(model, images, batch_size=check_int("batch_size", batch_size, minimum=1))[0]
     path = inception_weights_path(backend, weights_path)
     images = torch.as_tensor(images)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or not images.is_floating_point():
@@ -402,3 +410,32 @@ def inception_features(images: torch.Tensor, weights_path=None, backend: str = "
         else:
             out.append(model(batch.float())[0].squeeze(-1).squeeze(-1).cpu())
     return torch.cat(out).double()
+
+
+# ------------------------------------------------------------------------------ Inception score
+def inception_score(logits, splits: int = 10) -> Tuple[float, float]:
+    """The Inception score (Salimans et al. 2016): ``exp(E_x KL(p(y|x) || p(y)))`` on each of ``splits``
+    consecutive parts of the samples (``p(y)`` that part's mean), the mean and standard deviation over
+    parts, as improved-gan's code and torch-fidelity report it; ``logits`` ``(N, classes)`` of the
+    Inception network (``inception.FIDInception``'s, without the fc bias)."""
+    z = _as_features("logits", logits)
+    splits = check_int("splits", splits, minimum=1)
+    if splits > z.shape[0]:
+        raise ValueError(f"splits must be at most the number of samples {z.shape[0]}, got {splits}")
+    log_p = torch.log_softmax(z, dim=1)
+    scores = []
+    for part in log_p.tensor_split(splits):
+        log_marginal = torch.logsumexp(part, dim=0) - math.log(part.shape[0])
+        scores.append(torch.exp((part.exp() * (part - log_marginal)).sum(dim=1).mean()))
+    scores = torch.stack(scores)
+    return float(scores.mean()), float(scores.std(unbiased=False)) if splits > 1 else 0.0
+
+
+def cached_statistics(path, features_fn) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference statistics ``(mu, sigma)``: read from the pytorch-fid ``.npz`` at ``path`` when it
+    exists, else computed from ``features_fn()`` (an ``(N, d)`` array) and written there atomically."""
+    if Path(path).is_file():
+        return load_statistics(path)
+    mu, sigma = feature_statistics(features_fn())
+    save_statistics(path, mu, sigma)
+    return mu, sigma

@@ -35,13 +35,26 @@ def frozen_mapping(values: Mapping) -> Mapping:
 # ---------------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class DataOptions:
-    dataset: str                   # gmm | checkerboard | digits | cifar10 | mnist
+    dataset: str                   # gmm | checkerboard | digits | cifar10 | mnist | folder
     root: str | None               # image files; None means ./data/<dataset>
     num_train: int                 # toy: points drawn; images: first N (0 = all)
     num_test: int                  # held-out items for the loss and the likelihood
     centered: bool                 # model space [-1, 1] instead of [0, 1]
     uniform_dequantization: bool   # (v + u) / K in training instead of the cell centre
     random_flip: bool              # horizontal flips in training
+    image_size: int = 32           # folder: items are image_size x image_size
+    channels: int = 3              # folder: 1 (grey) | 3 (RGB)
+    resize: str = "center_crop"    # folder: center_crop (largest centred square, LANCZOS) | resize (squash)
+    labels_from_folders: bool = False  # folder: sub-folders are the classes (sorted names)
+    heldout_fraction: float = 0.05  # folder: fraction of the files held out (a fixed permutation)
+
+    @property
+    def loader_kwargs(self) -> dict:
+        """The image loader's settings beyond root and split (only an image folder has any)."""
+        if self.dataset != "folder":
+            return {}
+        return {"image_size": self.image_size, "channels": self.channels, "resize": self.resize,
+                "labels_from_folders": self.labels_from_folders, "heldout_fraction": self.heldout_fraction}
 
 
 # ---------------------------------------------------------------------------------------- process

@@ -15,9 +15,9 @@ import torch
 from helpers.data import write_cifar
 from scoresde.data.loader import ShardedBatchLoader
 from scoresde.data.datasets import (
-    ITEM_SHAPES, Checkerboard, GaussianMixture2D, ImageDataset, data_scaler, dataset_names, dequantize,
+    CONFIGURED_DATASETS, ITEM_SHAPES, Checkerboard, GaussianMixture2D, ImageDataset, data_scaler, dataset_names, dequantize,
     get_image_dataset, get_toy_dataset, inverse_data_scaler, parse_idx, quantize,
-    scaler_log_det,
+    scaler_log_det, item_shape,
 )
 
 N_SAMPLES = 80_000
@@ -250,7 +250,10 @@ def test_mnist_missing_and_corrupt(tmp_path):
 def test_dataset_names_and_item_shapes():
     with pytest.raises(ValueError, match=r"unknown image dataset 'svhn'; available: .*cifar10"):
         get_image_dataset("svhn")
-    assert set(dataset_names()) == {"gmm", "checkerboard", "digits", "cifar10", "mnist"} == set(ITEM_SHAPES)
+    # an image folder's item shape comes from the config (data.channels, data.image_size)
+    assert set(dataset_names()) == {"gmm", "checkerboard", "digits", "cifar10", "mnist", "folder"} == \
+        set(ITEM_SHAPES) | set(CONFIGURED_DATASETS)
+    assert item_shape("folder", image_size=16, channels=1) == (1, 16, 16)
     assert get_image_dataset("digits", split="test").shape == ITEM_SHAPES["digits"]
     assert get_toy_dataset("gmm").dim == ITEM_SHAPES["gmm"][0]
 
