@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from scoresde.sde_lib import SDE
+from scoresde.run import threads
 from scoresde.run.checkpoint import atomic_write_bytes
 from scoresde.run.distributed import DistContext, all_gather_cat, shard_range
 from scoresde.run.options import SamplerOptions
@@ -43,6 +44,7 @@ def generate(sde: SDE, score_fn, num: int, item_shape: tuple, sampler: SamplerOp
             chunks.append(x)
             nfe = max(nfe, int(n))
             bar.update(shape[0])
+            threads.tick()
     local = torch.cat(chunks) if chunks else torch.empty((0,) + tuple(item_shape), device=ctx.device)
     return all_gather_cat(local, ctx), nfe
 
