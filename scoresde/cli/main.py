@@ -61,13 +61,14 @@ def quiet_other_ranks(ctx: DistContext) -> None:
 
 def check_workdir(workdir: str | Path, mode: str, pretrained: bool = False) -> None:
     """The work directory must be a directory (or, for ``train``, creatable); eval and sample read an
-    existing one and never create it."""
+    existing one and never create it. A path that is not there (or is a file) is no config error: it
+    raises ``FileNotFoundError`` (``NotADirectoryError``), which the command line reports as it is."""
     path = Path(workdir)
     for folder in (path, *path.parents):
         if folder.exists() and not folder.is_dir():
-            raise ValueError(f"--workdir {workdir}: {folder} is a file, not a directory")
+            raise NotADirectoryError(f"--workdir {workdir}: {folder} is a file, not a directory")
     if mode != "train" and not pretrained and not path.is_dir():
-        raise ValueError(f"--workdir {workdir} does not exist; train a model there first (--mode train)")
+        raise FileNotFoundError(f"--workdir {workdir} does not exist; train a model there first (--mode train)")
 
 
 def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mode: str,
@@ -229,10 +230,10 @@ def main(argv) -> None:
     try:
         options = options_from_config(FLAGS.config)
         check_workdir(FLAGS.workdir, FLAGS.mode, pretrained=options.network.pretrained is not None)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         if _verbose():
             raise
-        fail(f"invalid config: {err}", 2)
+        fail(f"invalid config: {err}" if isinstance(err, ValueError) else str(err), 2)
     logging.info("%s with %s in %s", FLAGS.mode, config_flags.get_config_filename(FLAGS["config"]), FLAGS.workdir)
     sys.exit(execute(options, FLAGS.workdir, FLAGS.mode, FLAGS.outdir, verbose=_verbose()))
 

@@ -14,6 +14,7 @@ import torch
 from scoresde import samplers
 from scoresde.sde_lib import SDE
 from scoresde.data.datasets import data_scaler, dequantize, scaler_log_det
+from scoresde.run import threads
 from scoresde.run.distributed import DistContext, all_gather_cat, shard_range
 from scoresde.run.options import BoundOptions, EvalOptions, LossOptions
 from scoresde.data.pipeline import DataSpec, to_model_space
@@ -63,6 +64,7 @@ def log_likelihoods(sde: SDE, score_fn: Callable, items: torch.Tensor, spec: Dat
             nfes.append(nfe)
             bar.update(len(batch))
             bar.set_postfix(nfe=nfe)
+            threads.tick()
     local = torch.cat(values) if values else torch.empty(0, device=ctx.device)
     return all_gather_cat(local, ctx), (sum(nfes) / len(nfes) if nfes else 0.0)
 

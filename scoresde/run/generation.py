@@ -11,12 +11,13 @@ import numpy as np
 import torch
 
 from scoresde.sde_lib import SDE
+from scoresde.run import threads
 from scoresde.run.checkpoint import atomic_write_bytes
 from scoresde.run.distributed import DistContext, all_gather_cat, shard_range
 from scoresde.run.options import SamplerOptions
 from scoresde.data.pipeline import DataSpec
 from scoresde.evaluate.metrics import digits_classifier
-from scoresde.run.plots import image_grid, scatter_plot
+from scoresde.run.plots import MAX_COLUMNS, image_grid, scatter_plot
 from scoresde.run.runtime import progress_bar
 
 
@@ -43,6 +44,7 @@ def generate(sde: SDE, score_fn, num: int, item_shape: tuple, sampler: SamplerOp
             chunks.append(x)
             nfe = max(nfe, int(n))
             bar.update(shape[0])
+            threads.tick()
     local = torch.cat(chunks) if chunks else torch.empty((0,) + tuple(item_shape), device=ctx.device)
     return all_gather_cat(local, ctx), nfe
 
@@ -84,7 +86,6 @@ def label_accuracy(samples: torch.Tensor, labels: torch.Tensor, spec: DataSpec) 
     return {}
 
 
-MAX_ROW_ITEMS = 16          # images per row of a class-conditional grid picture (the .npz keeps them all)
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:
@@ -101,10 +102,10 @@ def sample_picture(samples: np.ndarray, spec: DataSpec, caption: str,
     the true density's contours (toy data)."""
     if spec.is_image:
         cols = len(samples) // len(row_labels) if row_labels else None
-        if cols is not None and cols > MAX_ROW_ITEMS:      # a readable grid: the first items of each row
-            samples = samples.reshape(len(row_labels), cols, *samples.shape[1:])[:, :MAX_ROW_ITEMS]
-            samples, cols = samples.reshape(-1, *samples.shape[2:]), MAX_ROW_ITEMS
-            caption += f" (the first {MAX_ROW_ITEMS} of each row shown)"
+        if cols is not None and cols > MAX_COLUMNS:      # a readable grid: the first items of each row
+            samples = samples.reshape(len(row_labels), cols, *samples.shape[1:])[:, :MAX_COLUMNS]
+            samples, cols = samples.reshape(-1, *samples.shape[2:]), MAX_COLUMNS
+            caption += f" (the first {MAX_COLUMNS} of each row shown)"
         return image_grid(samples, caption=caption, cols=cols, row_labels=row_labels)
     if spec.toy is None:
         return scatter_plot(samples, title=caption)

@@ -36,6 +36,12 @@ class Inference:
     checkpoint: Path
     trained: RunOptions               # the options the weights were trained with (what checks of the model read)
     score_with: Callable | None = None   # score_with(cond): the score given class labels (conditional models)
+    pretrained: bool = False          # model.pretrained's weights (``checkpoint`` is their path), not trained here
+
+    @property
+    def weights(self) -> str:
+        """Which weights these are, for captions and log lines."""
+        return f"pretrained weights from {self.checkpoint}" if self.pretrained else f"EMA weights of step {self.step}"
 
 
 def _check_dataset(options: DataOptions, meta: dict, path: Path) -> None:
@@ -120,7 +126,7 @@ def pretrained_inference(options: RunOptions, ctx: DistContext) -> Inference:
         return lambda x, t: loaded.score_fn(x, t, cond)
 
     return Inference(sde=loaded.sde, model=loaded.model, score_fn=loaded.score_fn, data=loaded.data, step=0,
-                     checkpoint=loaded.path, trained=options, score_with=score_with)
+                     checkpoint=loaded.path, trained=options, score_with=score_with, pretrained=True)
 
 
 def marginal_score(trained: RunOptions, score_with: Callable) -> Callable:

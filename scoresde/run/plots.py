@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 GRID_PAD = 1           # pixels between tiles, in tile pixels
+MAX_COLUMNS = 10       # images per row of a grid: more are too small to read at 100 %
+TILE_PIXELS = 64       # small images (8x8 digits) are enlarged by a whole factor to at least this size
 DPI = 100
 
 
@@ -25,13 +27,18 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def grid_columns(n: int, cols: int | None = None) -> int:
+    """Columns of a grid of ``n`` images: ``cols`` if given, else about square; at most ``MAX_COLUMNS``."""
+    return max(1, min(MAX_COLUMNS, cols or math.ceil(math.sqrt(n))))
+
+
 def tile_images(images: np.ndarray, cols: int | None = None, pad: int = GRID_PAD) -> np.ndarray:
     """Images ``(N, C, H, W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, cols*(W+pad)+pad, C)`` array on white,
-    about square unless ``cols`` is given (row-major: image i is in row ``i // cols``)."""
+    ``grid_columns(N, cols)`` wide (row-major: image i is in row ``i // cols``)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must have shape (N, 1 or 3, H, W), got {images.shape}")
     n, c, h, w = images.shape
-    cols = cols or math.ceil(math.sqrt(n))
+    cols = grid_columns(n, cols)
     rows = math.ceil(n / cols)
     grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.float32)
     for i, image in enumerate(np.clip(images, 0.0, 1.0)):
@@ -43,24 +50,25 @@ def tile_images(images: np.ndarray, cols: int | None = None, pad: int = GRID_PAD
 
 def image_grid(images: np.ndarray, caption: str = "", cols: int | None = None,
                row_labels: Sequence[str] | None = None) -> bytes:
-    """A grid of images with ``caption`` underneath (what was run: step, sampler, NFE) and, for
-    class-conditional grids, a label per row."""
+    """A grid of images, at most ``MAX_COLUMNS`` a row, each enlarged by a whole factor (pixels kept
+    sharp) to at least ``TILE_PIXELS``, with ``caption`` underneath (what was run: step, sampler, NFE)
+    and, for class-conditional grids (one row per class), a label per row."""
     grid = tile_images(images, cols)
     height, width = grid.shape[:2]
-    # 8x8 digits are enlarged (pixels kept sharp): the long side to 360 pixels, a strip's short side to 160
-    scale = max(1.0, 360.0 / max(height, width), 160.0 / min(height, width))
-    fig, ax = plt.subplots(figsize=(width * scale / DPI + 0.6, height * scale / DPI + 0.6))
+    scale = max(1, math.ceil(TILE_PIXELS / max(images.shape[2:])))
+    fig = plt.figure(figsize=(width * scale / DPI, height * scale / DPI))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))      # the whole figure: one image pixel is ``scale`` pixels
     ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0,
               interpolation="nearest")
     ax.set_xticks([])
     if row_labels:
         h = images.shape[2]
         ax.set_yticks([GRID_PAD + i * (h + GRID_PAD) + h / 2 for i in range(len(row_labels))])
-        ax.set_yticklabels(row_labels)
+        ax.set_yticklabels(row_labels, fontsize=10)
     else:
         ax.set_yticks([])
     if caption:
-        ax.set_xlabel(caption, fontsize=8)
+        ax.set_xlabel(textwrap.fill(caption, max(40, int(width * scale / 6.5))), fontsize=9)
     return _png(fig)
 
 
@@ -103,34 +111,49 @@ def scatter_plot(points: np.ndarray, title: str = "",
     return _png(fig)
 
 
-def loss_curve(records: Sequence[dict], title: str = "") -> bytes:
-    """Training loss and held-out loss against step from ``metrics.jsonl`` records, with the eval NLL /
-    bits/dim (right axis) where it was measured."""
+LIKELIHOOD_UNITS = {"bpd": "held-out bits/dim", "nll": "held-out NLL (nats per sample)"}
+
+
+def _loss_panel(ax, records: Sequence[dict]) -> None:
     train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
     heldout = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
-    measured = [(r["step"], r[key], key) for r in records for key in ("nll", "bpd") if r.get(key) is not None]
-    fig, ax = plt.subplots(figsize=(7.0, 4.0))
     if train:
         ax.plot(*zip(*train), color="#1f5ab4", linewidth=1.0, label="training loss (mean since last line)")
     if heldout:
         ax.plot(*zip(*heldout), "o-", color="#d1603d", markersize=3, linewidth=1.0, label="held-out loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (lower is better)")
     values = [v for _, v in train + heldout]
     if values and min(values) > 0 and max(values) / min(values) > 20:
         ax.set_yscale("log")
     ax.grid(True, color="0.92")
-    handles, labels = ax.get_legend_handles_labels()
-    if measured:
-        right = ax.twinx()
-        key = measured[0][2]
-        right.plot([s for s, _, _ in measured], [v for _, v, _ in measured], "s", color="#3a9a4a", markersize=5,
-                   label=f"eval {key}")
-        right.set_ylabel(key)
-        more = right.get_legend_handles_labels()
-        handles, labels = handles + more[0], labels + more[1]
-    if handles:
-        ax.legend(handles, labels, loc="upper right", fontsize=8)
+    if train or heldout:
+        ax.legend(loc="upper right", fontsize=8)
+
+
+def _likelihood_panel(ax, measured: list[tuple[int, float]], key: str) -> None:
+    """The eval mode's likelihood (bits/dim or NLL) at the steps it was measured, each value written."""
+    steps, values = zip(*measured)
+    ax.plot(steps, values, "s-", color="#3a9a4a", markersize=5, linewidth=1.0)
+    for step, value in measured:
+        ax.annotate(f"{value:.3g}", (step, value), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_ylabel(f"{LIKELIHOOD_UNITS[key]}\n(--mode eval)", fontsize=9)
+    ax.grid(True, color="0.92")
+
+
+def loss_curve(records: Sequence[dict], title: str = "", caption: str = "") -> bytes:
+    """Training loss and held-out loss against step from ``metrics.jsonl`` records; below them, in
+    their own panel, the eval mode's bits/dim or NLL where it was measured. ``title`` (one line) names
+    the run, ``caption`` (under the figure) the loss."""
+    keys = [key for key in LIKELIHOOD_UNITS if any(r.get(key) is not None for r in records)]
+    panels = 1 + len(keys)
+    fig, axes = plt.subplots(panels, 1, sharex=True, squeeze=False, figsize=(7.0, 3.6 + 1.8 * (panels - 1)),
+                             gridspec_kw={"height_ratios": [2] + [1] * (panels - 1)})
+    axes = axes[:, 0]
+    _loss_panel(axes[0], records)
+    for ax, key in zip(axes[1:], keys):
+        _likelihood_panel(ax, [(r["step"], r[key]) for r in records if r.get(key) is not None], key)
+    axes[-1].set_xlabel("step" + (f"\n\n{textwrap.fill(caption, 110)}" if caption else ""), fontsize=9)
     if title:
-        ax.set_title(textwrap.fill(title, 90), fontsize=9)
+        axes[0].set_title(textwrap.shorten(title, 100), fontsize=10)
+    fig.tight_layout()
     return _png(fig)

@@ -103,6 +103,9 @@ def _from_score_sde(options: RunOptions, path: Path, ctx: DistContext):
 def load_pretrained(options: RunOptions, ctx: DistContext) -> Pretrained:
     """The model ``model.pretrained`` names and its score."""
     path = Path(options.network.pretrained)
+    if not path.exists():
+        raise ValueError(f"config.model.pretrained={str(path)!r} does not exist, so it is neither a diffusers "
+                         f"directory nor a score_sde checkpoint file (give the path of either)")
     if path.is_dir():
         sde, score_fn, model, shape = _from_diffusers(options, path, ctx)
     elif path.is_file():

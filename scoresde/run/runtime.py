@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from scoresde.run.checkpoint import atomic_write_text, checksum_path, list_checkpoints
 from scoresde.run.options import Accel
+from scoresde.run.threads import CpuLoad, ThreadFollower, follow
 
 logger = logging.getLogger(__name__)
 
@@ -110,26 +111,19 @@ def available_cores() -> int:
     return max(1, min(cores, math.floor(quota))) if quota else cores
 
 
-def _cpu_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies of all CPUs from ``/proc/stat`` (Linux), else ``None``."""
-    try:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)        # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
 def busy_cores(window_s: float = 0.3) -> float:
-    """How many cores other processes keep busy now: the machine's non-idle CPU time over a short
-    window while this process sleeps (the load average reacts over a minute, too slowly for this)."""
-    before = _cpu_times()
-    if before is None:
-        return 0.0
+    """How many of this process's cores other processes keep busy now, over a short window while
+    this process sleeps (the load average reacts over a minute, too slowly for this)."""
+    load = CpuLoad()
     time.sleep(window_s)
-    after = _cpu_times()
-    total = after[1] - before[1]
-    return 0.0 if total <= 0 else (after[0] - before[0]) / total * (os.cpu_count() or 1)
+    busy = load.others_busy()
+    return 0.0 if busy is None else busy
+
+
+def omp_threads() -> int | None:
+    """The thread count ``OMP_NUM_THREADS`` sets, if it is a positive number."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else None
 
 
 def choose_threads(asked: int, local_processes: int = 1, busy: float | None = None) -> tuple[int, str]:
@@ -140,9 +134,8 @@ def choose_threads(asked: int, local_processes: int = 1, busy: float | None = No
     other), with the free cores only it keeps 48-58 % of the quiet speed of all cores."""
     if asked > 0:
         return asked, "training.threads"
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env), "OMP_NUM_THREADS"
+    if omp_threads():
+        return omp_threads(), "OMP_NUM_THREADS"
     cores = max(1, available_cores() // max(local_processes, 1))
     busy = busy_cores() if busy is None else busy
     free = max(1, min(cores, round(available_cores() - busy) // max(local_processes, 1)))
@@ -163,12 +156,16 @@ FEEDER_THREADS = 2
 
 def set_threads(asked: int, local_processes: int = 1, device: torch.device | None = None) -> int:
     """Apply ``choose_threads`` to this process and log the choice; with a CUDA ``device`` at most
-    ``FEEDER_THREADS`` unless ``asked``."""
+    ``FEEDER_THREADS`` unless ``asked``. When the count is the automatic one of a single CPU process,
+    ``threads.tick()`` in the loops then follows the machine's load (``threads.ThreadFollower``)."""
     threads, why = choose_threads(asked, local_processes)
-    if device is not None and device.type == "cuda" and asked <= 0 and threads > FEEDER_THREADS:
+    on_cuda = device is not None and device.type == "cuda"
+    if on_cuda and asked <= 0 and threads > FEEDER_THREADS:
         threads, why = FEEDER_THREADS, f"the host only feeds {device}"
     torch.set_num_threads(threads)
-    logger.info("intra-op threads: %d (%s)", threads, why)
+    auto = asked <= 0 and omp_threads() is None and not on_cuda and local_processes == 1
+    follow(ThreadFollower(available_cores(), CpuLoad(), threads=threads) if auto else None)
+    logger.info("intra-op threads: %d (%s)%s", threads, why, "; following the load" if auto else "")
     return threads
 
 

@@ -95,9 +95,9 @@ def write_loss_curve(workdir: str | Path, options) -> Path:
 
     path = Path(workdir) / METRICS_FILE
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    title = f"{options.data.dataset}, {options.sde.name}, {options.network.name}; loss: {options.loss.describe}"
+    title = f"{options.data.dataset}, {options.sde.name}, {options.network.name}"
     target = Path(workdir) / LOSS_CURVE_FILE
-    atomic_write_bytes(target, loss_curve(records, title=title))
+    atomic_write_bytes(target, loss_curve(records, title=title, caption=f"loss: {options.loss.describe}"))
     return target
 
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from scoresde.models import ExponentialMovingAverage
 from scoresde.sde_lib import SDE
-from scoresde.run import checkpoint as ckpt
+from scoresde.run import checkpoint as ckpt, threads
 from scoresde.train.conditioning import draw_drop, drop_labels, loss_targets, network_fn
 from scoresde.run.drift import check_options_drift
 from scoresde.data.loader import ShardedBatchLoader
@@ -607,6 +607,7 @@ def run_loop(run: TrainRun, stop: GracefulStop) -> bool:
         while run.step < train.n_iters:
             loss = train_step(run, *next_batch(run))
             after_step(run, loss, meter, bar)
+            threads.tick(run.step)
             if stop_requested(stop, run.ctx):
                 return True
     return False

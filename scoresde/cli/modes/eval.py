@@ -182,7 +182,7 @@ def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir:
     inf = load_for_inference(options, workdir, ctx)
     spec = load_data(options.data, options.seed, with_train=False)
     metrics = {"step": inf.step, "checkpoint": inf.checkpoint.name, "num_samples": int(len(spec.test))}
-    logger.info("evaluating the EMA weights of step %d on %d held-out items", inf.step, len(spec.test))
+    logger.info("evaluating the %s on %d held-out items", inf.weights, len(spec.test))
     with logs_above_bars():
         metrics["loss"] = heldout_loss(inf.sde, inf.score_fn, options.loss, spec.test, spec,
                                        batch_size=options.eval.batch_size,

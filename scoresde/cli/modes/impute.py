@@ -216,7 +216,7 @@ def impute(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: s
     arrays = {"original": original.numpy(), "mask": known.numpy(), "completed": result.numpy()}
     if labels is not None:
         arrays["labels"] = labels.numpy()
-    caption = (f"step {inf.step}, EMA weights, {mode} ({method}, {'' if colour else options.sampler.mask + ', '}"
+    caption = (f"{inf.weights}, {mode} ({method}, {'' if colour else options.sampler.mask + ', '}"
                f"{nfe} NFE per batch)")
     directory = Path(outdir) if outdir is not None else Path(workdir) / mode
     if ctx.is_main:

@@ -71,8 +71,8 @@ def sample(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: s
     if sampler.guidance == "classifier":
         classifier = load_classifier(sampler.classifier_workdir, options, ctx)
     score_fn = unconditional_score(options, inf) if labels is None else inf.score_fn
-    logger.info("drawing %d samples from the EMA weights of step %d with the %s sampler%s", num, inf.step,
-                sampler.method, guidance_note(sampler))
+    logger.info("drawing %d samples from the %s with the %s sampler%s", num, inf.weights, sampler.method,
+                guidance_note(sampler))
     start = time.perf_counter()
     with logs_above_bars():
         x, nfe = generate(inf.sde, score_fn, num, inf.data.shape, sampler,
@@ -89,7 +89,7 @@ def sample(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: s
                      **label_accuracy(data, labels, inf.data)})
     directory = Path(outdir) if outdir is not None else Path(workdir) / SAMPLES_DIR
     if ctx.is_main:
-        caption = (f"step {inf.step}, EMA weights, {sampler.method} sampler{guidance_note(sampler)}, {nfe} NFE "
+        caption = (f"{inf.weights}, {sampler.method} sampler{guidance_note(sampler)}, {nfe} NFE "
                    f"per batch, {len(data)} samples")
         rows = [f"class {k}" for k in range(num_classes)] if sampler.label == "all" else None
         files = {**sample_files(data, inf.data, "samples", caption, labels=labels, row_labels=rows),
