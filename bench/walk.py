@@ -90,7 +90,7 @@ def import_everything(repo: Path) -> None:
     """Import every module of the project first, so that imports (and what they run) stay out of the walk."""
     for path in sorted(repo.rglob("*.py")):
         parts = path.relative_to(repo).with_suffix("").parts
-        if parts[0] in ("tests", "bench", "docs", "main") or parts[-1] == "__main__" or any(p.startswith(".") for p in parts):
+        if parts[0] in ("tests", "bench", "docs", "main", "build", "dist") or parts[-1] == "__main__" or any(p.startswith(".") for p in parts):
             continue
         if parts[0] == "configs" and (repo / "scoresde").is_dir():
             continue      # the root symlink of scoresde/configs
