@@ -133,7 +133,7 @@ def trained(tmp_path_factory):
 
 def test_a_refused_resume_changes_no_file(trained):
     before = _files(trained)
-    config = tiny_config(n_iters=12)
+    config = tiny_config(training__n_iters=12)
     config.optim.beta1 = 0.5
     with pytest.raises(ValueError, match=r"optim\.beta1: checkpoint 0\.9, requested 0\.5"):
         main.run(config, trained, "train")
@@ -144,7 +144,7 @@ def test_a_trainer_refused_by_the_lock_changes_no_file(trained):
     before = _files(trained)
     with WorkdirLock(trained):
         with pytest.raises(WorkdirBusyError):
-            main.run(tiny_config(n_iters=12), trained, "train")
+            main.run(tiny_config(training__n_iters=12), trained, "train")
     assert _files(trained) == before
 
 
@@ -174,7 +174,7 @@ def test_a_run_that_fails_while_setting_up_removes_the_work_directory_it_created
 
 # ---------------------------------------------------------------------------------------- recipe on resume
 def test_divergence_advice_resumes_with_a_lower_lr(tmp_path, monkeypatch, caplog):
-    config = tiny_config(n_iters=20)
+    config = tiny_config(training__n_iters=20)
     with monkeypatch.context() as patch:
         _nan_data_from(patch, step=5)
         with pytest.raises(trainer.TrainingDivergedError) as caught:
@@ -196,13 +196,13 @@ def test_warmup_and_grad_clip_may_change_on_resume_but_not_beta1(trained, tmp_pa
     import shutil
     workdir = tmp_path / "copy"
     shutil.copytree(trained, workdir)
-    config = tiny_config(n_iters=10)
+    config = tiny_config(training__n_iters=10)
     config.optim.warmup, config.optim.grad_clip = 4, 0.5
     with caplog.at_level(logging.INFO):
         assert main.run(config, workdir, "train")["step"] == 10
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "optim.warmup" in messages and "optim.grad_clip" in messages
-    config = tiny_config(n_iters=12)
+    config = tiny_config(training__n_iters=12)
     config.optim.beta1 = 0.5
     with pytest.raises(ValueError, match=r"cannot resume.*optim\.beta1"):
         main.run(config, workdir, "train")

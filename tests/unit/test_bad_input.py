@@ -48,7 +48,7 @@ def test_classifier_free_guidance_refuses_a_score_that_would_broadcast(scale, wh
 # ---------------------------------------------------------------------------------------- retention
 def _state(step: int) -> dict:
     return {"format": ckpt.FORMAT_VERSION, "step": step, "model": {"w": torch.full((4,), float(step))},
-            "ema": {}, "optimizer": {}, "loader": {}, "rng": {}, "meta": {}, "config": "{}"}
+            "ema": {}, "optimizer": {}, "loader": {}, "rng": {}, "meta": {}, "options": "{}", "config": "{}"}
 
 
 def _steps(directory) -> list:

@@ -134,12 +134,13 @@ def test_set_threads_follows_only_the_automatic_count_of_one_cpu_process(monkeyp
 
 
 def test_the_training_loop_ticks_once_per_step_and_sampling_once_per_batch(tmp_path, monkeypatch):
-    from cli.test_cli_experience import tiny_toy            # tests/ is on the path
+    from helpers.tiny import tiny_config                    # tests/ is on the path
     from scoresde.cli.factory import options_from_config
     from scoresde.train import loop
 
     steps = []
     monkeypatch.setattr(loop.threads, "tick", lambda step=None: steps.append(step))
-    loop.train(options_from_config(tiny_toy(n_iters=4)), tmp_path)
+    loop.train(options_from_config(tiny_config(training__n_iters=4, training__snapshot_freq=4, training__snapshot_sampling=True,
+                                                  training__snapshot_num_samples=16)), tmp_path)
     assert [s for s in steps if s is not None] == [1, 2, 3, 4]
     assert steps.count(None) == 1                           # the snapshot's one batch of samples
