@@ -66,7 +66,8 @@ def test_a_missing_pretrained_path_does_not_exist(tmp_path, parsed_flags, capsys
 
 # ---------------------------------------------------------------------------------------- pretrained weights
 def test_pretrained_weights_are_named_by_their_path_not_a_step():
-    common = dict(sde=None, model=None, score_fn=None, data=None, step=0, checkpoint=Path("models/ddpm.pth"))
+    common = dict(sde=None, model=None, score_fn=None, data=None, step=0, checkpoint=Path("models/ddpm.pth"),
+                  trained=None)
     assert Inference(**common, pretrained=True).weights == "pretrained weights from models/ddpm.pth"
     assert Inference(**{**common, "step": 12}).weights == "EMA weights of step 12"
 

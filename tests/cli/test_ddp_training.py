@@ -162,7 +162,7 @@ def test_only_rank_zero_writes(runs):
     files = sorted(str(p.relative_to(runs / "two")) for p in (runs / "two").rglob("*"))
     assert files == [".lock", "checkpoints", "checkpoints/checkpoint_00000003.pt", "checkpoints/checkpoint_00000003.pt.sha256",
                      "checkpoints/checkpoint_00000006.pt", "checkpoints/checkpoint_00000006.pt.sha256",
-                     "loss_curve.png", "metrics.jsonl"]
+                     "config.json", "loss_curve.png", "metrics.jsonl"]
 
 
 def test_resume_across_world_sizes(runs, tmp_path):
