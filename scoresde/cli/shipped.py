@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # option -> the config field it sets, per subcommand
 OVERRIDES = {"sample": {"label": "sampling.label", "guidance_scale": "sampling.guidance_scale",
                         "num_samples": "sampling.num_samples", "steps": "sampling.steps"},
-             "eval": {"num_test": "data.num_test"}}
+             "eval": {"num_test": "eval.num_samples"}}
 
 
 def parser_for(mode: str) -> argparse.ArgumentParser:

@@ -41,7 +41,9 @@ class Inference:
     @property
     def weights(self) -> str:
         """Which weights these are, for captions and log lines."""
-        return f"pretrained weights from {self.checkpoint}" if self.pretrained else f"EMA weights of step {self.step}"
+        if not self.pretrained:
+            return f"EMA weights of step {self.step}"
+        return f"pretrained weights from {self.checkpoint}" + (f" (step {self.step})" if self.step else "")
 
 
 def _check_dataset(options: DataOptions, meta: dict, path: Path) -> None:
@@ -140,7 +142,7 @@ def shipped_inference(loaded: Pretrained) -> Inference:
         return get_score_fn(loaded.sde, loaded.model, train=False, cond=cond, **trained.network.score_kwargs)
 
     return Inference(sde=loaded.sde, model=loaded.model, score_fn=marginal_score(trained, score_with),
-                     data=loaded.data, step=0, checkpoint=loaded.path, trained=trained, score_with=score_with,
+                     data=loaded.data, step=loaded.step, checkpoint=loaded.path, trained=trained, score_with=score_with,
                      pretrained=True)
 
 

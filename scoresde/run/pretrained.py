@@ -47,6 +47,7 @@ class Pretrained:
     data: DataSpec                    # tensor-free: the config's data set and scaling
     path: Path
     trained: RunOptions | None = None  # a shipped model's stored options (its score_fn(x, t, cond=None))
+    step: int = 0                     # a shipped model's training step
 
 
 CONFIG_SUFFIXES = (".json", ".py")
@@ -210,7 +211,8 @@ def load_shipped(options: RunOptions, ctx: DistContext, name: str) -> Pretrained
         set_threads(options.train.threads, local_processes())
     logger.info("loaded the shipped model %r (%s, step %s) from %s", name, shipped.description, info.get("step"),
                 shipped.weights_path)
-    return Pretrained(sde=sde, model=model, score_fn=score_fn, data=data, path=shipped.weights_path, trained=trained)
+    return Pretrained(sde=sde, model=model, score_fn=score_fn, data=data, path=shipped.weights_path, trained=trained,
+                      step=int(info["step"]))
 
 
 def load_pretrained(options: RunOptions, ctx: DistContext) -> Pretrained:
