@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
+from scoresde.cli.shipped import CONFIGS
 from scoresde.run.inference import ema_network, read_trained
 from scoresde.run.pretrained import shipped_model, write_shipped
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def ship(workdir: str | Path, name: str, config: str, directory: Path | None = None) -> Path:

@@ -26,8 +26,13 @@ OVERRIDES = {"sample": {"label": "sampling.label", "guidance_scale": "sampling.g
 
 
 def parser_for(mode: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"scoresde {mode}", description=__doc__.split("\n\n")[0],
-                                     epilog=f"shipped models: {', '.join(SHIPPED.names())}")
+    what = {"sample": "Draw samples (samples.npz, samples.png, info.json) from",
+            "eval": "The held-out loss and bits/dim (metrics.json) of"}[mode]
+    parser = argparse.ArgumentParser(
+        prog=f"scoresde {mode}", description=f"{what} a model shipped with the package; no config file or work "
+                                             f"directory needed (the flag form: scoresde --help).",
+        epilog=f"shipped models: {', '.join(SHIPPED.names())}. Other arguments go on to the flag form as they are: "
+               f"any --config.<section>.<field>=<value> of the model's config, --verbosity=1.")
     parser.add_argument("--pretrained", required=True, metavar="NAME",
                         help=f"a shipped model: {', '.join(SHIPPED.names())}")
     parser.add_argument("--outdir", default=None,

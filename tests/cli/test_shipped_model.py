@@ -6,13 +6,14 @@ unknown name is refused in one line. The command line runs in this process (``he
 on the subcommand's flag form (``scoresde.cli.shipped.flag_argv``)."""
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from helpers.cli import run_cli
+from helpers.cli import run_cli, run_cli_process
 from scoresde.cli.factory import options_from_config
 from scoresde.cli.shipped import flag_argv
 from scoresde.configs.digits.ddpmpp_vp_cond import get_config as cond_config
@@ -119,3 +120,13 @@ def test_eval_gives_the_documented_bits_per_dim(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_samples"] == 50
     assert abs(metrics["bpd"] - REFERENCE_BPD_50) < BPD_TOLERANCE, metrics["bpd"]
+
+
+def test_python_dash_m_scoresde_sample_in_a_real_process(tmp_path):
+    """The subcommand through the real entry point (it rewrites ``sys.argv``, which config_flags reads)."""
+    out = tmp_path / "samples"
+    result = run_cli_process(command=[sys.executable, "-m", "scoresde", "sample", "--pretrained", "digits",
+                                      "--num_samples", "20", "--outdir", str(out)], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.load(out / "samples.npz")["samples"].shape == (20, 1, 8, 8)
+    assert (out / "samples.png").stat().st_size > 0
