@@ -46,7 +46,7 @@ class Pretrained:
     score_fn: Callable                # score_fn(x, t) or, for a class-conditional model, score_fn(x, t, cond)
     data: DataSpec                    # tensor-free: the config's data set and scaling
     path: Path
-    trained: RunOptions | None = None  # a shipped model's stored options (its score_fn(x, t, cond=None))
+    trained: RunOptions | None = None  # a shipped model's stored options (scored as a checkpoint here is)
     step: int = 0                     # a shipped model's training step
 
 
