@@ -28,6 +28,7 @@ from scoresde.cli.modes.impute import colorize, inpaint
 from scoresde.cli.factory import options_from_config
 from scoresde.cli.help import config_help, load_config_file
 from scoresde.cli.schema import schema_fields, unknown_field
+from scoresde.cli.shipped import flag_argv
 from scoresde.run.options import RunOptions
 from scoresde.cli.modes.sample import sample
 from scoresde.train.loop import train
@@ -149,6 +150,10 @@ modes (--mode):
   inpaint  complete held-out items (or sampling.inpaint_data) with sampling.mask missing: a PNG sheet and .npz
   colorize colour images from their grey version (3-channel data)
 
+a shipped model, no training (scoresde sample --help):
+  scoresde sample --pretrained digits [--label 3] [--outdir samples_digits]
+  scoresde eval --pretrained digits [--num_test 50]
+
 example (the main job, under a minute on 2 CPU cores):
   python main.py --config configs/toy/gmm_vp.py --workdir runs/gmm_vp --mode train
   python main.py --config configs/toy/gmm_vp.py --workdir runs/gmm_vp --mode eval
@@ -239,7 +244,11 @@ def main(argv) -> None:
 
 
 def cli() -> None:
-    """The ``scoresde`` console script, ``python -m scoresde`` and ``python main.py``."""
+    """The ``scoresde`` console script, ``python -m scoresde`` and ``python main.py``; ``scoresde sample
+    --pretrained digits`` (and ``eval``) is the flag form for a shipped model (``scoresde/cli/shipped.py``)."""
+    # ml_collections' config flag finds the --config.<field> overrides in sys.argv itself, so the flag
+    # form replaces it rather than going to app.run as argv
+    sys.argv = flag_argv(sys.argv)
     app.run(main, flags_parser=parse_flags)
 
 

@@ -18,7 +18,7 @@ from scoresde.run.checkpoint import load_latest
 from scoresde.run.drift import check_options_drift
 from scoresde.run.distributed import DistContext
 from scoresde.run.options import DataOptions, RunOptions
-from scoresde.run.pretrained import load_pretrained
+from scoresde.run.pretrained import Pretrained, load_pretrained
 from scoresde.data.pipeline import DataSpec, spec_from_meta
 from scoresde.run.runtime import accelerated_score_fn, local_processes, resolve_accel, set_threads
 from scoresde.run.workdir import checkpoint_dir
@@ -41,7 +41,9 @@ class Inference:
     @property
     def weights(self) -> str:
         """Which weights these are, for captions and log lines."""
-        return f"pretrained weights from {self.checkpoint}" if self.pretrained else f"EMA weights of step {self.step}"
+        if not self.pretrained:
+            return f"EMA weights of step {self.step}"
+        return f"pretrained weights from {self.checkpoint}" + (f" (step {self.step})" if self.step else "")
 
 
 def _check_dataset(options: DataOptions, meta: dict, path: Path) -> None:
@@ -119,6 +121,8 @@ def pretrained_inference(options: RunOptions, ctx: DistContext) -> Inference:
     """``Inference`` of the model ``model.pretrained`` names (step 0: it was not trained here, so the
     requested options stand for the trained ones)."""
     loaded = load_pretrained(options, ctx)
+    if loaded.trained is not None:       # a shipped model: its own options say how it was trained
+        return shipped_inference(loaded)
 
     def score_with(cond: torch.Tensor | None):
         if cond is None:
@@ -127,6 +131,19 @@ def pretrained_inference(options: RunOptions, ctx: DistContext) -> Inference:
 
     return Inference(sde=loaded.sde, model=loaded.model, score_fn=loaded.score_fn, data=loaded.data, step=0,
                      checkpoint=loaded.path, trained=options, score_with=score_with, pretrained=True)
+
+
+def shipped_inference(loaded: Pretrained) -> Inference:
+    """``Inference`` of a shipped model, scored as a checkpoint of this package is (its stored options
+    give the score's arguments and, for a class-conditional model, its null label's score of ``p(x)``)."""
+    trained = loaded.trained
+
+    def score_with(cond: torch.Tensor | None):
+        return get_score_fn(loaded.sde, loaded.model, train=False, cond=cond, **trained.network.score_kwargs)
+
+    return Inference(sde=loaded.sde, model=loaded.model, score_fn=marginal_score(trained, score_with),
+                     data=loaded.data, step=loaded.step, checkpoint=loaded.path, trained=trained, score_with=score_with,
+                     pretrained=True)
 
 
 def marginal_score(trained: RunOptions, score_with: Callable) -> Callable:
