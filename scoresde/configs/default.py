@@ -161,7 +161,7 @@ def _eval() -> ml_collections.ConfigDict:
     e.true_nll_samples = 100_000   # Monte Carlo size for the data's own entropy (toy data)
     e.sample_quality = False       # images: FD, KID, precision / recall of eval.quality_samples samples (the config's sampler)
     e.quality_samples = 300        # sample quality: samples drawn (the held-out items are the reference)
-    e.inception_weights = ""       # sample quality, --mode fid, non-digit images: pytorch-fid's Inception weights file (required)
+    e.inception_weights = ""       # sample quality, --mode fid, non-digit images: pytorch-fid's Inception weights file ("" = the torch hub cache's; nothing is downloaded)
     # --mode fid (the paper protocol): FID of fid_samples samples against the TRAINING set's statistics
     e.fid_samples = 50_000         # fid: samples per seed (small n biases the Frechet distance upwards, ~1/n)
     e.fid_seeds = 1                # fid: sample sets with seeds seed .. seed + fid_seeds - 1; reports each, min and mean (EDM: 3)

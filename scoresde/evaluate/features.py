@@ -21,7 +21,7 @@ import torch
 
 from scoresde.data.datasets import dequantize, quantize
 from scoresde.data.pipeline import DataSpec, to_data_space
-from scoresde.evaluate.metrics import digits_classifier
+from scoresde.evaluate.metrics import digits_classifier, inception_weights_path
 
 F64 = torch.float64
 DIGITS_FEATURES, INCEPTION_FEATURES = "digits-classifier", "inception-2048"
@@ -50,8 +50,9 @@ def check_image_data(spec: DataSpec, what: str) -> None:
 
 
 def feature_space(spec: DataSpec, inception_weights: str | None = None, device=None) -> FeatureSpace:
-    """The digits classifier's features for digits, the FID Inception's (``inception_weights``, a
-    pytorch-fid weights file, required: one-line ``FileNotFoundError`` when missing) for other images."""
+    """The digits classifier's features for digits, the FID Inception's for other images: the pytorch-fid
+    weights file ``inception_weights`` (``None``: the one in the torch hub cache), which must exist (a
+    one-line ``FileNotFoundError`` naming it and its URL otherwise; nothing is downloaded)."""
     check_image_data(spec, "FID")
     if spec.name == "digits":
         judge = digits_classifier()
@@ -59,7 +60,7 @@ def feature_space(spec: DataSpec, inception_weights: str | None = None, device=N
         return FeatureSpace(DIGITS_FEATURES, dim, judge.features,
                             f"digits classifier ({dim}-d, test accuracy {judge.test_accuracy:.4f})")
     from scoresde.evaluate.inception import fid_inception_outputs, load_fid_inception
-    model = load_fid_inception(inception_weights, device=device)
+    model = load_fid_inception(inception_weights_path("scoresde", inception_weights), device=device)
 
     def features(images: torch.Tensor) -> torch.Tensor:
         return fid_inception_outputs(model, images, batch_size=100)[0]

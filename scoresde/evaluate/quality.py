@@ -1,7 +1,7 @@
 """Sample quality in ``--mode eval`` (``eval.sample_quality``): ``eval.quality_samples`` samples from the
 config's sampler against the held-out items, in a feature space: the digits classifier's for digits
 (``scoresde/evaluate/metrics.py``: deterministic, trained on the clean training split, cached), the
-TF-ported Inception of torch-fidelity otherwise (the user's weights file, ``eval.inception_weights``).
+TF-ported FID Inception otherwise (``evaluate/features.py``; the user's weights file, ``eval.inception_weights``).
 Reports the Fréchet distance (``fd``; FID with Inception features), KID (``kid``, x 1e3, with the spread
 over subsets), improved precision / recall, and for digits the classifier score and the class histogram.
 Samples are quantised to the data's grey levels and read at the cell centres, as the real items are."""
@@ -11,27 +11,17 @@ import time
 
 import torch
 
-from scoresde.data.datasets import dequantize, quantize
 from scoresde.run.distributed import DistContext
 from scoresde.run.generation import generate
 from scoresde.run.inference import Inference
 from scoresde.run.options import RunOptions
-from scoresde.data.pipeline import DataSpec, to_data_space
+from scoresde.data.pipeline import DataSpec
+from scoresde.evaluate.features import DIGITS_FEATURES, feature_space, items_at_centres, items_from_samples
 from scoresde.evaluate.metrics import (class_histogram, classifier_score, digits_classifier, fid_from_features,
-                                     inception_features, kid, precision_recall)
+                                     kid, precision_recall)
 from scoresde.data.streams import Stream, generator
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 200
-
-
-def _cell_centres(levels: torch.Tensor, spec: DataSpec) -> torch.Tensor:
-    return dequantize(levels.long(), spec.num_levels, uniform=False)
-
-
-def _features(images: torch.Tensor, spec: DataSpec, options: RunOptions, ctx: DistContext):
-    if spec.name == "digits":
-        return digits_classifier().features(images)
-    return inception_features(images, weights_path=options.eval.inception_weights, device=ctx.device)
 
 
 def sample_quality_metrics(options: RunOptions, inf: Inference, spec: DataSpec, ctx: DistContext) -> dict:
@@ -40,17 +30,17 @@ def sample_quality_metrics(options: RunOptions, inf: Inference, spec: DataSpec, 
     start = time.perf_counter()
     x, nfe = generate(inf.sde, inf.score_fn, n, spec.shape, options.sampler,
                       generator=generator(options.seed, Stream.QUALITY, ctx.rank, ctx.device), ctx=ctx)
-    fake = _cell_centres(quantize(to_data_space(x.cpu(), inf.data), spec.num_levels), spec)
-    real = _cell_centres(spec.test, spec)
-    fake_features, real_features = _features(fake, spec, options, ctx), _features(real, spec, options, ctx)
+    space = feature_space(spec, options.eval.inception_weights, ctx.device)
+    fake = items_from_samples(x, inf.data)
+    fake_features, real_features = space(fake), space(items_at_centres(spec.test, spec))
     kid_mean, kid_std = kid(real_features, fake_features, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE,
                             generator=torch.Generator().manual_seed(options.seed))
     precision, recall = precision_recall(real_features, fake_features)
     metrics = {"fd": fid_from_features(real_features, fake_features), "kid": 1e3 * kid_mean, "kid_std": 1e3 * kid_std,
                "precision": precision, "recall": recall, "quality_samples": n, "quality_nfe": nfe,
                "quality_sampler": options.sampler.method, "quality_time_s": round(time.perf_counter() - start, 3),
-               "quality_features": "digits classifier" if spec.name == "digits" else "Inception (torch-fidelity)"}
-    if spec.name == "digits":
+               "quality_features": "digits classifier" if space.name == DIGITS_FEATURES else "Inception (pytorch-fid)"}
+    if space.name == DIGITS_FEATURES:
         judge = digits_classifier()
         probs = judge.probs(fake)
         metrics["classifier_score"] = classifier_score(probs)
