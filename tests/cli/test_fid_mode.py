@@ -122,3 +122,35 @@ def test_fid_needs_image_data(tmp_path):
 def test_fid_fields_are_checked(field, value, allowed):
     with pytest.raises(ValueError, match=f"{field}.*{allowed}, got {value}"):
         options_from_config(tiny_config("digits/ddpmpp_vp", **{field: value}))
+
+
+def test_other_images_use_the_inception_weights_file(tmp_path):
+    """An RGB image folder: Inception features from the weights file (here random weights in pytorch-fid's
+    layout, ``test_inception.py``), 2048-d statistics; without the file a one-line error naming it."""
+    from scoresde.configs.digits.ddpmpp_vp import get_config as digits_config
+    from scoresde.evaluate.inception import FIDInception
+    from test_folder_data import write_folder
+    torch.manual_seed(0)
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(dict(FIDInception().state_dict()), weights)
+    config = digits_config()
+    config.device = "cpu"
+    d = config.data
+    d.dataset, d.root, d.image_size, d.channels, d.heldout_fraction = "folder", str(write_folder(tmp_path / "images", 10)), 8, 3, 0.2
+    t = config.training
+    t.batch_size, t.n_iters, t.checkpoint_freq, t.snapshot_sampling, t.progress_bar, t.tensorboard = 8, 2, 2, False, False, False
+    m = config.model
+    m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions, m.num_scales = 8, (1,), 1, (), 50
+    e = config.eval
+    e.fid_samples, e.fid_reference_items, e.inception_weights = 4, 4, str(tmp_path / "missing.pth")
+    config.sampling.method, config.sampling.steps, config.sampling.batch_size = "fast", 2, 8
+    main.run(config, tmp_path / "run", "train")
+    with pytest.raises(FileNotFoundError, match="missing.pth") as err:
+        main.run(config, tmp_path / "run", "fid")
+    assert "\n" not in str(err.value)
+    e.inception_weights = str(weights)
+    result = main.run(config, tmp_path / "run", "fid")
+    assert result["features"] == "inception-2048" and result["reference_items"] == 4
+    with np.load(tmp_path / "run" / "fid_reference_folder_inception-2048_first4.npz") as data:
+        assert data["mu"].shape == (2048,) and data["sigma"].shape == (2048, 2048)
+    assert np.isfinite(result["fid_min"]) and result["fid_min"] > 0
