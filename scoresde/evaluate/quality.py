@@ -8,6 +8,7 @@ Samples are quantised to the data's grey levels and read at the cell centres, as
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -16,7 +17,8 @@ from scoresde.run.generation import generate
 from scoresde.run.inference import Inference
 from scoresde.run.options import RunOptions
 from scoresde.data.pipeline import DataSpec
-from scoresde.evaluate.features import DIGITS_FEATURES, feature_space, items_at_centres, items_from_samples
+from scoresde.evaluate.features import (DIGITS_FEATURES, FeatureSpace, feature_space, items_at_centres,
+                                        items_from_samples)
 from scoresde.evaluate.metrics import (class_histogram, classifier_score, digits_classifier, fid_from_features,
                                      kid, precision_recall)
 from scoresde.data.streams import Stream, generator
@@ -56,3 +58,30 @@ def quality_line(metrics: dict) -> str:
     if "classifier_score" in metrics:
         line += f", classifier score {metrics['classifier_score']:.2f} (10 at most)"
     return line
+
+
+# ------------------------------------------------------------------------------ during training
+@dataclass(frozen=True)
+class QualityReference:
+    """The held-out items' features, computed once per training run, that training's KID / FD compare with."""
+
+    space: FeatureSpace
+    features: torch.Tensor
+
+
+def heldout_reference(spec: DataSpec, inception_weights: str | None, device) -> QualityReference:
+    space = feature_space(spec, inception_weights, device)
+    return QualityReference(space, space(items_at_centres(spec.test.cpu(), spec)))
+
+
+def training_quality(samples: torch.Tensor, spec: DataSpec, metric: str, reference: QualityReference) -> dict:
+    """KID (x 1e3, with its spread over subsets; keys ``kid@<n>``, ``kid_std@<n>``) or the Fréchet distance
+    (``fd@<n>``) of ``n`` model-space samples against the held-out items, labelled with the feature network."""
+    n = len(samples)
+    features = reference.space(items_from_samples(samples, spec))
+    labels = {"quality_features": reference.space.name, "quality_reference_items": len(reference.features)}
+    if metric == "fid":
+        return {f"fd@{n}": fid_from_features(reference.features, features), **labels}
+    kid_mean, kid_std = kid(reference.features, features, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE,
+                            generator=torch.Generator().manual_seed(0))
+    return {f"kid@{n}": 1e3 * kid_mean, f"kid_std@{n}": 1e3 * kid_std, **labels}
