@@ -49,6 +49,14 @@ def check_image_data(spec: DataSpec, what: str) -> None:
                          f"gap to the true density and --mode sample the fraction of samples on its support")
 
 
+def check_feature_network(spec: DataSpec, inception_weights: str | None = None) -> None:
+    """What ``feature_space`` needs, checked without building it: image data, and for images other than
+    digits the Inception weights file (a one-line ``FileNotFoundError`` naming it)."""
+    check_image_data(spec, "FID")
+    if spec.name != "digits":
+        inception_weights_path("scoresde", inception_weights)
+
+
 def feature_space(spec: DataSpec, inception_weights: str | None = None, device=None) -> FeatureSpace:
     """The digits classifier's features for digits, the FID Inception's for other images: the pytorch-fid
     weights file ``inception_weights`` (``None``: the one in the torch hub cache), which must exist (a

@@ -38,6 +38,7 @@ from scoresde.data.loader import ShardedBatchLoader
 from scoresde.run.distributed import DistContext, all_reduce_mean, barrier, wrap_model
 from scoresde.run.generation import generate, sample_stats, write_samples
 from scoresde.evaluate.heldout import heldout_loss
+from scoresde.evaluate.features import check_feature_network
 from scoresde.evaluate.quality import QualityReference, heldout_reference, training_quality
 from scoresde.train.optim import optimize_step
 from scoresde.run.options import Accel, RunOptions
@@ -668,6 +669,8 @@ def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = No
     check_global_batch(options.train.batch_size, ctx)
     data = load_data(options.data, options.seed)
     check_data_size(options.train.batch_size, data)
+    if options.train.eval_quality_samples:
+        check_feature_network(data, options.eval.inception_weights)    # before the first eval, not at it
     created = first_missing(Path(workdir))
     with workdir_lock(workdir, ctx):
         with removed_on_failure(created, ctx):

@@ -54,3 +54,16 @@ def test_needs_images():
         options_from_config(tiny_config("toy/gmm_vp", **{"training.eval_quality_samples": 8}))
     with pytest.raises(ValueError, match=r"eval_quality_metric must be one of \['kid', 'fid'\], got 'is'"):
         options_from_config(tiny_config("digits/ddpmpp_vp", **{"training.eval_quality_metric": "is"}))
+
+
+def test_missing_inception_weights_stop_training_before_it_starts(tmp_path):
+    from scoresde.configs.digits.ddpmpp_vp import get_config as digits_config
+    from test_folder_data import write_folder
+    config = digits_config()
+    d = config.data
+    d.dataset, d.root, d.image_size, d.channels = "folder", str(write_folder(tmp_path / "images", 5)), 8, 3
+    config.model.attn_resolutions, config.training.batch_size = (), 4
+    config.training.eval_quality_samples, config.eval.inception_weights = 8, str(tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        main.run(config, tmp_path / "run", "train")
+    assert not (tmp_path / "run").exists()
