@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 FID_DIR = "fid"
 REFERENCE_FEATURES = 10_000     # reference items (and samples) whose features KID and precision / recall use
+SUBSET_SEED = 0                 # which reference items KID and P/R use: fixed, so that the cache fits every run
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000      # torch-fidelity's defaults
 FIXED_STEP_METHODS = ("fast", "ddim", "edm")
 
@@ -87,7 +88,7 @@ def reference(options: RunOptions, workdir: Path, spec: DataSpec, space: Feature
     too), and how many ``items`` the statistics hold (``None``: a file made elsewhere)."""
     stats_path, features_path = reference_paths(options, workdir, space)
     items = reference_items(options, spec)
-    subset = reference_subset(len(items), REFERENCE_FEATURES, options.seed)
+    subset = reference_subset(len(items), REFERENCE_FEATURES, SUBSET_SEED)
     kept = load_reference_features(features_path, space)
     cached = kept is not None and len(kept) == len(subset)
     if stats_path.is_file():
@@ -105,6 +106,7 @@ def reference(options: RunOptions, workdir: Path, spec: DataSpec, space: Feature
         kept = features_of(items[subset], spec, space)
     kept = kept.float()          # as cached: a run reading the cache compares the same numbers
     if ctx.is_main and not cached:
+        features_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(features_path, npz_bytes(features=kept.numpy()))
     return {"mu": mu, "sigma": sigma, "features": kept.double(), "path": stats_path, "items": counted}
 
