@@ -154,3 +154,17 @@ def test_other_images_use_the_inception_weights_file(tmp_path):
     with np.load(tmp_path / "run" / "fid_reference_folder_inception-2048_first4.npz") as data:
         assert data["mu"].shape == (2048,) and data["sigma"].shape == (2048, 2048)
     assert np.isfinite(result["fid_min"]) and result["fid_min"] > 0
+
+
+def test_command_line_fid_prints_one_line_and_a_bad_reference_one_error(workdir, tmp_path):
+    from helpers.cli import run_cli
+    from helpers.tiny import tiny_flags
+    flags = tiny_flags("digits/ddpmpp_vp", **FID)
+    result = run_cli(*flags, workdir=workdir, mode="fid")
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("FID ")][0].endswith("(64 items)")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mu=np.zeros(3))
+    result = run_cli(*flags, f"--config.eval.fid_reference={bad}", workdir=workdir, mode="fid")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("main.py: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "bad.npz: expected a pytorch-fid statistics" in errors[0]
