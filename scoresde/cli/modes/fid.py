@@ -5,7 +5,8 @@ features (the digits classifier's for digits). Writes ``fid/fid.json`` and print
 - Reference: ``eval.fid_reference`` (a pytorch-fid ``.npz``, ``mu`` and ``sigma``, read strictly), or by
   default ``<workdir>/fid_reference_<dataset>_<features>.npz``, computed once from all training items
   (or the first ``eval.fid_reference_items``) and reused. KID and precision / recall compare the samples
-  with the features of at most ``REFERENCE_FEATURES`` of those items (a seeded choice), cached beside it.
+  with the features of at most ``REFERENCE_FEATURES`` of those items (a fixed choice), cached in the work
+  directory.
 - Samples: drawn in chunks of ``sampling.batch_size`` per rank and turned into features at once (their
   mean and covariance accumulate in float64; the first ``REFERENCE_FEATURES`` are kept for KID and P/R),
   so 50 000 images are never held. Seed ``seed + k`` draws the k-th set; like EDM (Karras et al. 2022)
