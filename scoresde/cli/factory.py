@@ -88,7 +88,9 @@ def _eval(config) -> EvalOptions:
                        trace=e.trace, method=e.method, rtol=e.rtol, atol=e.atol, eps=e.likelihood_eps,
                        true_nll_samples=e.true_nll_samples, bounds=_bounds(config),
                        sample_quality=e.sample_quality, quality_samples=e.quality_samples,
-                       inception_weights=e.inception_weights or None)
+                       inception_weights=e.inception_weights or None, fid_samples=e.fid_samples,
+                       fid_seeds=e.fid_seeds, fid_reference=e.fid_reference or None,
+                       fid_reference_items=e.fid_reference_items)
 
 
 def _train(config) -> TrainOptions:
@@ -99,7 +101,8 @@ def _train(config) -> TrainOptions:
         keep_last=t.keep_last, max_nonfinite_steps=t.max_nonfinite_steps,
         exit_zero_on_signal=t.exit_zero_on_signal, snapshot_sampling=t.snapshot_sampling,
         snapshot_num_samples=t.snapshot_num_samples, threads=t.threads, progress_bar=t.progress_bar,
-        tensorboard=t.tensorboard, label_dropout=t.label_dropout,
+        tensorboard=t.tensorboard, label_dropout=t.label_dropout, eval_quality_samples=t.eval_quality_samples,
+        eval_quality_metric=t.eval_quality_metric,
         accel=Accel(bf16=t.bf16, compile=t.compile, channels_last=t.channels_last, tf32=t.tf32))
 
 

@@ -6,7 +6,7 @@
 ``--mode train`` writes ``<workdir>/checkpoints/`` (and resumes from the newest), ``metrics.jsonl`` and
 ``snapshots/``; ``--mode eval`` writes ``<workdir>/eval/metrics.json``; ``--mode sample`` writes
 ``<workdir>/samples/samples.npz`` and a PNG; ``--mode inpaint`` / ``colorize`` write
-``<workdir>/inpaint/`` / ``colorize/``. For several processes launch with ``torchrun``.
+``<workdir>/inpaint/`` / ``colorize/``; ``--mode fid`` writes ``<workdir>/fid/fid.json``. For several processes launch with ``torchrun``.
 
 The config stops here: ``scoresde.cli.factory.options_from_config`` validates every field and turns the
 config into plain options, which the modes take.
@@ -24,6 +24,7 @@ from ml_collections import config_flags
 from scoresde.run.distributed import DistContext, cleanup, init_distributed
 from scoresde.evaluate.classifier import evaluate_classifier
 from scoresde.cli.modes.eval import evaluate
+from scoresde.cli.modes.fid import fid
 from scoresde.cli.modes.impute import colorize, inpaint
 from scoresde.cli.factory import options_from_config
 from scoresde.cli.help import config_help, load_config_file
@@ -40,7 +41,8 @@ def evaluate_model(options: RunOptions, workdir: str | Path, ctx: DistContext, o
     return evaluate(options, workdir, ctx, outdir=outdir)
 
 
-MODES = {"train": train, "eval": evaluate_model, "sample": sample, "inpaint": inpaint, "colorize": colorize}
+MODES = {"train": train, "eval": evaluate_model, "sample": sample, "inpaint": inpaint, "colorize": colorize,
+         "fid": fid}
 # ml_collections loads config files with the deprecated importlib load_module(): not the user's concern
 LOAD_MODULE_WARNING = r"the load_module\(\) method is deprecated"
 
@@ -49,8 +51,8 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. co
                                 "override any field with --config.<section>.<field>=value.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, evaluations and samples.")
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
-flags.DEFINE_string("outdir", None, "eval / sample: write results here instead of <workdir>/eval or "
-                    "<workdir>/samples (e.g. when the work directory is read-only).")
+flags.DEFINE_string("outdir", None, "eval / sample / fid: write results here instead of <workdir>/eval, "
+                    "<workdir>/samples or <workdir>/fid (e.g. when the work directory is read-only).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -79,11 +81,11 @@ def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mod
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     if outdir is not None and mode == "train":
-        raise ValueError("--outdir applies to --mode eval, sample, inpaint and colorize; training writes into "
+        raise ValueError("--outdir applies to --mode eval, sample, inpaint, colorize and fid; training writes into "
                          "--workdir")
     options = config if isinstance(config, RunOptions) else options_from_config(config)
     if mode == "train" and options.network.pretrained is not None:
-        raise ValueError("config.model.pretrained applies to eval, sample, inpaint and colorize (it replaces the "
+        raise ValueError("config.model.pretrained applies to eval, sample, inpaint, colorize and fid (it replaces the "
                          "work directory's checkpoints); --mode train trains the config's own network")
     check_workdir(workdir, mode, pretrained=options.network.pretrained is not None)
     ctx = init_distributed(options.device)
@@ -149,6 +151,8 @@ modes (--mode):
            --config.sampling.label=3|all --config.sampling.guidance=cfg|classifier --config.sampling.guidance_scale=2)
   inpaint  complete held-out items (or sampling.inpaint_data) with sampling.mask missing: a PNG sheet and .npz
   colorize colour images from their grey version (3-channel data)
+  fid      the papers' FID: eval.fid_samples samples (50000) per seed (eval.fid_seeds) against the training set's
+           statistics (cached .npz, or eval.fid_reference); KID and precision / recall too: fid/fid.json
 
 a shipped model, no training (scoresde sample --help):
   scoresde sample --pretrained digits [--label 3] [--outdir samples_digits]

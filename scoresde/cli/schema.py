@@ -55,6 +55,8 @@ NETWORK_ARGS = {
 CLASSIFIERS = ("classifier_mlp", "classifier_unet")
 # Guidance of --mode sample: none, classifier-free (one network trained with label dropout), classifier.
 GUIDANCE = ("none", "cfg", "classifier")
+# what training.eval_quality_samples samples are scored by at every eval
+TRAINING_QUALITY_METRICS = ("kid", "fid")
 # Losses defined in continuous time (the others are on the discrete chain).
 CONTINUOUS_LOSSES = ("dsm", "flow", "edm", "classifier")
 # The likelihood's ODE solvers: the adaptive ones (the fixed-step ones would need a step count).
@@ -84,6 +86,7 @@ CHOICES = {
     "eval.chain_decoder": lambda: CHAIN_DECODERS,
     "data.resize": lambda: RESIZE_MODES,
     "data.channels": lambda: CHANNELS,
+    "training.eval_quality_metric": lambda: TRAINING_QUALITY_METRICS,
 }
 # field -> the smallest integer it may hold
 INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_iters": 0,
@@ -94,6 +97,8 @@ INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_it
         "model.num_classes": 0, "optim.warmup": 0, "sampling.n_steps": 0, "sampling.steps": 1,
         "sampling.num_samples": 1, "sampling.batch_size": 1, "sampling.resample": 1,
         "eval.batch_size": 1, "eval.num_samples": 1, "eval.true_nll_samples": 2, "eval.quality_samples": 4,
+        "eval.fid_samples": 4, "eval.fid_seeds": 1, "eval.fid_reference_items": 0,
+        "training.eval_quality_samples": 0,
         "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
         "eval.iw_repeats": 1, "data.image_size": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
@@ -118,7 +123,7 @@ INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1, "eval.iw_k": 1}
 # fields holding a non-empty tuple of finite numbers
 NUMBER_TUPLES = ("model.fir_kernel",)
 # fields holding a string (a path, a name or a spec that its mode parses)
-STRINGS = ("model.pretrained", "model.pretrained_config", "sampling.classifier_workdir", "eval.inception_weights",
+STRINGS = ("model.pretrained", "model.pretrained_config", "sampling.classifier_workdir", "eval.inception_weights", "eval.fid_reference",
            "sampling.inpaint_data", "sampling.mask", "sampling.label", "data.root")
 
 

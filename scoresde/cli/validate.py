@@ -185,6 +185,13 @@ def check_conditioning(config) -> None:
         raise ValueError(f"config.eval.sample_quality applies to image data (FD / KID in a feature space of "
                          f"images); data.dataset={config.data.dataset!r} is not images (its eval reports the NLL "
                          f"gap to the true density instead)")
+    if config.training.eval_quality_samples and config.data.dataset not in IMAGE_DATASETS.names():
+        raise ValueError(f"config.training.eval_quality_samples={config.training.eval_quality_samples} applies to "
+                         f"image data (KID / FD in a feature space of images); data.dataset="
+                         f"{config.data.dataset!r} is not images: set it to 0")
+    if config.training.eval_quality_samples and is_classifier:
+        raise ValueError("config.training.eval_quality_samples applies to score models; a classifier "
+                         "(training.loss='classifier') draws no samples: set it to 0")
     if s.threshold and s.method not in ("fast", "ddim"):
         raise ValueError(f"config.sampling.threshold={s.threshold} (dynamic thresholding of the data prediction) "
                          f"applies to sampling.method 'fast' or 'ddim', got {s.method!r}")

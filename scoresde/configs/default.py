@@ -27,6 +27,8 @@ def _training() -> ml_collections.ConfigDict:
     t.label_dropout = 0.0          # class-conditional: probability of the null label (> 0 for classifier-free guidance)
     t.log_freq = 50                # steps between metrics.jsonl lines
     t.eval_freq = 1000             # steps between held-out loss evaluations (one eval batch)
+    t.eval_quality_samples = 0     # images: at every eval also draw this many samples (the config's sampler) and score them against the held-out items (0 = off)
+    t.eval_quality_metric = "kid"  # kid (x 1e3, unbiased; key kid@<n>) | fid (the Frechet distance, biased up at small n; key fd@<n>)
     t.checkpoint_freq = 10_000     # steps between preemption checkpoints (the newest keep_last are kept)
     t.snapshot_freq = 50_000       # checkpoints at multiples of this are kept for good
     t.keep_last = 3                # preemption checkpoints kept besides the snapshots
@@ -159,7 +161,12 @@ def _eval() -> ml_collections.ConfigDict:
     e.true_nll_samples = 100_000   # Monte Carlo size for the data's own entropy (toy data)
     e.sample_quality = False       # images: FD, KID, precision / recall of eval.quality_samples samples (the config's sampler)
     e.quality_samples = 300        # sample quality: samples drawn (the held-out items are the reference)
-    e.inception_weights = ""       # sample quality, non-digit images: Inception weights file ("" = torch hub cache)
+    e.inception_weights = ""       # sample quality, --mode fid, non-digit images: pytorch-fid's Inception weights file ("" = the torch hub cache's; nothing is downloaded)
+    # --mode fid (the paper protocol): FID of fid_samples samples against the TRAINING set's statistics
+    e.fid_samples = 50_000         # fid: samples per seed (small n biases the Frechet distance upwards, ~1/n)
+    e.fid_seeds = 1                # fid: sample sets with seeds seed .. seed + fid_seeds - 1; reports each, min and mean (EDM: 3)
+    e.fid_reference = ""           # fid: reference statistics .npz (pytorch-fid: arrays mu, sigma); "" = <workdir>/fid_reference_<dataset>_<features>.npz, computed once
+    e.fid_reference_items = 0      # fid: training items the reference statistics are computed from (0 = all)
     # likelihood bounds (scoresde/likelihood/), each with its standard error, NFE and time, in bpd / nll units
     e.bounds = ""                  # comma-separated: elbo (continuous-time models) | vlb | iw (the N-level chain) | all (every one that applies); "" = none
     e.bound_items = 100            # bounds: held-out items used, the first n of eval.num_samples (0 = all)

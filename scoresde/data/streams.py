@@ -38,6 +38,8 @@ class Stream(enum.IntEnum):
     VLB = 36           # DDPM's VLB: levels and noise, per rank
     IW = 37            # the importance-weighted bounds' forward paths, per rank
     QUALITY = 38       # the samples of eval's sample-quality metrics, per rank
+    FID = 39           # --mode fid: the samples of one seed, per rank
+    TRAIN_QUALITY = 40 # the samples of training's KID / FD at every eval (the same at every eval), per rank
 
 
 def stream_seed(seed: int, stream: Stream, rank: int = 0) -> int:

@@ -35,7 +35,7 @@ FREE = ("device", "data.root", "data.num_test", "network.pretrained", "network.p
         "train.n_iters", "train.log_freq", "train.eval_freq", "train.checkpoint_freq", "train.snapshot_freq",
         "train.keep_last", "train.snapshot_sampling", "train.snapshot_num_samples", "train.progress_bar",
         "train.tensorboard", "train.accel.", "train.threads", "train.max_nonfinite_steps",
-        "train.exit_zero_on_signal", "sampler.", "eval.")
+        "train.exit_zero_on_signal", "train.eval_quality_samples", "train.eval_quality_metric", "sampler.", "eval.")
 
 # Recipe leaves a resumed run may change: the step size, read afresh at every update (``optimize_step``).
 STEP_SIZE = ("optim.lr", "optim.warmup", "optim.grad_clip")

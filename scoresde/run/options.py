@@ -267,6 +267,10 @@ class EvalOptions:
     sample_quality: bool = False   # FD / KID / precision / recall of fresh samples against the held-out items
     quality_samples: int = 300
     inception_weights: str | None = None   # the Inception weights file for non-digit images
+    fid_samples: int = 50_000      # --mode fid: samples per seed
+    fid_seeds: int = 1             # --mode fid: sample sets, seeds seed .. seed + fid_seeds - 1
+    fid_reference: str | None = None   # --mode fid: the reference statistics .npz (None: cached in the work directory)
+    fid_reference_items: int = 0   # --mode fid: training items the reference statistics are computed from (0 = all)
 
     @property
     def likelihood_kwargs(self) -> dict:
@@ -305,6 +309,8 @@ class TrainOptions:
     tensorboard: bool
     accel: Accel = field(default_factory=Accel)
     label_dropout: float = 0.0     # probability of the null label (class-conditional models)
+    eval_quality_samples: int = 0  # samples drawn at every eval for a KID or FD against the held-out items (0 = off)
+    eval_quality_metric: str = "kid"   # kid | fid
 
 
 # ---------------------------------------------------------------------------------------- a run

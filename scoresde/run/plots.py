@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import textwrap
 from typing import Callable, Sequence
 
@@ -140,18 +141,43 @@ def _likelihood_panel(ax, measured: list[tuple[int, float]], key: str) -> None:
     ax.grid(True, color="0.92")
 
 
+QUALITY_KEY = re.compile(r"(kid|fd)@(\d+)")
+QUALITY_NAMES = {"kid": "KID x 1e3", "fd": "Fréchet distance"}
+
+
+def quality_keys(records: Sequence[dict]) -> list[str]:
+    """The sample-quality keys training wrote (``kid@<n>``, ``fd@<n>``), in order of first appearance."""
+    return list(dict.fromkeys(k for r in records for k in r if QUALITY_KEY.fullmatch(k) and r[k] is not None))
+
+
+def _quality_panel(ax, records: Sequence[dict], key: str) -> None:
+    """Training's KID (with its spread over subsets) or FD of n samples against the held-out items."""
+    name, n = QUALITY_KEY.fullmatch(key).groups()
+    rows = [r for r in records if r.get(key) is not None]
+    steps, values = [r["step"] for r in rows], [r[key] for r in rows]
+    spread = [r.get(f"kid_std@{n}") or 0.0 for r in rows] if name == "kid" else None
+    ax.errorbar(steps, values, yerr=spread, fmt="D-", color="#8a4fb0", markersize=4, linewidth=1.0, capsize=2)
+    features = rows[-1].get("quality_features", "")
+    ax.set_ylabel(f"{QUALITY_NAMES[name]}, {n} samples\nvs held-out ({features})", fontsize=8)
+    ax.grid(True, color="0.92")
+
+
 def loss_curve(records: Sequence[dict], title: str = "", caption: str = "") -> bytes:
-    """Training loss and held-out loss against step from ``metrics.jsonl`` records; below them, in
-    their own panel, the eval mode's bits/dim or NLL where it was measured. ``title`` (one line) names
-    the run, ``caption`` (under the figure) the loss."""
+    """Training loss and held-out loss against step from ``metrics.jsonl`` records; below them, each in
+    its own panel, the eval mode's bits/dim or NLL where it was measured and training's KID / FD of
+    samples against the held-out items. ``title`` (one line) names the run, ``caption`` (under the
+    figure) the loss."""
     keys = [key for key in LIKELIHOOD_UNITS if any(r.get(key) is not None for r in records)]
-    panels = 1 + len(keys)
+    quality = quality_keys(records)
+    panels = 1 + len(keys) + len(quality)
     fig, axes = plt.subplots(panels, 1, sharex=True, squeeze=False, figsize=(7.0, 3.6 + 1.8 * (panels - 1)),
                              gridspec_kw={"height_ratios": [2] + [1] * (panels - 1)})
     axes = axes[:, 0]
     _loss_panel(axes[0], records)
     for ax, key in zip(axes[1:], keys):
         _likelihood_panel(ax, [(r["step"], r[key]) for r in records if r.get(key) is not None], key)
+    for ax, key in zip(axes[1 + len(keys):], quality):
+        _quality_panel(ax, records, key)
     axes[-1].set_xlabel("step" + (f"\n\n{textwrap.fill(caption, 110)}" if caption else ""), fontsize=9)
     if title:
         axes[0].set_title(textwrap.shorten(title, 100), fontsize=10)

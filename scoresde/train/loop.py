@@ -38,6 +38,8 @@ from scoresde.data.loader import ShardedBatchLoader
 from scoresde.run.distributed import DistContext, all_reduce_mean, barrier, wrap_model
 from scoresde.run.generation import generate, sample_stats, write_samples
 from scoresde.evaluate.heldout import heldout_loss
+from scoresde.evaluate.features import check_feature_network
+from scoresde.evaluate.quality import QualityReference, heldout_reference, training_quality
 from scoresde.train.optim import optimize_step
 from scoresde.run.options import Accel, RunOptions
 from scoresde.data.pipeline import DataSpec, data_meta, load_data, to_data_space, to_model_space
@@ -111,6 +113,7 @@ class TrainRun:
     skipped: torch.Tensor | None = None       # whether the last update was skipped (on the device)
     skips: SkipCounter | None = None
     curve_drawn: float = -math.inf            # time.monotonic() of the last loss-curve drawing
+    quality_reference: QualityReference | None = None   # held-out features for training's KID / FD, once
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -544,8 +547,10 @@ def log_eval_loss(run: TrainRun, bar=None) -> None:
                             generator=generator(run.options.seed, Stream.EVAL_LOSS, run.ctx.rank, run.ctx.device),
                             ctx=run.ctx, labels=labels, fn_for=lambda y: ema_score_fn(run, y),
                             targets=lambda y: loss_targets(run.options, y))
-    run.metrics.write({"step": run.step, "eval_loss": loss})
-    logger.info("step %d: held-out loss %.5g (EMA weights, %d items)", run.step, loss, len(items))
+    quality = eval_quality(run) if run.options.train.eval_quality_samples else {}
+    run.metrics.write({"step": run.step, "eval_loss": loss, **quality})
+    logger.info("step %d: held-out loss %.5g (EMA weights, %d items)%s", run.step, loss, len(items),
+                "".join(f", {k} {v:.4g}" for k, v in quality.items() if "@" in k))
     if bar is not None and not bar.disable:
         bar.set_postfix_str(f"{getattr(bar, 'postfix', None) or ''} held_out={loss:.4g}".strip())
     if run.ctx.is_main and time.monotonic() - run.curve_drawn >= LOSS_CURVE_EVERY_S:
@@ -553,12 +558,30 @@ def log_eval_loss(run: TrainRun, bar=None) -> None:
         run.curve_drawn = time.monotonic()
 
 
+def class_cycle(run: TrainRun, num: int) -> torch.Tensor | None:
+    """For a class-conditional model, the classes in turn for ``num`` samples; else ``None``."""
+    return torch.arange(num) % run.options.network.num_classes if uses_labels(run.options) else None
+
+
+def eval_quality(run: TrainRun) -> dict:
+    """``training.eval_quality_samples`` samples of the EMA weights (the same noise at every eval), scored
+    by KID or FD against the held-out items (``evaluate/quality.py``; their features computed once)."""
+    options = run.options
+    if run.quality_reference is None:
+        run.quality_reference = heldout_reference(run.data, options.eval.inception_weights, run.ctx.device)
+    num = options.train.eval_quality_samples
+    with torch.random.fork_rng(devices=_rng_devices(run)):
+        x, _ = generate(run.sde, ema_score_fn(run), num, run.data.shape, options.sampler,
+                        generator=generator(options.seed, Stream.TRAIN_QUALITY, run.ctx.rank, run.ctx.device),
+                        ctx=run.ctx, labels=class_cycle(run, num), score_for=lambda y: ema_score_fn(run, y))
+    return training_quality(x, run.data, options.train.eval_quality_metric, run.quality_reference)
+
+
 def write_snapshot_samples(run: TrainRun) -> None:
     """A few samples of the EMA weights into ``snapshots/samples_<step>.npz/.png``."""
     options = run.options
-    num, labels = options.train.snapshot_num_samples, None
-    if uses_labels(options):        # a class-conditional model: the classes in turn
-        labels = torch.arange(num) % options.network.num_classes
+    num = options.train.snapshot_num_samples
+    labels = class_cycle(run, num)       # a class-conditional model: the classes in turn
     with torch.random.fork_rng(devices=_rng_devices(run)):
         x, nfe = generate(run.sde, ema_score_fn(run), num, run.data.shape, options.sampler,
                           generator=generator(options.seed, Stream.SNAPSHOT, run.ctx.rank, run.ctx.device),
@@ -646,6 +669,8 @@ def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = No
     check_global_batch(options.train.batch_size, ctx)
     data = load_data(options.data, options.seed)
     check_data_size(options.train.batch_size, data)
+    if options.train.eval_quality_samples:
+        check_feature_network(data, options.eval.inception_weights)    # before the first eval, not at it
     created = first_missing(Path(workdir))
     with workdir_lock(workdir, ctx):
         with removed_on_failure(created, ctx):

@@ -125,7 +125,7 @@ def test_the_wheel_installs_only_scoresde():
     assert config["project"]["scripts"]["scoresde"] == "scoresde.cli.main:cli"
 
 
-@pytest.mark.parametrize("mode", ["train", "eval", "sample"])
+@pytest.mark.parametrize("mode", ["train", "eval", "sample", "fid"])
 def test_every_mode_is_reachable_from_the_command_line(mode):
     from scoresde.cli.main import MODES
     assert mode in MODES

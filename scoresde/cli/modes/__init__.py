@@ -1,1 +1,1 @@
-"""What ``--mode eval``, ``sample``, ``inpaint`` and ``colorize`` run, on plain options."""
+"""What ``--mode eval``, ``sample``, ``inpaint``, ``colorize`` and ``fid`` run, on plain options."""
