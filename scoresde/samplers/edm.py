@@ -19,13 +19,14 @@ import math
 
 import torch
 
-from scoresde.samplers.schedules import KARRAS_RHO, SigmaGrid, edm_grid, sigma_range
+from scoresde.samplers.schedules import KARRAS_RHO, SigmaGrid, edm_grid, scaled_sigma, sigma_range
 from scoresde.score import CountingScore, ScoreFn, batch_time, initial_noise, progress_iter
 from scoresde.sde_lib import SDE
 from scoresde.utils import check_float, check_int, check_positive
 
 # EDM's deterministic settings (Karras et al. 2022, Table 1 and Sec. 3); rho is schedules.KARRAS_RHO
 EDM_STEPS = 18
+EDM_SIGMA_MAX = 80.0   # EDM's largest scaled noise for every process (Karras et al. 2022, Sec. 3 and Table 1)
 
 
 def _denoise(score: ScoreFn, x_hat: torch.Tensor, sigma_hat: float, grid: SigmaGrid) -> torch.Tensor:
@@ -67,16 +68,22 @@ def edm_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = EDM_STEPS, churn
     ``churn`` = S_churn, ``s_tmin``/``s_tmax`` = S_tmin/S_tmax on the scaled noise level, ``s_noise`` = S_noise)
     on any process; returns ``(x, nfe)`` with ``nfe = 2 steps - 1``.
 
-    ``sigma_min``/``sigma_max`` bound the scaled noise ``sigma_t/alpha_t`` (default: the process's range
-    from ``eps`` to ``T``; EDM's 0.002 and 80 on ``EDMSDE(sigma_max=80)`` with ``sigma_min=0.002``). The
+    ``sigma_min``/``sigma_max`` bound the scaled noise ``sigma_t/alpha_t``. By default ``sigma_min`` is the
+    process's at ``eps`` and ``sigma_max`` is the process's at ``T`` capped at EDM's 80 (``EDM_SIGMA_MAX``):
+    VP reaches about 150 at ``T``, rectified flow 999 and the cosine chain far more, and steps spent above 80
+    move the sample by less than the data's spread over 80 while the rho-grid spends most of its levels
+    there. EDM's own setting is 0.002 and 80 on ``EDMSDE(sigma_max=80)`` with ``sigma_min=0.002``. The
     start is ``x^ = sigma_max z / prior_std`` for the latent ``z`` (given, or drawn from the prior with
-    ``generator``), i.e. ``z`` itself at ``T`` when ``sigma_max`` is the default and ``prior_std = sigma_T``.
+    ``generator``), i.e. ``z`` itself at ``T`` when ``sigma_max`` is the process's own and
+    ``prior_std = sigma_T``.
     The churn noise also comes from ``generator``. The output is the data prediction at ``sigma^ = 0``.
     """
     score = CountingScore(score_fn, "edm_sample")
     steps = check_int("steps", steps, minimum=1)
     rho = check_positive("rho", rho)
     churn, s_tmin, s_tmax, s_noise = _check_churn(churn, s_tmin, s_tmax, s_noise)
+    if sigma_max is None:
+        sigma_max = min(EDM_SIGMA_MAX, scaled_sigma(sde, sde.T))
     lo, hi = sigma_range(sde, eps, sigma_min, sigma_max)
     grid = edm_grid(sde, steps, lo, hi, rho, churn, s_tmin, s_tmax)
     x = initial_noise(sde, shape, z=z, device=device, generator=generator, dtype=dtype) * (hi / sde.prior_std)

@@ -24,6 +24,7 @@ from scoresde import sde_lib
 from gmm_utils import assert_matches_mixture, gen, make_test_mixture, reference_sample, shared_time_score
 from scoresde.models import PARAMETERIZATIONS, get_score_fn
 from scoresde.samplers import edm_sample, fast_sample, karras_sigmas, log_likelihood, ode_sample, pc_sample
+from scoresde.samplers.edm import EDM_SIGMA_MAX
 from scoresde.score import CountingScore
 from scoresde.sde_lib import EDMSDE, GaussianMixture, RectifiedFlow, VESDE, VPSDE, CosineVPSDE, subVPSDE
 from scoresde.sde_lib import predictions
@@ -515,6 +516,21 @@ def test_edm_sampler_on_vp_matches_its_flow(decodes):
     assert nfe == 79 and (x - exact).norm(dim=1).mean().item() < 0.02
 
 
+def test_edm_sample_starts_at_edms_80_on_rectified_flow(decodes):
+    """Rectified flow's scaled noise reaches 999 at T; the default grid starts at 80 as EDM's does. At 18
+    steps the capped start lands closer to the accurate decode of the same latents than the start at 999
+    (the rho-grid there spends about a third of its levels above 80)."""
+    sde, z, exact = decodes["rf"]
+    score = shared_time_score(MIX, sde)
+    top = sde.marginal_coeffs(torch.tensor([sde.T], dtype=F64))
+    top = (top[1] / top[0]).item()
+    capped, _ = edm_sample(sde, score, z.shape, steps=18, z=z)
+    full, _ = edm_sample(sde, score, z.shape, steps=18, z=z, sigma_max=top)
+    err_capped = (capped - exact).norm(dim=1).mean().item()
+    err_full = (full - exact).norm(dim=1).mean().item()
+    assert top > 900 and err_capped < 0.5 * err_full, (err_capped, err_full)   # measured 0.052 vs 0.141
+
+
 # ----- EDM's Heun sampler: order 2 on the closed-form flow of Gaussian data -----------------------------------
 def _gaussian_score(sde, mu, s):
     def score(x, t):
@@ -531,7 +547,7 @@ def _heun_error(sde, steps, sigma_min):
     x, nfe = edm_sample(sde, _gaussian_score(sde, mu, s), shape, steps=steps, z=z, sigma_min=sigma_min)
     assert nfe == 2 * steps - 1
     alpha_T, sigma_T = (c.item() for c in sde.marginal_coeffs(torch.tensor([sde.T], dtype=F64)))
-    s_max = sigma_T / alpha_T
+    s_max = min(EDM_SIGMA_MAX, sigma_T / alpha_T)         # the default start, capped at EDM's 80
     x_hat0 = s_max * z / sde.prior_std
     at_min = mu + (x_hat0 - mu) * math.sqrt((s ** 2 + sigma_min ** 2) / (s ** 2 + s_max ** 2))
     exact = mu + s ** 2 / (s ** 2 + sigma_min ** 2) * (at_min - mu)
