@@ -50,7 +50,7 @@ from scoresde.samplers.predictors import PREDICTORS, Predictor, register_predict
 from scoresde.samplers.schedules import SKIP_TYPES, get_time_steps, karras_sigmas
 from scoresde.samplers.sde_dpm_solver import sde_dpm_solver_sample
 from scoresde.samplers.solver import ORDERS as FAST_ORDERS
-from scoresde.samplers.time_grid import TimeGridFit, optimize_time_grid
+from scoresde.samplers.time_grid import TimeGridFit, fit_time_grids, optimize_time_grid
 from scoresde.samplers.unipc import UNIPC_VARIANTS, unipc_sample
 
 __all__ = ["pc_sample", "ode_sample", "ode_encode", "fast_sample", "dpm_solver_sample", "sde_dpm_solver_sample",
@@ -61,4 +61,4 @@ __all__ = ["pc_sample", "ode_sample", "ode_encode", "fast_sample", "dpm_solver_s
            "classifier_free_guidance_batched", "dynamic_threshold", "dynamic_thresholding", "inpaint", "colorize",
            "grey_basis", "INPAINT_METHODS", "elbo", "vlb_terms", "ddpm_vlb", "VLBTerms", "VLB_VARIANCES",
            "VLB_SCORE_TIMES", "iw_bound", "iw_log_weights", "iw_from_log_weights", "bits_per_dim_bound",
-           "discretized_gaussian_log_likelihood", "optimize_time_grid", "TimeGridFit"]
+           "discretized_gaussian_log_likelihood", "optimize_time_grid", "fit_time_grids", "TimeGridFit"]

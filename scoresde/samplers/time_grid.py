@@ -20,7 +20,7 @@ to the exact samples than the squared one, which can prefer a grid with a worse 
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 
@@ -116,7 +116,8 @@ def optimize_time_grid(sde: SDE, score_fn: ScoreFn, shape, steps: int, *, order:
                        line_search_evals: int = 8, eps: float = 1e-3, denoise: bool = True,
                        init: str | Sequence[str] = DEFAULT_SKIP_TYPE, reference_tol: float = 1e-6,
                        lower_order_final: bool = True, unipc_variant: str = DEFAULT_UNIPC_VARIANT,
-                       loss: str = "mse", generator: torch.Generator | None = None, device=None,
+                       loss: str = "mse", warm_start: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, device=None,
                        dtype: torch.dtype | None = None, return_info: bool = False):
     """A ``steps``-step time grid for ``fast_sample`` fitted to ``sde`` and ``score_fn``; returns the
     ``(steps + 1,)`` float64 tensor ``T = t_0 > ... > t_steps = eps`` (with ``return_info``, a
@@ -131,13 +132,75 @@ def optimize_time_grid(sde: SDE, score_fn: ScoreFn, shape, steps: int, *, order:
     distance; ``"distance"``: mean distance; ``"mmd"``: squared MMD between the output and reference
     sets; see ``_loss_fn``), starting from the ``init`` grid. ``init`` may be a skip type, a sequence of
     them or ``"auto"`` (``AUTO_INITS``): a multi-start, one descent from each, keeping the lowest loss
-    (``TimeGridFit.init`` names the winner). Cost: the reference's NFE plus, per start,
+    (``TimeGridFit.init`` names the winner). ``warm_start``, a fitted ``(steps - 1)``-step grid with the
+    same ends, adds one more start: that grid with a point inserted in the middle (in log-SNR) of the gap
+    whose insertion scores best (``steps`` runs to choose), named ``"warm_start"`` (``fit_time_grids``
+    chains the step counts this way). Cost: the reference's NFE plus, per start,
     ``1 + iterations * (steps - 1) * line_search_evals`` solver runs of ``steps + denoise`` NFE each,
     every one over the ``n_samples`` latents in one batch (``TimeGridFit.nfe``). Use the grid with the
     same solver settings: ``fast_sample(sde, score_fn, shape, order=order, solver=solver, times=grid)``.
     """
     _check_args(sde, steps, iterations, line_search_evals, n_samples, reference_tol, solver, order, loss)
-    inits = _inits(init)
+    setting = _Setting(sde, score_fn, _inits(init), loss, iterations, line_search_evals,
+                       dict(order=order, solver=solver, denoise=denoise, lower_order_final=lower_order_final,
+                            unipc_variant=unipc_variant))
+    z, reference, reference_nfe, eps = _reference(sde, score_fn, shape, n_samples, eps, denoise, reference_tol,
+                                                  generator, device, dtype)
+    fit = _fit(setting, z, reference, reference_nfe, steps, eps, warm_start)
+    return fit if return_info else fit.times
+
+
+def fit_time_grids(sde: SDE, score_fn: ScoreFn, shape, steps: Sequence[int], *, order: int = 2,
+                   solver: str = "dpmsolver++", n_samples: int | None = None, iterations: int = 4,
+                   line_search_evals: int = 8, eps: float = 1e-3, denoise: bool = True,
+                   init: str | Sequence[str] = DEFAULT_SKIP_TYPE, reference_tol: float = 1e-6,
+                   lower_order_final: bool = True, unipc_variant: str = DEFAULT_UNIPC_VARIANT,
+                   loss: str = "mse", generator: torch.Generator | None = None, device=None,
+                   dtype: torch.dtype | None = None) -> Dict[int, TimeGridFit]:
+    """``optimize_time_grid`` for each step count in ``steps`` (increasing), on one set of latents and one
+    reference decode, each fit after the first warm-started from the previous count's grid
+    (``warm_start``), so that adding a step starts from the fewer-step optimum instead of only from the
+    skip-type grids; independent fits can come out worse with more steps (a 6-step fit above the 5-step
+    one). Returns ``{steps: TimeGridFit}``. Each fit's ``nfe`` is the shared reference's NFE plus its own
+    runs; the whole cost is ``reference_nfe + sum(solver_runs x (steps + denoise))``."""
+    counts = _step_counts(steps)
+    for n in counts:
+        _check_args(sde, n, iterations, line_search_evals, n_samples, reference_tol, solver, order, loss)
+    setting = _Setting(sde, score_fn, _inits(init), loss, iterations, line_search_evals,
+                       dict(order=order, solver=solver, denoise=denoise, lower_order_final=lower_order_final,
+                            unipc_variant=unipc_variant))
+    z, reference, reference_nfe, eps = _reference(sde, score_fn, shape, n_samples, eps, denoise, reference_tol,
+                                                  generator, device, dtype)
+    fits, previous = {}, None
+    for n in counts:
+        warm = previous.times if previous is not None and len(previous.times) == n else None
+        fits[n] = previous = _fit(setting, z, reference, reference_nfe, n, eps, warm)
+    return fits
+
+
+def _step_counts(steps) -> List[int]:
+    try:
+        counts = [check_int("steps", n, minimum=1) for n in steps]
+    except TypeError:
+        raise ValueError(f"steps must be an increasing sequence of step counts, got {steps!r}")
+    if not counts or any(b <= a for a, b in zip(counts, counts[1:])):
+        raise ValueError(f"steps must be a non-empty increasing sequence of step counts, got {steps!r}")
+    return counts
+
+
+class _Setting(NamedTuple):
+    """What a fit needs besides its latents, reference and step count."""
+    sde: SDE
+    score_fn: ScoreFn
+    inits: Tuple[str, ...]
+    loss: str
+    iterations: int
+    line_search_evals: int
+    solver_kwargs: dict
+
+
+def _reference(sde, score_fn, shape, n_samples, eps, denoise, reference_tol, generator, device, dtype):
+    """The fitting latents (``n_samples`` of them, or ``shape[0]``) and their dopri5 decode."""
     eps = check_eps(sde, eps)
     shape = check_shape(shape)
     if n_samples is not None:
@@ -145,29 +208,50 @@ def optimize_time_grid(sde: SDE, score_fn: ScoreFn, shape, steps: int, *, order:
     z = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
     reference, reference_nfe = ode_sample(sde, score_fn, shape, rtol=reference_tol, atol=reference_tol, eps=eps,
                                           denoise=denoise, z=z)
-    solver_kwargs = dict(order=order, solver=solver, denoise=denoise, lower_order_final=lower_order_final,
-                         unipc_variant=unipc_variant, z=z)
-    loss_fn = _loss_fn(loss, reference)
+    return z, reference, reference_nfe, eps
+
+
+def _warm_start_lams(sde: SDE, warm_start, steps: int, eps: float) -> List[List[float]]:
+    """The ``(steps - 1)``-step grid ``warm_start`` with one point inserted at the log-SNR midpoint of
+    each of its gaps: ``steps`` candidate starts of ``steps`` steps."""
+    grid = torch.as_tensor(warm_start, dtype=torch.float64).flatten()
+    if grid.numel() != steps:
+        raise ValueError(f"warm_start must be a ({steps - 1})-step grid of {steps} times for steps={steps}, "
+                         f"got {grid.numel()} times")
+    ends = torch.tensor([sde.T, eps], dtype=torch.float64)
+    if not torch.allclose(grid[[0, -1]], ends, rtol=1e-9, atol=0) or not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"warm_start must decrease from T = {sde.T} to eps = {eps}, got {grid.tolist()}")
+    lam = half_log_snr(sde, grid).tolist()
+    return [lam[:j + 1] + [(lam[j] + lam[j + 1]) / 2] + lam[j + 1:] for j in range(len(lam) - 1)]
+
+
+def _fit(setting: _Setting, z, reference, reference_nfe: int, steps: int, eps: float, warm_start) -> TimeGridFit:
+    """One descent per start (the skip types, and the best insertion into ``warm_start`` if given)."""
+    sde, denoise = setting.sde, setting.solver_kwargs["denoise"]
+    loss_fn = _loss_fn(setting.loss, reference)
     ends = torch.tensor([sde.T, eps], dtype=torch.float64)
     runs = 0
 
     def loss_of(lams: List[float]) -> float:
         nonlocal runs
         runs += 1
-        x, _ = fast_sample(sde, score_fn, shape, times=times_from_half_log_snr(sde, lams, ends), **solver_kwargs)
+        x, _ = fast_sample(sde, setting.score_fn, z.shape, times=times_from_half_log_snr(sde, lams, ends), z=z,
+                           **setting.solver_kwargs)
         value = float(loss_fn(x))
         return value if math.isfinite(value) else math.inf
 
-    fits = [_descend(loss_of, half_log_snr(sde, get_time_steps(sde, steps, eps, name)).tolist(), iterations,
-                     line_search_evals) for name in inits]
-    best = min(range(len(inits)), key=lambda i: fits[i][1])  # the first of equals
+    names = list(setting.inits)
+    starts = [half_log_snr(sde, get_time_steps(sde, steps, eps, name)).tolist() for name in names]
+    if warm_start is not None:
+        candidates = _warm_start_lams(sde, warm_start, steps, eps)
+        starts.append(min(candidates, key=loss_of))
+        names.append("warm_start")
+    fits = [_descend(loss_of, lam, setting.iterations, setting.line_search_evals) for lam in starts]
+    best = min(range(len(names)), key=lambda i: fits[i][1])  # the first of equals
     lam, fitted, initial = fits[best]
-    times = times_from_half_log_snr(sde, lam, ends)
-    if not return_info:
-        return times
-    nfe = reference_nfe + runs * (steps + int(bool(denoise)))
-    return TimeGridFit(times, fitted, initial, nfe, reference_nfe, runs, inits[best],
-                       tuple((name, fit[1]) for name, fit in zip(inits, fits)))
+    return TimeGridFit(times_from_half_log_snr(sde, lam, ends), fitted, initial,
+                       reference_nfe + runs * (steps + int(bool(denoise))), reference_nfe, runs, names[best],
+                       tuple((name, fit[1]) for name, fit in zip(names, fits)))
 
 
 def _descend(loss_of, lam: List[float], iterations: int, evals: int):
