@@ -140,13 +140,9 @@ def optimize_time_grid(sde: SDE, score_fn: ScoreFn, shape, steps: int, *, order:
     every one over the ``n_samples`` latents in one batch (``TimeGridFit.nfe``). Use the grid with the
     same solver settings: ``fast_sample(sde, score_fn, shape, order=order, solver=solver, times=grid)``.
     """
-    _check_args(sde, steps, iterations, line_search_evals, n_samples, reference_tol, solver, order, loss)
-    setting = _Setting(sde, score_fn, _inits(init), loss, iterations, line_search_evals,
-                       dict(order=order, solver=solver, denoise=denoise, lower_order_final=lower_order_final,
-                            unipc_variant=unipc_variant))
-    z, reference, reference_nfe, eps = _reference(sde, score_fn, shape, n_samples, eps, denoise, reference_tol,
-                                                  generator, device, dtype)
-    fit = _fit(setting, z, reference, reference_nfe, steps, eps, warm_start)
+    fit = _fit_chain(sde, score_fn, shape, [steps], warm_start, order, solver, n_samples, iterations,
+                     line_search_evals, eps, denoise, init, reference_tol, lower_order_final, unipc_variant, loss,
+                     generator, device, dtype)[steps]
     return fit if return_info else fit.times
 
 
@@ -159,11 +155,20 @@ def fit_time_grids(sde: SDE, score_fn: ScoreFn, shape, steps: Sequence[int], *, 
                    dtype: torch.dtype | None = None) -> Dict[int, TimeGridFit]:
     """``optimize_time_grid`` for each step count in ``steps`` (increasing), on one set of latents and one
     reference decode, each fit after the first warm-started from the previous count's grid
-    (``warm_start``), so that adding a step starts from the fewer-step optimum instead of only from the
+    (``warm_start``) when that count is one fewer, so that adding a step starts from the fewer-step optimum instead of only from the
     skip-type grids; independent fits can come out worse with more steps (a 6-step fit above the 5-step
     one). Returns ``{steps: TimeGridFit}``. Each fit's ``nfe`` is the shared reference's NFE plus its own
     runs; the whole cost is ``reference_nfe + sum(solver_runs x (steps + denoise))``."""
-    counts = _step_counts(steps)
+    return _fit_chain(sde, score_fn, shape, _step_counts(steps), None, order, solver, n_samples, iterations,
+                      line_search_evals, eps, denoise, init, reference_tol, lower_order_final, unipc_variant, loss,
+                      generator, device, dtype)
+
+
+def _fit_chain(sde, score_fn, shape, counts, warm_start, order, solver, n_samples, iterations, line_search_evals,
+               eps, denoise, init, reference_tol, lower_order_final, unipc_variant, loss, generator, device,
+               dtype) -> Dict[int, TimeGridFit]:
+    """The fits for ``counts`` on one set of latents and reference, each warm-started from the one before
+    (the first from ``warm_start``, if given) when it has one step fewer."""
     for n in counts:
         _check_args(sde, n, iterations, line_search_evals, n_samples, reference_tol, solver, order, loss)
     setting = _Setting(sde, score_fn, _inits(init), loss, iterations, line_search_evals,
@@ -171,10 +176,10 @@ def fit_time_grids(sde: SDE, score_fn: ScoreFn, shape, steps: Sequence[int], *, 
                             unipc_variant=unipc_variant))
     z, reference, reference_nfe, eps = _reference(sde, score_fn, shape, n_samples, eps, denoise, reference_tol,
                                                   generator, device, dtype)
-    fits, previous = {}, None
-    for n in counts:
-        warm = previous.times if previous is not None and len(previous.times) == n else None
-        fits[n] = previous = _fit(setting, z, reference, reference_nfe, n, eps, warm)
+    fits, warm = {}, warm_start
+    for i, n in enumerate(counts):
+        fits[n] = _fit(setting, z, reference, reference_nfe, n, eps, warm if i == 0 or len(warm) == n else None)
+        warm = fits[n].times
     return fits
 
 
