@@ -63,9 +63,10 @@ def _check_chain(sde: SDE) -> None:
 
 
 def grid_time(sde: SDE, index: torch.Tensor) -> torch.Tensor:
-    """``t_i = i T / (N - 1)``: the time of level ``i`` (float64), where discrete models are trained
-    (``train.losses.ddpm_loss``) and where ``sde.ancestral_step`` reads the level from."""
-    return index.to(F64) * (sde.T / (sde.N - 1))
+    """``t_i = sde.level_time(i)`` (``i T / (N - 1)``, or the original level's time on a respaced chain):
+    the time of level ``i`` (float64), where discrete models are trained (``train.losses.ddpm_loss``) and
+    where ``sde.ancestral_step`` reads the level from."""
+    return sde.level_time(index)
 
 
 def log_snr_time(sde: SDE, index: torch.Tensor) -> torch.Tensor:
