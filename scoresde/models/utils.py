@@ -54,6 +54,8 @@ def get_score_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bo
     The maps are ``sde_lib.predictions``. The network sees ``sde.noise_label(t, continuous)``: ``999 t`` or
     the DDPM timestep for VP, ``sigma(t)`` or the NCSN sigma index for VE. Discrete models use the
     discrete chain's ``sigma_i``. ``cond`` reaches the network only when given (``model(x, labels)`` else).
+    A network with ``learn_variance`` (``2 C`` output channels) gives its first half to the score; the
+    second is the variance (``get_variance_fn``).
     """
     parameterization = parameterization or sde.default_parameterization
     check_choice("parameterization", parameterization, PARAMETERIZATIONS)
@@ -67,7 +69,7 @@ def get_score_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bo
         coeffs = trained_marginal(sde, t, continuous, x, derivatives=parameterization == "velocity")
         if parameterization == "edm":
             return _edm_score(model_fn, x, labels, cond, coeffs, sigma_data)
-        out = model_fn(x, labels, cond)
+        out = eps_half(model, model_fn(x, labels, cond))
         if parameterization == "score":
             return out / coeffs.sigma if scale_by_sigma else out
         return predictions.to_score(parameterization, x, out, coeffs)
@@ -83,3 +85,31 @@ def _edm_score(model_fn: Callable, x: torch.Tensor, labels: torch.Tensor, cond: 
     x_hat = x / coeffs.alpha
     denoised = c.c_skip * x_hat + c.c_out * model_fn(c.c_in * x_hat, labels, cond)
     return predictions.score_from_x0(x, denoised, coeffs)
+
+
+def learns_variance(model: nn.Module) -> bool:
+    """Whether ``model`` outputs a variance besides its prediction (``learn_variance=True``)."""
+    return bool(getattr(model, "learn_variance", False))
+
+
+def eps_half(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """The prediction half of a learned-variance network's output (channels ``[:C]``), else ``out``."""
+    return out.chunk(2, dim=1)[0] if learns_variance(model) else out
+
+
+def get_variance_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bool = True,
+                    cond: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
+    """``variance_fn(x, t, chain=None) -> Sigma_theta(x, t)`` (shaped like ``x``) of a network with
+    ``learn_variance``: its second output half ``out_v`` read as ``v = (out_v + 1) / 2`` and
+    ``Sigma = exp(v log beta_i + (1 - v) log beta_tilde_i)`` on the levels of ``chain`` (default ``sde``;
+    a respaced chain of it interpolates its own ``beta`` and ``beta_tilde``; Nichol & Dhariwal 2021,
+    eq. 15 and Sec. 4). The network sees ``sde.noise_label(t, continuous)``."""
+    if not learns_variance(model):
+        raise ValueError("get_variance_fn needs a network built with learn_variance=True (2 C output channels)")
+    model_fn = get_model_fn(model, train=train)
+
+    def variance_fn(x: torch.Tensor, t: torch.Tensor, chain: SDE | None = None) -> torch.Tensor:
+        out_v = model_fn(x, sde.noise_label(t, continuous), cond).chunk(2, dim=1)[1]
+        return (chain or sde).learned_variance(t, (out_v + 1.0) / 2.0)
+
+    return variance_fn

@@ -53,7 +53,7 @@ def ddpm_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int | None = None, va
             level = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
             t = chain.level_time(level).to(x.dtype)
             t_score = SCORE_TIMES[score_times](chain, level).to(x.dtype)
-            var = step_variance(chain, x, t_score, variance, variance_fn)
+            var = step_variance(chain, x, t, variance, variance_fn)  # the level's own variances
             mean, std = chain.ancestral_step(x, t, counting(x, t_score), variance=var)
             x = mean if k == 0 else mean + append_dims(std.to(x.dtype), x.ndim) * gaussian_like(x, generator)
     return x, counting.nfe
