@@ -55,7 +55,8 @@ def get_score_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bo
     the DDPM timestep for VP, ``sigma(t)`` or the NCSN sigma index for VE. Discrete models use the
     discrete chain's ``sigma_i``. ``cond`` reaches the network only when given (``model(x, labels)`` else).
     A network with ``learn_variance`` (``2 C`` output channels) gives its first half to the score; the
-    second is the variance (``get_variance_fn``).
+    second is the variance (``get_variance_fn``), and ``score_fn.with_variance(x, t, chain=None) ->
+    (score, Sigma_theta)`` gives both from one network call (the hybrid loss).
     """
     parameterization = parameterization or sde.default_parameterization
     check_choice("parameterization", parameterization, PARAMETERIZATIONS)
@@ -69,11 +70,23 @@ def get_score_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bo
         coeffs = trained_marginal(sde, t, continuous, x, derivatives=parameterization == "velocity")
         if parameterization == "edm":
             return _edm_score(model_fn, x, labels, cond, coeffs, sigma_data)
-        out = eps_half(model, model_fn(x, labels, cond))
+        return _output_score(model_fn(x, labels, cond), x, coeffs)
+
+    def _output_score(out: torch.Tensor, x: torch.Tensor, coeffs: PathCoeffs) -> torch.Tensor:
+        out = eps_half(model, out)
         if parameterization == "score":
             return out / coeffs.sigma if scale_by_sigma else out
         return predictions.to_score(parameterization, x, out, coeffs)
 
+    def score_and_variance(x: torch.Tensor, t: torch.Tensor, chain: SDE | None = None):
+        out = model_fn(x, sde.noise_label(t, continuous), cond)
+        score = _output_score(out, x, trained_marginal(sde, t, continuous, x))
+        return score, (chain or sde).learned_variance(t, (out.chunk(2, dim=1)[1] + 1.0) / 2.0)
+
+    if learns_variance(model):
+        if parameterization in ("edm", "velocity"):
+            raise ValueError(f"a learned variance needs parameterization eps, x0, score or v, got {parameterization!r}")
+        score_fn.with_variance = score_and_variance
     return score_fn
 
 
