@@ -34,7 +34,7 @@ import torch
 
 from scoresde.likelihood.gaussian import discretized_gaussian_log_likelihood, gaussian_kl, gaussian_log_prob
 from scoresde.likelihood.monte_carlo import chunks, mean_and_stderr, repeat_rows
-from scoresde.score import CountingScore, ScoreFn, check_input, gaussian_like, progress_iter
+from scoresde.score import CountingScore, ScoreFn, check_input, gaussian_like, learned_variance_fn, progress_iter
 from scoresde.sde_lib import SDE
 from scoresde.utils import append_dims, batch_sum, check_choice, check_int, check_positive
 
@@ -187,10 +187,12 @@ def vlb_terms(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, num_levels: int |
     ``t_i = i T / (N - 1)`` (discrete-time models, ``continuous=False``); ``"log_snr"`` at the time with
     level ``i``'s log-SNR (continuous-time models, whose score at ``t = 0`` is undefined). See the
     module docstring. ``variance_fn(x, t, chain) -> Sigma_theta`` (a learned variance,
-    ``models.get_variance_fn``) replaces ``variance`` and the decoder's std (``ChainModel``).
+    ``models.get_variance_fn``; by default the one ``score_fn`` carries) replaces ``variance`` and the
+    decoder's std (``ChainModel``).
     """
     counting = CountingScore(score_fn, "vlb_terms")
-    chain = ChainModel.build(sde, x, variance, num_levels, centered, decoder_std, score_times, variance_fn)
+    chain = ChainModel.build(sde, x, variance, num_levels, centered, decoder_std, score_times,
+                             learned_variance_fn(score_fn, variance_fn))
     x64 = x.detach().to(F64)
     columns = []
     with torch.no_grad(), counting.guard():
@@ -216,7 +218,7 @@ def ddpm_vlb(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, n_terms: int | Non
     arguments as in ``vlb_terms``.
     """
     kwargs = dict(num_levels=num_levels, centered=centered, variance=variance, decoder_std=decoder_std,
-                  score_times=score_times, variance_fn=variance_fn)
+                  score_times=score_times, variance_fn=learned_variance_fn(score_fn, variance_fn))
     if n_terms is None:
         terms = vlb_terms(sde, score_fn, x, generator=generator, progress=progress, **kwargs)
         return -terms.total, torch.full_like(terms.prior, math.nan), terms.nfe
@@ -247,7 +249,8 @@ def iw_log_weights(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, n_paths: int, *
     reverse chain of ``vlb_terms`` (same arguments). ``paths_per_call`` paths (default all) share one
     score call of ``B paths_per_call`` rows.
     """
-    chain = ChainModel.build(sde, x, variance, num_levels, centered, decoder_std, score_times, variance_fn)
+    chain = ChainModel.build(sde, x, variance, num_levels, centered, decoder_std, score_times,
+                             learned_variance_fn(score_fn, variance_fn))
     n_paths = check_int("n_paths", n_paths, minimum=1)
     chunk = n_paths if paths_per_call is None else check_int("paths_per_call", paths_per_call, minimum=1)
     x64 = x.detach().to(F64)

@@ -87,6 +87,7 @@ def get_score_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bo
         if parameterization in ("edm", "velocity"):
             raise ValueError(f"a learned variance needs parameterization eps, x0, score or v, got {parameterization!r}")
         score_fn.with_variance = score_and_variance
+        score_fn.variance_fn = lambda x, t, chain=None: score_and_variance(x, t, chain)[1]
     return score_fn
 
 

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from scoresde.likelihood.chain import SCORE_TIMES
-from scoresde.score import CountingScore, ScoreFn, gaussian_like, initial_noise, progress_iter
+from scoresde.score import CountingScore, ScoreFn, gaussian_like, initial_noise, learned_variance_fn, progress_iter
 from scoresde.sde_lib import SDE, respace
 from scoresde.utils import append_dims, check_choice
 
@@ -39,13 +39,15 @@ def ddpm_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int | None = None, va
     sees its own labels) or at the time with the level's log-SNR (``"log_snr"``: continuous-time models
     and exact scores; ``likelihood.chain.SCORE_TIMES``). The last
     step returns the mean, ``x0_hat`` (no noise). ``variance``: ``"posterior"`` (``beta_tilde``) or
-    ``"forward"`` (``beta``); ``variance_fn(x, t, chain)`` (a learned ``Sigma_theta``) replaces it.
+    ``"forward"`` (``beta``); ``variance_fn(x, t, chain)`` (a learned ``Sigma_theta``) replaces it, by
+    default the one ``score_fn`` carries (``models.get_score_fn`` of a ``learn_variance`` network).
     Returns ``(x, nfe)`` with ``nfe = steps``; there is no ``eps`` nor ``denoise``: the chain ends at its
     data level.
     """
     check_choice("variance", variance, ("posterior", "forward"))
     check_choice("score_times", score_times, list(SCORE_TIMES))
     chain = ddpm_chain(sde, steps)
+    variance_fn = learned_variance_fn(score_fn, variance_fn)
     counting = CountingScore(score_fn, "ddpm_sample")
     x = initial_noise(chain, shape, z=z, device=device, generator=generator, dtype=dtype)
     with counting.guard():

@@ -51,7 +51,7 @@ def tiny_digits_config():
 @pytest.mark.parametrize("path, value, message", [
     ("training.sde", "vpsdee", r"config\.training\.sde must be one of \[.*'vpsde'"),
     ("sampling.predictor", "magic", r"config\.sampling\.predictor must be one of \[.*'euler_maruyama'"),
-    ("sampling.method", "gibbs", r"config\.sampling\.method must be one of \['ddim', 'edm', 'fast', 'ode', 'pc'\]"),
+    ("sampling.method", "gibbs", r"config\.sampling\.method must be one of \['ddim', 'ddpm', 'edm', 'fast', 'ode', 'pc'\]"),
     ("sampling.order", 7, r"config\.sampling\.order must be one of \[1, 2, 3\], got 7"),
     ("sampling.ode_method", "foo", r"config\.sampling\.ode_method must be one of \[.*'dopri5'"),
     ("eval.trace", "hutch", r"config\.eval\.trace must be one of"),
