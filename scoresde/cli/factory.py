@@ -85,6 +85,7 @@ def _bounds(config) -> BoundOptions:
     return BoundOptions(names=requested_bounds(config), items=e.bound_items, rows=e.bound_rows,
                         elbo_samples=e.elbo_samples, vlb_levels=e.vlb_levels, iw_k=tuple(e.iw_k),
                         iw_repeats=e.iw_repeats, variance=e.chain_variance, decoder=e.chain_decoder,
+                        chain_steps=e.chain_steps,
                         score_times="log_snr" if config.training.continuous else "grid", eps=e.likelihood_eps)
 
 

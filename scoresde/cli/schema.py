@@ -98,7 +98,7 @@ INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_it
         "sampling.num_samples": 1, "sampling.batch_size": 1, "sampling.resample": 1,
         "eval.batch_size": 1, "eval.num_samples": 1, "eval.true_nll_samples": 2, "eval.quality_samples": 4,
         "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
-        "eval.iw_repeats": 1, "data.image_size": 1}
+        "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
 _POSITIVE = dict(low=0.0, open_low=True)
 # field -> the interval of finite numbers it may hold (``utils.check_float``'s arguments)

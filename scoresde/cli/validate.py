@@ -242,6 +242,9 @@ def requested_bounds(config) -> tuple:
     if {"vlb", "iw"} & set(names) and config.model.num_scales < 2:
         raise ValueError(f"config.eval.bounds={e.bounds!r}: vlb / iw need the chain of model.num_scales >= 2 "
                          f"levels, got {config.model.num_scales}")
+    if {"vlb", "iw"} & set(names) and (e.chain_steps == 1 or e.chain_steps > config.model.num_scales):
+        raise ValueError(f"config.eval.chain_steps={e.chain_steps} must be 0 (all levels) or between 2 and "
+                         f"model.num_scales={config.model.num_scales}")
     if "iw" in names and (not e.iw_k or any(max(e.iw_k) % k for k in e.iw_k)):
         raise ValueError(f"config.eval.iw_k must be a non-empty tuple whose largest K is a multiple of every K "
                          f"(one set of paths serves them all), got {tuple(e.iw_k)!r}")

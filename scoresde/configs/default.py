@@ -172,6 +172,7 @@ def _eval() -> ml_collections.ConfigDict:
     e.iw_k = (1, 10, 100)          # iw: the K of each importance-weighted bound IW_K (each must divide the largest)
     e.iw_repeats = 1               # iw: independent IW_K estimates per item at the largest K (max(iw_k) x iw_repeats paths of N levels)
     e.chain_variance = "forward"   # vlb / iw: the reverse step's variance: forward (beta_i) | posterior (beta_tilde_i) (Ho et al. 2020); a model's learned variance replaces it
+    e.chain_steps = 0              # vlb / iw: the chain respaced to this many of its N levels (Nichol & Dhariwal 2021, Sec. 4); 0 = all N
     e.chain_decoder = "density"    # vlb / iw: density (Gaussian at dequantised x, bits/dim as bpd) | discretized (images: Ho et al. eq. 13 at the cell centres)
     return e
 

@@ -258,6 +258,7 @@ class BoundOptions:
     variance: str = "forward"      # vlb / iw: forward | posterior
     decoder: str = "density"       # vlb / iw: density | discretized
     score_times: str = "log_snr"   # vlb / iw: grid (discrete-time models) | log_snr (continuous-time models)
+    chain_steps: int = 0           # vlb / iw: the chain respaced to this many levels; 0 = all N
     eps: float = 1e-5              # elbo: the bound is on log p_eps
 
 

@@ -2,6 +2,7 @@
 the learned variance and samples on a respaced chain; the importance-sampled vlb loss resumes exactly;
 bad values name their field."""
 import json
+import math
 
 import pytest
 import torch
@@ -50,6 +51,11 @@ def test_hybrid_digits_trains_evaluates_and_samples(tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     text = json.dumps(metrics)
     assert "vlb" in text and "NaN" not in text
+    respaced = tiny_config("digits/ddpm_hybrid", **{"training.n_iters": 2, "eval.bound_items": 4,
+                                                     "eval.likelihood": False, "eval.chain_steps": 5, "sampling.steps": 10})
+    run(respaced, str(tmp_path), "eval")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["vlb_nfe"] == 5 and math.isfinite(metrics["vlb_bpd"])
     run(config, str(tmp_path), "sample")
     import numpy as np
     samples = np.load(tmp_path / "samples" / "samples.npz")["samples"]
@@ -65,6 +71,7 @@ def test_hybrid_digits_trains_evaluates_and_samples(tmp_path):
     ({"sampling.ddpm_variance": "learned"},
      r"config\.sampling\.ddpm_variance must be one of \['posterior', 'forward'\], got 'learned'"),
     ({"training.vlb_weight": -1.0}, r"config\.training\.vlb_weight must be a number in \[0\.0, inf\)"),
+    ({"eval.bounds": "vlb", "eval.chain_steps": 1}, r"config\.eval\.chain_steps=1 must be 0 \(all levels\) or between 2"),
     ({"sampling.method": "ddpm", "sampling.steps": 51},
      r"config\.sampling\.steps=51 \(sampling\.method 'ddpm'.*model\.num_scales=50"),
     ({"training.importance_sampling": True, "training.loss": "ddpm", "training.continuous": False,
