@@ -27,6 +27,25 @@ def step_variance(chain: SDE, x: torch.Tensor, t: torch.Tensor, variance: str,
     return variance if variance_fn is None else variance_fn(x, t, chain)
 
 
+class _JointCall:
+    """``score_fn.with_variance`` as a plain score function that keeps the variance of its last call: one
+    network evaluation per step for both (a learned-variance network, scores at the levels' times)."""
+
+    def __init__(self, with_variance: Callable, chain: SDE):
+        self.with_variance, self.chain, self.variance = with_variance, chain, None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        score, self.variance = self.with_variance(x, t, self.chain)
+        return score
+
+
+def _joint_score_and_variance(score_fn: ScoreFn, chain: SDE, variance_fn, score_times: str) -> _JointCall | None:
+    joint = getattr(score_fn, "with_variance", None)
+    if joint is None or variance_fn is not None or score_times != "grid":
+        return None
+    return _JointCall(joint, chain)
+
+
 @torch.no_grad()
 def ddpm_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int | None = None, variance: str = "posterior",
                 variance_fn: VarianceFn | None = None, score_times: str = "grid", z: torch.Tensor | None = None, device=None,
@@ -47,15 +66,18 @@ def ddpm_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int | None = None, va
     check_choice("variance", variance, ("posterior", "forward"))
     check_choice("score_times", score_times, list(SCORE_TIMES))
     chain = ddpm_chain(sde, steps)
+    joint = _joint_score_and_variance(score_fn, chain, variance_fn, score_times)
     variance_fn = learned_variance_fn(score_fn, variance_fn)
-    counting = CountingScore(score_fn, "ddpm_sample")
+    counting = CountingScore(score_fn if joint is None else joint, "ddpm_sample")
     x = initial_noise(chain, shape, z=z, device=device, generator=generator, dtype=dtype)
     with counting.guard():
         for k in progress_iter(range(chain.N - 1, -1, -1), progress, desc="DDPM", total=chain.N):
             level = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
             t = chain.level_time(level).to(x.dtype)
             t_score = SCORE_TIMES[score_times](chain, level).to(x.dtype)
-            var = step_variance(chain, x, t, variance, variance_fn)  # the level's own variances
-            mean, std = chain.ancestral_step(x, t, counting(x, t_score), variance=var)
+            score = counting(x, t_score)
+            # the level's own variances; a learned one from the same network call as the score when it can
+            var = joint.variance if joint is not None else step_variance(chain, x, t, variance, variance_fn)
+            mean, std = chain.ancestral_step(x, t, score, variance=var)
             x = mean if k == 0 else mean + append_dims(std.to(x.dtype), x.ndim) * gaussian_like(x, generator)
     return x, counting.nfe

@@ -231,3 +231,18 @@ def test_learned_variance_reaches_sampler_and_bounds():
     iw = samplers.iw_bound(sde, score, data, K=2, repeats=1, score_times="log_snr", generator=gen(2),
                            variance_fn=beta_fn)[0]
     assert bool(torch.isfinite(iw).all())
+
+
+def test_ddpm_sample_one_network_call_per_step_for_a_learned_variance():
+    """With a learned-variance network, ``ddpm_sample`` takes score and variance from one network call per
+    step; the samples equal those of separate score and variance calls (same draws)."""
+    calls = []
+    sde = sde_lib.CosineVPSDE(N=100)
+    net = _net()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    score_fn = models.get_score_fn(sde, net, continuous=False)
+    a, nfe = samplers.ddpm_sample(sde, score_fn, (5, 2), steps=20, generator=gen(0))
+    assert nfe == 20 and len(calls) == 20
+    b, _ = samplers.ddpm_sample(sde, lambda x, t: score_fn(x, t), (5, 2), steps=20, generator=gen(0),
+                                variance_fn=score_fn.variance_fn)
+    assert torch.allclose(a, b) and len(calls) == 60
