@@ -35,7 +35,7 @@ def rows(N: int, ks: list[int]):
     score = MIX.score_fn(sde)
     data = MIX.sample(400, generator=gen(3), dtype=F64)
     yield f"data: -mean log p(x) = {-float(MIX.log_prob(data).mean()):.4f} nats; std across the modes 0.2236"
-    yield "| K | variance | std across modes | -VLB (nats) | time (s) |"
+    yield "| K | variance | std across modes | -VLB (nats) +- stderr | time (s) |"
     yield "|---|---|---|---|---|"
     for K in ks:
         chain = sde_lib.respace(sde, K)
@@ -48,7 +48,8 @@ def rows(N: int, ks: list[int]):
             x, _ = samplers.ddpm_sample(sde, score, (8000, 2), steps=K, generator=gen(0), score_times="log_snr",
                                         dtype=F64, **kw)
             vlb, _, _ = samplers.ddpm_vlb(chain, score, data, score_times="log_snr", generator=gen(5), **kw)
-            yield (f"| {K} | {name} | {float(x[:, 1].std()):.4f} | {-float(vlb.mean()):.4f} | "
+            stderr = float(vlb.std()) / len(vlb) ** 0.5
+            yield (f"| {K} | {name} | {float(x[:, 1].std()):.4f} | {-float(vlb.mean()):.4f} +- {stderr:.4f} | "
                    f"{time.perf_counter() - start:.1f} |")
 
 
