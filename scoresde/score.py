@@ -143,6 +143,12 @@ def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, t: torch.Tenso
     return (x + append_dims((sigma ** 2).to(x.dtype), x.ndim) * score) / append_dims(alpha.to(x.dtype), x.ndim)
 
 
+def learned_variance_fn(score_fn: ScoreFn, variance_fn: Callable | None = None) -> Callable | None:
+    """``variance_fn`` if given, else the learned variance a score function carries (``score_fn.variance_fn``,
+    set by ``models.get_score_fn`` for a network with ``learn_variance``), else ``None``: fixed variances."""
+    return variance_fn if variance_fn is not None else getattr(score_fn, "variance_fn", None)
+
+
 def progress_iter(iterable: Iterable, enabled: bool, desc: str, total: int | None = None):
     """A tqdm bar when ``enabled``, the plain iterable otherwise."""
     return tqdm(iterable, desc=desc, total=total, leave=False) if enabled else iterable

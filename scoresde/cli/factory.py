@@ -50,6 +50,12 @@ def _loss(config) -> LossOptions:
         noise = {"p_mean": t.p_mean, "p_std": t.p_std, "eps": t.eps}
     elif t.loss == "classifier":                # cross-entropy at t ~ U(eps, T)
         kwargs, noise = {"eps": t.eps}, {"eps": t.eps}
+    elif t.loss == "hybrid":                    # L_simple + lambda L_vlb at uniform levels
+        kwargs, noise = {"reduce": reduce, "vlb_weight": t.vlb_weight}, {}
+    elif t.loss == "vlb":                       # L_vlb's terms, levels uniform or importance-sampled
+        kwargs, noise = {"reduce": reduce}, {}
+        return LossOptions(name=t.loss, kwargs=frozen_mapping(kwargs), noise_kwargs=frozen_mapping(noise),
+                           level_sampling=t.importance_sampling)
     else:                                       # ddpm / smld / v: uniform levels of the discrete chain
         kwargs, noise = {"reduce": reduce}, {}
     return LossOptions(name=t.loss, kwargs=frozen_mapping(kwargs), noise_kwargs=frozen_mapping(noise))
@@ -71,7 +77,7 @@ def _sampler(config) -> SamplerOptions:
                           label=parse_label(s.label, label_classes(config)), guidance=s.guidance,
                           guidance_scale=s.guidance_scale, classifier_workdir=s.classifier_workdir or None,
                           threshold=s.threshold or None, mask=s.mask, inpaint_method=s.inpaint_method,
-                          resample=s.resample, inpaint_data=s.inpaint_data or None)
+                          resample=s.resample, inpaint_data=s.inpaint_data or None, ddpm_variance=s.ddpm_variance)
 
 
 def _bounds(config) -> BoundOptions:
@@ -79,6 +85,7 @@ def _bounds(config) -> BoundOptions:
     return BoundOptions(names=requested_bounds(config), items=e.bound_items, rows=e.bound_rows,
                         elbo_samples=e.elbo_samples, vlb_levels=e.vlb_levels, iw_k=tuple(e.iw_k),
                         iw_repeats=e.iw_repeats, variance=e.chain_variance, decoder=e.chain_decoder,
+                        chain_steps=e.chain_steps,
                         score_times="log_snr" if config.training.continuous else "grid", eps=e.likelihood_eps)
 
 

@@ -46,9 +46,9 @@ _MLP_ARGS = {"hidden": "model.hidden", "n_blocks": "model.n_blocks", "embedding_
 _CLASSIFIER_UNET_ARGS = {arg: field for arg, field in _UNET_ARGS.items()
                          if arg not in ("progressive", "progressive_input", "progressive_combine")}
 NETWORK_ARGS = {
-    "mlp": _MLP_ARGS,
-    "ddpmpp": {**_UNET_ARGS, "num_classes": "model.num_classes"},
-    "ncsnpp": {**_UNET_ARGS, "num_classes": "model.num_classes"},
+    "mlp": {**_MLP_ARGS, "learn_variance": "model.learn_variance"},
+    "ddpmpp": {**_UNET_ARGS, "num_classes": "model.num_classes", "learn_variance": "model.learn_variance"},
+    "ncsnpp": {**_UNET_ARGS, "num_classes": "model.num_classes", "learn_variance": "model.learn_variance"},
     "classifier_mlp": _MLP_ARGS,
     "classifier_unet": {**_CLASSIFIER_UNET_ARGS, "num_classes": "model.num_classes"},
 }
@@ -59,6 +59,8 @@ GUIDANCE = ("none", "cfg", "classifier")
 TRAINING_QUALITY_METRICS = ("kid", "fid")
 # Losses defined in continuous time (the others are on the discrete chain).
 CONTINUOUS_LOSSES = ("dsm", "flow", "edm", "classifier")
+# Losses that train a learned reverse variance (model.learn_variance; Nichol & Dhariwal 2021).
+VARIANCE_LOSSES = ("hybrid", "vlb")
 # The likelihood's ODE solvers: the adaptive ones (the fixed-step ones would need a step count).
 LIKELIHOOD_METHODS = samplers.ode.ADAPTIVE_METHODS + samplers.ode.SCIPY_METHODS
 
@@ -83,6 +85,7 @@ CHOICES = {
     "sampling.inpaint_method": lambda: samplers.INPAINT_METHODS,
     "eval.method": lambda: LIKELIHOOD_METHODS,
     "eval.chain_variance": lambda: samplers.VLB_VARIANCES,
+    "sampling.ddpm_variance": lambda: samplers.VLB_VARIANCES,
     "eval.chain_decoder": lambda: CHAIN_DECODERS,
     "data.resize": lambda: RESIZE_MODES,
     "data.channels": lambda: CHANNELS,
@@ -100,11 +103,11 @@ INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_it
         "eval.fid_samples": 4, "eval.fid_seeds": 1, "eval.fid_reference_items": 0,
         "training.eval_quality_samples": 0,
         "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
-        "eval.iw_repeats": 1, "data.image_size": 1}
+        "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
 _POSITIVE = dict(low=0.0, open_low=True)
 # field -> the interval of finite numbers it may hold (``utils.check_float``'s arguments)
-FLOATS = {"training.eps": _OPEN_UNIT, "training.p_mean": {}, "training.p_std": _POSITIVE,
+FLOATS = {"training.eps": _OPEN_UNIT, "training.p_mean": {}, "training.p_std": _POSITIVE, "training.vlb_weight": dict(low=0.0),
           "training.label_dropout": dict(low=0.0, high=1.0, open_high=True),
           "model.ema_rate": dict(low=0.0, high=1.0), "model.sigma_min": _POSITIVE, "model.sigma_max": _POSITIVE,
           "model.beta_min": _POSITIVE, "model.beta_max": _POSITIVE, "model.fourier_scale": _POSITIVE,
@@ -181,6 +184,8 @@ def network_kwargs(fields: dict, name: str) -> dict:
         raise ValueError(f"config.model.name={name!r} has no config mapping; available: {sorted(NETWORK_ARGS)} "
                          f"(a new network adds its arguments to NETWORK_ARGS in scoresde/cli/schema.py)")
     kwargs = {arg: fields[field] for arg, field in NETWORK_ARGS[name].items()}
+    if kwargs.get("learn_variance") is False:   # left out when off: checkpoints from before it still match
+        del kwargs["learn_variance"]
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 

@@ -18,7 +18,7 @@ import torch
 
 from scoresde import samplers
 from scoresde.cli.schema import (CHOICES, CLASSIFIERS, CONTINUOUS_LOSSES, FLOATS, INT_TUPLES, INTS, NUMBER_TUPLES,
-                                 STRINGS, is_config, leaf_fields, network_kwargs, schema_fields, sde_kwargs,
+                                 STRINGS, VARIANCE_LOSSES, is_config, leaf_fields, network_kwargs, schema_fields, sde_kwargs,
                                  unknown_field)
 from scoresde.data.datasets import IMAGE_DATASETS, dataset_classes, item_shape
 from scoresde.evaluate.heldout import BOUND_NAMES, bounds_that_apply
@@ -103,10 +103,14 @@ def check_combinations(config) -> None:
     if m.parameterization == "velocity" and not t.continuous:
         raise ValueError("config.model.parameterization='velocity' needs training.continuous=True (the discrete "
                          "chain has no velocity)")
-    if not continuous_loss and (t.likelihood_weighting or t.importance_sampling):
-        raise ValueError(f"config.training.likelihood_weighting / importance_sampling apply to "
-                         f"training.loss='dsm' only, got loss={t.loss!r}")
-    if t.importance_sampling and not t.likelihood_weighting:
+    if not continuous_loss and t.likelihood_weighting:
+        raise ValueError(f"config.training.likelihood_weighting applies to training.loss='dsm' only, got "
+                         f"loss={t.loss!r}")
+    if t.importance_sampling and t.loss not in ("dsm", "vlb"):
+        raise ValueError(f"config.training.importance_sampling applies to training.loss 'dsm' or 'vlb', got "
+                         f"loss={t.loss!r}")
+    _check_learned_variance(config)
+    if t.importance_sampling and t.loss == "dsm" and not t.likelihood_weighting:
         raise ValueError("config.training.importance_sampling=True requires training.likelihood_weighting=True")
     if m.beta_max <= m.beta_min:
         raise ValueError(f"config.model.beta_max must be > model.beta_min, got beta_min={m.beta_min!r}, "
@@ -122,11 +126,32 @@ def check_combinations(config) -> None:
         raise ValueError(f"config.model.scale_by_sigma=True applies to model.parameterization='score' only, "
                          f"got {m.parameterization!r}")
     s = config.sampling
+    if s.method == "ddpm" and s.steps > m.num_scales:
+        raise ValueError(f"config.sampling.steps={s.steps} (sampling.method 'ddpm': levels kept of the chain) must be "
+                         f"between 1 and model.num_scales={m.num_scales}")
     if s.method == "pc":
         try:
             samplers.check_pc_options(s.predictor, s.corrector, s.snr, s.n_steps, s.probability_flow)
         except ValueError as err:
             raise ValueError(f"config.sampling (method 'pc'): {err}") from err
+
+
+def _check_learned_variance(config) -> None:
+    """A learned variance (Nichol & Dhariwal 2021) is trained by the hybrid or vlb loss, and only those."""
+    t, m = config.training, config.model
+    trains_variance = t.loss in VARIANCE_LOSSES
+    if trains_variance and not m.learn_variance:
+        raise ValueError(f"config.training.loss={t.loss!r} trains a learned variance: it needs "
+                         f"model.learn_variance=True (allowed losses without one: ddpm, smld, v, dsm, ...)")
+    if m.learn_variance and not trains_variance:
+        raise ValueError(f"config.model.learn_variance=True needs training.loss in {list(VARIANCE_LOSSES)} (the "
+                         f"losses that train the variance), got {t.loss!r}")
+    if m.learn_variance and m.name not in ("mlp", "ddpmpp", "ncsnpp"):
+        raise ValueError(f"config.model.learn_variance=True applies to model.name mlp, ddpmpp or ncsnpp, got "
+                         f"{m.name!r}")
+    if m.learn_variance and m.parameterization in ("velocity", "edm"):
+        raise ValueError(f"config.model.learn_variance=True needs model.parameterization auto, eps, x0, score or "
+                         f"v, got {m.parameterization!r}")
 
 
 # ---------------------------------------------------------------------------------------- conditioning
@@ -224,6 +249,9 @@ def requested_bounds(config) -> tuple:
     if {"vlb", "iw"} & set(names) and config.model.num_scales < 2:
         raise ValueError(f"config.eval.bounds={e.bounds!r}: vlb / iw need the chain of model.num_scales >= 2 "
                          f"levels, got {config.model.num_scales}")
+    if {"vlb", "iw"} & set(names) and (e.chain_steps == 1 or e.chain_steps > config.model.num_scales):
+        raise ValueError(f"config.eval.chain_steps={e.chain_steps} must be 0 (all levels) or between 2 and "
+                         f"model.num_scales={config.model.num_scales}")
     if "iw" in names and (not e.iw_k or any(max(e.iw_k) % k for k in e.iw_k)):
         raise ValueError(f"config.eval.iw_k must be a non-empty tuple whose largest K is a multiple of every K "
                          f"(one set of paths serves them all), got {tuple(e.iw_k)!r}")

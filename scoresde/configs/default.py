@@ -16,11 +16,12 @@ def _training() -> ml_collections.ConfigDict:
     t.batch_size = 128             # GLOBAL batch; each of W ranks takes batch_size / W
     t.n_iters = 1_300_001          # optimizer updates in total (a resumed run continues to this step)
     t.sde = "vpsde"                # the process: vpsde | subvpsde | vesde | cosine_vpsde | rectified_flow | edm
-    t.loss = "dsm"                 # continuous: dsm | flow | edm | classifier (noisy classifier); discrete: ddpm | smld | v
+    t.loss = "dsm"                 # continuous: dsm | flow | edm | classifier (noisy classifier); discrete: ddpm | smld | v | hybrid | vlb (learned variance)
     t.continuous = True            # continuous-time noise labels; True for dsm / flow / edm, False for the others
     t.reduce_mean = True           # per-sample mean over dims (else ½ sum, Song et al. 2021 eq. 7)
     t.likelihood_weighting = False  # dsm: lambda(t) = g(t)^2 (Song, Durkan et al. 2021)
-    t.importance_sampling = False  # dsm: t ~ g^2 / sigma^2 (needs likelihood_weighting)
+    t.importance_sampling = False  # dsm: t ~ g^2 / sigma^2 (needs likelihood_weighting); vlb: levels ~ sqrt(E[L_t^2]) of the last 10 terms each (Nichol & Dhariwal 2021)
+    t.vlb_weight = 0.001           # hybrid: lambda of L_simple + lambda L_vlb (Nichol & Dhariwal 2021)
     t.eps = 1e-5                   # dsm / flow / edm: smallest training time
     t.p_mean = -1.2                # edm: mean of ln sigma (Karras et al. 2022, P_mean)
     t.p_std = 1.2                  # edm: std of ln sigma (P_std)
@@ -71,6 +72,7 @@ def _model() -> ml_collections.ConfigDict:
     m.scale_by_sigma = False       # divide a "score" output by sigma(t) (NCSN++)
     m.sigma_data = 0.5             # edm parameterisation and loss: the data's standard deviation
     m.num_classes = 0              # class-conditional network or classifier: number of classes (0 = unconditional)
+    m.learn_variance = False       # mlp / U-Nets: also output the reverse variance (2x channels; training.loss hybrid | vlb)
     m.pretrained = ""              # eval / sample / inpaint: a diffusers save_pretrained dir or a score_sde checkpoint
     m.pretrained_config = ""       # a score_sde checkpoint's training config: .json dump, or its .py file (executed)
     # the process (training.sde) reads these
@@ -117,7 +119,7 @@ def _optim() -> ml_collections.ConfigDict:
 
 def _sampling() -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
-    s.method = "pc"                # pc | ode | fast (DPM-Solver++) | ddim | edm (Heun, with churn)
+    s.method = "pc"                # pc | ode | fast (DPM-Solver++) | ddim | edm (Heun, with churn) | ddpm (ancestral, chain respaced to steps levels)
     s.predictor = "euler_maruyama"  # pc: predictor
     s.corrector = "none"           # pc: corrector
     s.snr = 0.16                   # pc: corrector signal-to-noise ratio
@@ -125,7 +127,8 @@ def _sampling() -> ml_collections.ConfigDict:
     s.probability_flow = False     # pc: predict along the probability-flow ODE
     s.denoise = True               # Tweedie denoising at the last step (every method)
     s.eps = 1e-3                   # smallest time of every method
-    s.steps = 10                   # fast / ddim / edm: number of steps
+    s.steps = 10                   # fast / ddim / edm / ddpm: number of steps (ddpm: kept levels of the N-level chain)
+    s.ddpm_variance = "posterior"  # ddpm: the reverse variance when the model learns none: posterior (beta_tilde) | forward (beta)
     s.order = 2                    # fast: solver order 1 | 2 | 3
     s.solver = "dpmsolver++"       # fast: dpmsolver++ (ODE) | sde-dpmsolver++ (stochastic, orders 1-2)
     s.churn = 0.0                  # edm: S_churn (0 = deterministic Heun, Karras et al. 2022 Alg. 2)
@@ -175,7 +178,8 @@ def _eval() -> ml_collections.ConfigDict:
     e.vlb_levels = 0               # vlb: levels drawn per item, an unbiased estimate (0 = the exact sum over all N levels)
     e.iw_k = (1, 10, 100)          # iw: the K of each importance-weighted bound IW_K (each must divide the largest)
     e.iw_repeats = 1               # iw: independent IW_K estimates per item at the largest K (max(iw_k) x iw_repeats paths of N levels)
-    e.chain_variance = "forward"   # vlb / iw: the reverse step's variance: forward (beta_i) | posterior (beta_tilde_i) (Ho et al. 2020)
+    e.chain_variance = "forward"   # vlb / iw: the reverse step's variance: forward (beta_i) | posterior (beta_tilde_i) (Ho et al. 2020); a model's learned variance replaces it
+    e.chain_steps = 0              # vlb / iw: the chain respaced to this many of its N levels (Nichol & Dhariwal 2021, Sec. 4); 0 = all N
     e.chain_decoder = "density"    # vlb / iw: density (Gaussian at dequantised x, bits/dim as bpd) | discretized (images: Ho et al. eq. 13 at the cell centres)
     return e
 

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from scoresde import samplers
-from scoresde.sde_lib import SDE
+from scoresde.sde_lib import SDE, respace
 from scoresde.data.datasets import data_scaler, dequantize, scaler_log_det
 from scoresde.run import threads
 from scoresde.run.distributed import DistContext, all_gather_cat, shard_range
@@ -147,6 +147,8 @@ def likelihood_bounds(sde: SDE, score_fn: Callable, items: torch.Tensor, spec: D
     chain = dict(num_levels=spec.num_levels if discrete else None, centered=spec.centered,
                  variance=options.variance, score_times=options.score_times)
     out = {}
+    # vlb / iw on the chain respaced to options.chain_steps levels (the network keeps its own labels)
+    chain_sde = respace(sde, options.chain_steps) if options.chain_steps not in (0, sde.N) else sde
     if "elbo" in options.names:
         def elbo(batch):
             draws = max(1, options.rows // (2 * len(batch)))
@@ -155,11 +157,11 @@ def likelihood_bounds(sde: SDE, score_fn: Callable, items: torch.Tensor, spec: D
         out["elbo"] = BoundDraws(*_run_bound("ELBO", inputs["dequantized"], batch_size, elbo, ctx, show_progress))
     if "vlb" in options.names:
         def vlb(batch):
-            return samplers.ddpm_vlb(sde, score_fn, batch, n_terms=options.vlb_levels or None,
+            return samplers.ddpm_vlb(chain_sde, score_fn, batch, n_terms=options.vlb_levels or None,
                                      generator=generators["vlb"], **chain)
         out["vlb"] = BoundDraws(*_run_bound("VLB", chain_x, batch_size, vlb, ctx, show_progress), discrete=discrete)
     if "iw" in options.names:
-        out.update(_iw_bounds(sde, score_fn, chain_x, options, chain, batch_size, generators["iw"], ctx,
+        out.update(_iw_bounds(chain_sde, score_fn, chain_x, options, chain, batch_size, generators["iw"], ctx,
                               show_progress, discrete))
     return out
 

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 
 from scoresde.likelihood.gaussian import discretized_gaussian_log_likelihood, gaussian_kl, gaussian_log_prob
 from scoresde.likelihood.monte_carlo import chunks, mean_and_stderr, repeat_rows
-from scoresde.score import CountingScore, ScoreFn, check_input, gaussian_like, progress_iter
+from scoresde.score import CountingScore, ScoreFn, check_input, gaussian_like, learned_variance_fn, progress_iter
 from scoresde.sde_lib import SDE
 from scoresde.utils import append_dims, batch_sum, check_choice, check_int, check_positive
 
@@ -50,11 +50,15 @@ class Decoder:
     num_levels: int | None = None
     centered: bool = True
 
-    def log_prob(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """``log p(x | x_0)`` per sample, ``(B,)``: ``log P(v)`` for discrete data, else a log-density."""
+    def log_prob(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(x | x_0)`` per sample, ``(B,)``: ``log P(v)`` for discrete data, else a log-density.
+        ``std`` (shaped like ``x``: a learned variance's) replaces the fixed one."""
+        if std is None:
+            std = torch.full((x.shape[0],), self.std, dtype=x.dtype, device=x.device)
         if self.num_levels is None:
-            return gaussian_log_prob(x, mean, torch.full((x.shape[0],), self.std, dtype=x.dtype, device=x.device))
-        return batch_sum(discretized_gaussian_log_likelihood(x, mean, self.std, self.num_levels, self.centered))
+            return gaussian_log_prob(x, mean, std)
+        std = append_dims(std, x.ndim)
+        return batch_sum(discretized_gaussian_log_likelihood(x, mean, std, self.num_levels, self.centered))
 
 
 def _check_chain(sde: SDE) -> None:
@@ -63,9 +67,10 @@ def _check_chain(sde: SDE) -> None:
 
 
 def grid_time(sde: SDE, index: torch.Tensor) -> torch.Tensor:
-    """``t_i = i T / (N - 1)``: the time of level ``i`` (float64), where discrete models are trained
-    (``train.losses.ddpm_loss``) and where ``sde.ancestral_step`` reads the level from."""
-    return index.to(F64) * (sde.T / (sde.N - 1))
+    """``t_i = sde.level_time(i)`` (``i T / (N - 1)``, or the original level's time on a respaced chain):
+    the time of level ``i`` (float64), where discrete models are trained (``train.losses.ddpm_loss``) and
+    where ``sde.ancestral_step`` reads the level from."""
+    return sde.level_time(index)
 
 
 def log_snr_time(sde: SDE, index: torch.Tensor) -> torch.Tensor:
@@ -89,15 +94,19 @@ def default_decoder_std(sde: SDE) -> float:
 
 @dataclass(frozen=True)
 class ChainModel:
-    """The model's discrete chain: reverse ``variance``, the ``decoder`` and where the score is evaluated."""
+    """The model's discrete chain: reverse ``variance``, the ``decoder``, where the score is evaluated and
+    a learned variance ``variance_fn(x, t, chain) -> Sigma_theta`` (``models.get_variance_fn``) when the
+    model has one: it replaces ``variance`` and, at level 0, the decoder's std (Nichol & Dhariwal 2021)."""
 
     variance: str
     decoder: Decoder
     score_times: str
+    variance_fn: Callable | None = None
 
     @classmethod
     def build(cls, sde: SDE, x: torch.Tensor, variance: str = "posterior", num_levels: int | None = None,
-              centered: bool = True, decoder_std: float | None = None, score_times: str = "grid") -> "ChainModel":
+              centered: bool = True, decoder_std: float | None = None, score_times: str = "grid",
+              variance_fn: Callable | None = None) -> "ChainModel":
         """Checks every argument (``ValueError`` naming it) and builds the chain of ``vlb_terms``."""
         _check_chain(sde)
         check_input(x)
@@ -105,14 +114,24 @@ class ChainModel:
         check_choice("score_times", score_times, list(SCORE_TIMES))
         if num_levels is not None:
             check_int("num_levels", num_levels, minimum=2)
+        if variance_fn is not None and not callable(variance_fn):
+            raise ValueError(f"variance_fn must be None or a callable (x, t, chain) -> Sigma, got {variance_fn!r}")
         std = default_decoder_std(sde) if decoder_std is None else check_positive("decoder_std", decoder_std)
-        return cls(variance, Decoder(std=std, num_levels=num_levels, centered=bool(centered)), score_times)
+        return cls(variance, Decoder(std=std, num_levels=num_levels, centered=bool(centered)), score_times,
+                   variance_fn)
 
     def step(self, sde: SDE, score: CountingScore, xi: torch.Tensor, index: torch.Tensor,
-             score_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std ``(B,)`` of the model's ``p(x_{i-1} | x_i)`` (for ``i = 0`` the mean is the decoder's)."""
+             score_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Mean and std of the model's ``p(x_{i-1} | x_i)`` (for ``i = 0`` the mean is the decoder's) and
+        the decoder's std at level 0 (``None``: the fixed one); stds ``(B,)``, or shaped like ``xi`` for a
+        learned variance."""
         s = score(xi.to(score_dtype), SCORE_TIMES[self.score_times](sde, index).to(score_dtype)).to(F64)
-        return sde.ancestral_step(xi, grid_time(sde, index), s, variance=self.variance)
+        variance, decoder_std, t = self.variance, None, grid_time(sde, index)
+        if self.variance_fn is not None:  # at the level's own time: it interpolates that level's variances
+            variance = self.variance_fn(xi.to(score_dtype), t.to(score_dtype), sde).to(F64)
+            decoder_std = variance.sqrt()
+        mean, std = sde.ancestral_step(xi, t, s, variance=variance)
+        return mean, std, decoder_std
 
 
 def prior_kl(sde: SDE, x: torch.Tensor) -> torch.Tensor:
@@ -129,14 +148,14 @@ def _level_terms(sde: SDE, chain: ChainModel, score: CountingScore, x64: torch.T
     """One draw of ``L_{i-1}`` (``i >= 1``) or ``L_0`` (``i = 0``) at per-sample levels ``index``, ``(B,)``."""
     alpha, sigma = sde.discrete_marginal(index, x64)
     xi = append_dims(alpha, x64.ndim) * x64 + append_dims(sigma, x64.ndim) * gaussian_like(x64, generator)
-    mean_p, std_p = chain.step(sde, score, xi, index, score_dtype)
+    mean_p, std_p, decoder_std = chain.step(sde, score, xi, index, score_dtype)
     # q(x_{i-1} | x_i, x) is the ancestral step of the exact conditional score -(x_i - alpha_i x) / sigma_i^2
     exact = -(xi - append_dims(alpha, x64.ndim) * x64) / append_dims(sigma ** 2, x64.ndim)
     mean_q, std_q = sde.ancestral_step(xi, grid_time(sde, index), exact, variance="posterior")
     first = index == 0
     kl = gaussian_kl(mean_q, torch.where(first, torch.ones_like(std_q), std_q), mean_p,
-                     torch.where(first, torch.ones_like(std_p), std_p))
-    return torch.where(first, -chain.decoder.log_prob(x64, mean_p), kl)
+                     torch.where(append_dims(first, std_p.ndim), torch.ones_like(std_p), std_p))
+    return torch.where(first, -chain.decoder.log_prob(x64, mean_p, decoder_std), kl)
 
 
 @dataclass
@@ -158,7 +177,7 @@ class VLBTerms:
 def vlb_terms(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, num_levels: int | None = None,
               centered: bool = True, variance: str = "posterior", decoder_std: float | None = None,
               score_times: str = "grid", generator: torch.Generator | None = None,
-              progress: bool = False) -> VLBTerms:
+              progress: bool = False, variance_fn: Callable | None = None) -> VLBTerms:
     """Every term of DDPM's variational bound for ``x`` (model space), ``N`` score evaluations.
 
     ``num_levels`` ``K`` discretises the decoder over the dequantisation cells (``centered``: data in
@@ -167,10 +186,13 @@ def vlb_terms(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, num_levels: int |
     default ``sqrt(beta_tilde_1)``. ``score_times``: ``"grid"`` evaluates the score of level ``i`` at
     ``t_i = i T / (N - 1)`` (discrete-time models, ``continuous=False``); ``"log_snr"`` at the time with
     level ``i``'s log-SNR (continuous-time models, whose score at ``t = 0`` is undefined). See the
-    module docstring.
+    module docstring. ``variance_fn(x, t, chain) -> Sigma_theta`` (a learned variance,
+    ``models.get_variance_fn``; by default the one ``score_fn`` carries) replaces ``variance`` and the
+    decoder's std (``ChainModel``).
     """
     counting = CountingScore(score_fn, "vlb_terms")
-    chain = ChainModel.build(sde, x, variance, num_levels, centered, decoder_std, score_times)
+    chain = ChainModel.build(sde, x, variance, num_levels, centered, decoder_std, score_times,
+                             learned_variance_fn(score_fn, variance_fn))
     x64 = x.detach().to(F64)
     columns = []
     with torch.no_grad(), counting.guard():
@@ -183,8 +205,8 @@ def vlb_terms(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, num_levels: int |
 def ddpm_vlb(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, n_terms: int | None = None,
              num_levels: int | None = None, centered: bool = True, variance: str = "posterior",
              decoder_std: float | None = None, score_times: str = "grid",
-             generator: torch.Generator | None = None, progress: bool = False
-             ) -> Tuple[torch.Tensor, torch.Tensor, int]:
+             generator: torch.Generator | None = None, progress: bool = False,
+             variance_fn: Callable | None = None) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """DDPM's variational lower bound on ``log p(x)`` (``log P(v)`` with ``num_levels``): ``(bound,
     stderr, nfe)``, nats per sample.
 
@@ -196,7 +218,7 @@ def ddpm_vlb(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, n_terms: int | Non
     arguments as in ``vlb_terms``.
     """
     kwargs = dict(num_levels=num_levels, centered=centered, variance=variance, decoder_std=decoder_std,
-                  score_times=score_times)
+                  score_times=score_times, variance_fn=learned_variance_fn(score_fn, variance_fn))
     if n_terms is None:
         terms = vlb_terms(sde, score_fn, x, generator=generator, progress=progress, **kwargs)
         return -terms.total, torch.full_like(terms.prior, math.nan), terms.nfe
@@ -219,7 +241,7 @@ def iw_log_weights(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, n_paths: int, *
                    num_levels: int | None = None, centered: bool = True, variance: str = "posterior",
                    decoder_std: float | None = None, score_times: str = "grid",
                    generator: torch.Generator | None = None, paths_per_call: int | None = None,
-                   progress: bool = False) -> Tuple[torch.Tensor, int]:
+                   progress: bool = False, variance_fn: Callable | None = None) -> Tuple[torch.Tensor, int]:
     """``log p(x, path) - log q(path | x)`` for ``n_paths`` forward paths per sample: ``(B, n_paths)``
     float64, and the NFE per sample (``N n_paths``).
 
@@ -227,7 +249,8 @@ def iw_log_weights(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, n_paths: int, *
     reverse chain of ``vlb_terms`` (same arguments). ``paths_per_call`` paths (default all) share one
     score call of ``B paths_per_call`` rows.
     """
-    chain = ChainModel.build(sde, x, variance, num_levels, centered, decoder_std, score_times)
+    chain = ChainModel.build(sde, x, variance, num_levels, centered, decoder_std, score_times,
+                             learned_variance_fn(score_fn, variance_fn))
     n_paths = check_int("n_paths", n_paths, minimum=1)
     chunk = n_paths if paths_per_call is None else check_int("paths_per_call", paths_per_call, minimum=1)
     x64 = x.detach().to(F64)
@@ -253,8 +276,9 @@ def _path_log_weights(sde: SDE, chain: ChainModel, score: CountingScore, xr: tor
         step_std = (sigma ** 2 - (alpha / alpha_prev) ** 2 * sigma_prev ** 2).clamp(min=0.0).sqrt()
         xi = ratio * prev + append_dims(step_std, xr.ndim) * gaussian_like(xr, generator)
         log_w = log_w - gaussian_log_prob(xi, ratio * prev, step_std)            # q(x_i | x_{i-1})
-        mean_p, std_p = chain.step(sde, score, xi, index, score_dtype)
-        log_w = log_w + (chain.decoder.log_prob(xr, mean_p) if i == 0 else gaussian_log_prob(prev, mean_p, std_p))
+        mean_p, std_p, decoder_std = chain.step(sde, score, xi, index, score_dtype)
+        log_w = log_w + (chain.decoder.log_prob(xr, mean_p, decoder_std) if i == 0
+                         else gaussian_log_prob(prev, mean_p, std_p))
         prev = xi
     return log_w + sde.prior_logp(prev).to(F64)
 
@@ -275,7 +299,7 @@ def iw_bound(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, K: int = 1, *, repeat
              num_levels: int | None = None, centered: bool = True, variance: str = "posterior",
              decoder_std: float | None = None, score_times: str = "grid",
              generator: torch.Generator | None = None, paths_per_call: int | None = None,
-             progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor, int]:
+             progress: bool = False, variance_fn: Callable | None = None) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """The importance-weighted bound ``IW_K`` on ``log p(x)`` (``log P(v)`` with ``num_levels``):
     ``(bound, stderr, nfe)``, nats per sample.
 
@@ -288,6 +312,7 @@ def iw_bound(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, K: int = 1, *, repeat
     repeats = check_int("repeats", repeats, minimum=1)
     log_w, nfe = iw_log_weights(sde, score_fn, x, K * repeats, num_levels=num_levels, centered=centered,
                                 variance=variance, decoder_std=decoder_std, score_times=score_times,
-                                generator=generator, paths_per_call=paths_per_call, progress=progress)
+                                generator=generator, paths_per_call=paths_per_call, progress=progress,
+                                variance_fn=variance_fn)
     bound, stderr = iw_from_log_weights(log_w, K)
     return bound, stderr, nfe

@@ -7,21 +7,29 @@ from typing import Tuple
 
 import torch
 
-from scoresde.utils import batch_sum, check_int
+from scoresde.utils import append_dims, batch_sum, check_int
 
 
 def gaussian_kl(mean1: torch.Tensor, std1: torch.Tensor, mean2: torch.Tensor, std2: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mean1, std1^2 I) || N(mean2, std2^2 I))`` per sample (nats, ``(B,)``); stds ``(B,)``."""
-    dim = mean1[0].numel()
-    ratio = (std1 / std2) ** 2
-    maha = batch_sum((mean1 - mean2) ** 2) / std2 ** 2
-    return 0.5 * (dim * (ratio - 1.0 - torch.log(ratio)) + maha)
+    """``KL(N(mean1, std1^2 I) || N(mean2, std2^2 I))`` per sample (nats, ``(B,)``); stds ``(B,)``, or shaped
+    like the means for diagonal covariances (a learned variance)."""
+    if std1.ndim == 1 and std2.ndim == 1:
+        dim = mean1[0].numel()
+        ratio = (std1 / std2) ** 2
+        maha = batch_sum((mean1 - mean2) ** 2) / std2 ** 2
+        return 0.5 * (dim * (ratio - 1.0 - torch.log(ratio)) + maha)
+    std1, std2 = append_dims(std1, mean1.ndim), append_dims(std2, mean1.ndim)
+    ratio = ((std1 / std2) ** 2).expand_as(mean1)
+    return 0.5 * batch_sum(ratio - 1.0 - torch.log(ratio) + (mean1 - mean2) ** 2 / std2 ** 2)
 
 
 def gaussian_log_prob(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``log N(y; mean, std^2 I)`` per sample (nats, ``(B,)``); ``std`` has shape ``(B,)``."""
-    dim = y[0].numel()
-    return -0.5 * batch_sum((y - mean) ** 2) / std ** 2 - dim * (torch.log(std) + 0.5 * math.log(2 * math.pi))
+    """``log N(y; mean, std^2 I)`` per sample (nats, ``(B,)``); ``std`` has shape ``(B,)`` or that of ``y``."""
+    if std.ndim == 1:
+        dim = y[0].numel()
+        return -0.5 * batch_sum((y - mean) ** 2) / std ** 2 - dim * (torch.log(std) + 0.5 * math.log(2 * math.pi))
+    std = append_dims(std, y.ndim).expand_as(y)
+    return batch_sum(-0.5 * (y - mean) ** 2 / std ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi))
 
 
 def _log_normal_interval(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,9 @@ from scoresde.models.ema import ExponentialMovingAverage
 from scoresde.models.layers import check_labels, null_label
 from scoresde.models.registry import MODELS, get_model
 from scoresde.models.score_sde_import import from_score_sde, load_score_sde_checkpoint, unet_kwargs_from_score_sde_config
-from scoresde.models.utils import PARAMETERIZATIONS, get_model_fn, get_score_fn
+from scoresde.models.utils import PARAMETERIZATIONS, get_model_fn, get_score_fn, get_variance_fn, learns_variance
 
-__all__ = ["get_score_fn", "get_model_fn", "get_model", "MODELS", "ExponentialMovingAverage", "PARAMETERIZATIONS",
+__all__ = ["get_score_fn", "get_variance_fn", "learns_variance", "get_model_fn", "get_model", "MODELS", "ExponentialMovingAverage", "PARAMETERIZATIONS",
            "null_label", "check_labels", "get_logits_fn", "classifier_loss",
            "load_score_sde_checkpoint", "unet_kwargs_from_score_sde_config", "from_score_sde",
            "from_diffusers", "load_diffusers_dir", "to_diffusers_scheduler_config", "diffusers_times"]

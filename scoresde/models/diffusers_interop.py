@@ -20,7 +20,7 @@ from typing import Callable, Mapping, NamedTuple, Tuple
 import torch
 from torch import nn
 
-from scoresde.models.utils import get_score_fn, trained_marginal
+from scoresde.models.utils import get_score_fn, get_variance_fn, trained_marginal
 from scoresde.sde_lib import SDE, TabulatedVPSDE, VPSDE, subVPSDE
 from scoresde.sde_lib.predictions import score_from_x0, x0_from_score
 from scoresde.utils import check_choice
@@ -40,7 +40,9 @@ _UNSUPPORTED_TRUE = {
     "rescale_betas_zero_snr": "zero-terminal-SNR betas (alpha_bar = 0 at the last level: no Gaussian prior)",
     "use_flow_sigmas": "flow-matching sigmas (not a VP process)",
 }
-_UNSUPPORTED_VARIANCES = ("learned", "learned_range")
+_UNSUPPORTED_VARIANCES = ("learned",)
+# Nichol & Dhariwal's learned variance: the UNet's second half of channels interpolates log beta_tilde, log beta
+LEARNED_RANGE = "learned_range"
 
 
 def _diffusers():
@@ -56,6 +58,7 @@ class SchedulerSpec(NamedTuple):
     betas: torch.Tensor              # float32, as the scheduler's ``betas``
     parameterization: str            # "eps" | "x0" | "v"
     clip_range: float | None         # clamp the data prediction to [-r, r] (diffusers' clip_sample), or None
+    learned_variance: bool = False   # variance_type "learned_range": 2 C output channels (eps, v)
 
 
 def scheduler_spec(scheduler, clip_sample: bool | None = None) -> SchedulerSpec:
@@ -78,11 +81,13 @@ def scheduler_spec(scheduler, clip_sample: bool | None = None) -> SchedulerSpec:
         if config.get(key):
             raise ValueError(f"scheduler {key}=True is not supported: {what}")
     if config.get("variance_type") in _UNSUPPORTED_VARIANCES:
-        raise ValueError(f"variance_type {config['variance_type']!r} is not supported: the toolkit's samplers use "
-                         f"fixed variances (fixed_small = ancestral 'posterior', fixed_large = 'forward')")
+        raise ValueError(f"variance_type {config['variance_type']!r} is not supported; supported: fixed_small "
+                         f"(ancestral 'posterior'), fixed_large ('forward') and {LEARNED_RANGE!r} (a learned "
+                         f"variance, Nichol & Dhariwal 2021)")
     betas = getattr(scheduler, "betas", None)
     betas = betas.detach().to("cpu", torch.float32) if torch.is_tensor(betas) else _betas_from_config(config)
-    return SchedulerSpec(betas, PREDICTION_TYPES[prediction], _clip_range(config, clip_sample))
+    return SchedulerSpec(betas, PREDICTION_TYPES[prediction], _clip_range(config, clip_sample),
+                         config.get("variance_type") == LEARNED_RANGE)
 
 
 def _scheduler_config(scheduler) -> Tuple[str | None, dict]:
@@ -121,9 +126,10 @@ class DiffusersUNet(nn.Module):
     """A diffusers ``UNet2DModel`` as a toolkit network, ``forward(x, noise_label, cond=None)``: the label is
     its (possibly fractional) DDPM timestep and ``cond`` its ``class_labels``."""
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, unet: nn.Module, learn_variance: bool = False):
         super().__init__()
         self.unet = unet
+        self.learn_variance = bool(learn_variance)   # outputs (eps, v): models.get_score_fn splits them
         self.conditional = getattr(unet, "class_embedding", None) is not None
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,18 +150,24 @@ def from_diffusers(unet: nn.Module, scheduler, clip_sample: bool | None = None,
     ``epsilon`` / ``sample`` / ``v_prediction`` output becomes a score with that level's ``alpha_bar``;
     ``continuous=True`` passes the fractional timestep ``t (N - 1) / T`` and the interpolated ``alpha_t``
     instead (smooth in ``t``; the same on the levels' times). ``clip_sample`` as in ``scheduler_spec``.
-    Unsupported schedules, prediction types, thresholding, learned variances: ``ValueError``.
+    ``variance_type="learned_range"`` (a UNet of ``2 C`` output channels, Nichol & Dhariwal 2021): the score
+    uses the first ``C``, and ``score_fn.variance_fn(x, t, chain=None, cond=None)`` gives the learned
+    ``Sigma_theta = exp(v log beta + (1 - v) log beta_tilde)`` with ``v = (out + 1) / 2`` of the others, which
+    ``ddpm_sample`` and the chain's bounds use (diffusers' ``_get_variance``, except at level 0, where
+    ``beta_tilde_0 = 0`` is replaced by ``beta_tilde_1`` as Nichol & Dhariwal do, not by 1e-20).
+    Unsupported schedules, prediction types, thresholding, ``variance_type="learned"``: ``ValueError``.
     """
     unet_cls = _diffusers().UNet2DModel
     if not isinstance(unet, unet_cls):
         raise ValueError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}")
-    channels_in, channels_out = unet.config.in_channels, unet.config.out_channels
-    if channels_out != channels_in:
-        raise ValueError(f"the UNet predicts {channels_out} channels for {channels_in} input channels "
-                         f"(a learned variance?); from_diffusers needs out_channels == in_channels")
     spec = scheduler_spec(scheduler, clip_sample)
+    channels_in, channels_out = unet.config.in_channels, unet.config.out_channels
+    if channels_out != channels_in * (2 if spec.learned_variance else 1):
+        raise ValueError(f"the UNet predicts {channels_out} channels for {channels_in} input channels; "
+                         f"from_diffusers needs out_channels == in_channels, or 2 x in_channels with the "
+                         f"scheduler's variance_type={LEARNED_RANGE!r} (got {spec.learned_variance and LEARNED_RANGE or 'fixed'})")
     sde = TabulatedVPSDE(spec.betas)
-    net = DiffusersUNet(unet)
+    net = DiffusersUNet(unet, learn_variance=spec.learned_variance)
     continuous = bool(continuous)
 
     def score_fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,6 +180,12 @@ def from_diffusers(unet: nn.Module, scheduler, clip_sample: bool | None = None,
         x0 = x0_from_score(x, score, coeffs).clamp(-spec.clip_range, spec.clip_range)
         return score_from_x0(x, x0, coeffs)
 
+    if spec.learned_variance:
+        def variance_fn(x: torch.Tensor, t: torch.Tensor, chain: SDE | None = None,
+                        cond: torch.Tensor | None = None) -> torch.Tensor:
+            return get_variance_fn(sde, net, continuous=continuous, cond=cond)(x, t, chain)
+
+        score_fn.variance_fn = variance_fn
     return sde, score_fn
 
 

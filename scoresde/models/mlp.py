@@ -42,7 +42,8 @@ class MLP(nn.Module):
                  n_blocks: int,                 # residual blocks
                  embedding_type: str,           # "positional" | "fourier"
                  fourier_scale: float,          # std of the Fourier features
-                 num_classes: int = 0):         # class-conditional when > 0
+                 num_classes: int = 0,          # class-conditional when > 0
+                 learn_variance: bool = False):  # 2 D outputs: eps and the variance interpolation v
         super().__init__()
         dim, hidden = check_int("dim", dim, 1), check_int("hidden", hidden, 1)
         n_blocks = check_int("n_blocks", n_blocks, 0)
@@ -52,7 +53,9 @@ class MLP(nn.Module):
         self.linear_in = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList([ResidualBlock(hidden) for _ in range(n_blocks)])
         self.norm_out = nn.LayerNorm(hidden)
-        self.linear_out = nn.Linear(hidden, dim)
+        # Nichol & Dhariwal 2021, Sec. 3.1: the output doubles to (eps, v) when the variance is learned
+        self.learn_variance = bool(learn_variance)
+        self.linear_out = nn.Linear(hidden, dim * (2 if self.learn_variance else 1))
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:

@@ -91,13 +91,17 @@ class UNet(nn.Module):
                  progressive: str,              # output pyramid: "none" | "output_skip" | "residual"
                  progressive_input: str,        # input pyramid: "none" | "input_skip" | "residual"
                  progressive_combine: str,      # "sum" | "cat"
-                 num_classes: int = 0):         # class-conditional when > 0
+                 num_classes: int = 0,          # class-conditional when > 0
+                 learn_variance: bool = False):  # 2 C outputs: eps and the variance interpolation v
         super().__init__()
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
         _validate(in_channels, image_size, nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resblock_type,
                   embedding_type, fourier_scale, progressive, progressive_input, progressive_combine,
                   num_classes)
         self.in_channels, self.image_size, self.num_res_blocks = in_channels, image_size, num_res_blocks
+        # Nichol & Dhariwal 2021, Sec. 3.1: the output doubles to (eps, v) when the variance is learned
+        self.learn_variance = bool(learn_variance)
+        self.out_channels = in_channels * (2 if self.learn_variance else 1)
         self.resblock_type, self.skip_rescale = resblock_type, skip_rescale
         self.progressive, self.progressive_input = progressive, progressive_input
         self.resolutions = [image_size // 2 ** i for i in range(len(ch_mult))]
@@ -112,7 +116,7 @@ class UNet(nn.Module):
         ch = self._build_decoder(nf, ch_mult, attn_resolutions, skip_channels, init_scale)
         self.head = None
         if progressive != "output_skip":
-            self.head = nn.Sequential(group_norm(ch), nn.SiLU(), conv2d(ch, in_channels, init_scale=init_scale))
+            self.head = nn.Sequential(group_norm(ch), nn.SiLU(), conv2d(ch, self.out_channels, init_scale=init_scale))
 
     # -------------------------------------------------------------------------------------------- build
     def _make_factories(self, nf, dropout, fir, fir_kernel, skip_rescale, resamp_with_conv, init_scale, combine):
@@ -192,8 +196,8 @@ class UNet(nn.Module):
                                    else self._pyramid_up(in_ch=pyramid_ch, out_ch=ch))
         if self.progressive == "output_skip":
             stage["pyramid_norm"] = group_norm(ch)
-            stage["pyramid_conv"] = conv2d(ch, self.in_channels, init_scale=init_scale)
-            return self.in_channels
+            stage["pyramid_conv"] = conv2d(ch, self.out_channels, init_scale=init_scale)
+            return self.out_channels
         if is_first:  # "residual": the first pyramid image is a projection of the features
             stage["pyramid_norm"] = group_norm(ch)
             stage["pyramid_conv"] = conv2d(ch, ch)

@@ -54,6 +54,9 @@ def get_score_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bo
     The maps are ``sde_lib.predictions``. The network sees ``sde.noise_label(t, continuous)``: ``999 t`` or
     the DDPM timestep for VP, ``sigma(t)`` or the NCSN sigma index for VE. Discrete models use the
     discrete chain's ``sigma_i``. ``cond`` reaches the network only when given (``model(x, labels)`` else).
+    A network with ``learn_variance`` (``2 C`` output channels) gives its first half to the score; the
+    second is the variance (``get_variance_fn``), and ``score_fn.with_variance(x, t, chain=None) ->
+    (score, Sigma_theta)`` gives both from one network call (the hybrid loss).
     """
     parameterization = parameterization or sde.default_parameterization
     check_choice("parameterization", parameterization, PARAMETERIZATIONS)
@@ -67,11 +70,24 @@ def get_score_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bo
         coeffs = trained_marginal(sde, t, continuous, x, derivatives=parameterization == "velocity")
         if parameterization == "edm":
             return _edm_score(model_fn, x, labels, cond, coeffs, sigma_data)
-        out = model_fn(x, labels, cond)
+        return _output_score(model_fn(x, labels, cond), x, coeffs)
+
+    def _output_score(out: torch.Tensor, x: torch.Tensor, coeffs: PathCoeffs) -> torch.Tensor:
+        out = eps_half(model, out)
         if parameterization == "score":
             return out / coeffs.sigma if scale_by_sigma else out
         return predictions.to_score(parameterization, x, out, coeffs)
 
+    def score_and_variance(x: torch.Tensor, t: torch.Tensor, chain: SDE | None = None):
+        out = model_fn(x, sde.noise_label(t, continuous), cond)
+        score = _output_score(out, x, trained_marginal(sde, t, continuous, x))
+        return score, (chain or sde).learned_variance(t, (out.chunk(2, dim=1)[1] + 1.0) / 2.0)
+
+    if learns_variance(model):
+        if parameterization in ("edm", "velocity"):
+            raise ValueError(f"a learned variance needs parameterization eps, x0, score or v, got {parameterization!r}")
+        score_fn.with_variance = score_and_variance
+        score_fn.variance_fn = lambda x, t, chain=None: score_and_variance(x, t, chain)[1]
     return score_fn
 
 
@@ -83,3 +99,31 @@ def _edm_score(model_fn: Callable, x: torch.Tensor, labels: torch.Tensor, cond: 
     x_hat = x / coeffs.alpha
     denoised = c.c_skip * x_hat + c.c_out * model_fn(c.c_in * x_hat, labels, cond)
     return predictions.score_from_x0(x, denoised, coeffs)
+
+
+def learns_variance(model: nn.Module) -> bool:
+    """Whether ``model`` outputs a variance besides its prediction (``learn_variance=True``)."""
+    return bool(getattr(model, "learn_variance", False))
+
+
+def eps_half(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """The prediction half of a learned-variance network's output (channels ``[:C]``), else ``out``."""
+    return out.chunk(2, dim=1)[0] if learns_variance(model) else out
+
+
+def get_variance_fn(sde: SDE, model: nn.Module, train: bool = False, continuous: bool = True,
+                    cond: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
+    """``variance_fn(x, t, chain=None) -> Sigma_theta(x, t)`` (shaped like ``x``) of a network with
+    ``learn_variance``: its second output half ``out_v`` read as ``v = (out_v + 1) / 2`` and
+    ``Sigma = exp(v log beta_i + (1 - v) log beta_tilde_i)`` on the levels of ``chain`` (default ``sde``;
+    a respaced chain of it interpolates its own ``beta`` and ``beta_tilde``; Nichol & Dhariwal 2021,
+    eq. 15 and Sec. 4). The network sees ``sde.noise_label(t, continuous)``."""
+    if not learns_variance(model):
+        raise ValueError("get_variance_fn needs a network built with learn_variance=True (2 C output channels)")
+    model_fn = get_model_fn(model, train=train)
+
+    def variance_fn(x: torch.Tensor, t: torch.Tensor, chain: SDE | None = None) -> torch.Tensor:
+        out_v = model_fn(x, sde.noise_label(t, continuous), cond).chunk(2, dim=1)[1]
+        return (chain or sde).learned_variance(t, (out_v + 1.0) / 2.0)
+
+    return variance_fn

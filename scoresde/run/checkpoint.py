@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2          # 1: before checkpoints stored their options
 CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "loader", "rng", "meta", "options", "config")
+# keys only some runs write: the vlb loss's level sampler (its terms' history)
+OPTIONAL_CHECKPOINT_KEYS = ("level_sampler",)
 UPGRADE_COMMAND = "python -m scoresde.cli.upgrade --workdir <workdir>"
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 _TMP_PREFIX = ".tmp-"
@@ -261,7 +263,8 @@ def read_checkpoint(path: Path) -> dict:
     if isinstance(state, dict) and state.get("format") == 1 and "options" not in state:
         raise ValueError(f"{path} was written before checkpoints stored their options (format 1); add them "
                          f"with {UPGRADE_COMMAND}")
-    check_keys(state, CHECKPOINT_KEYS, str(path))
+    check_keys({k: v for k, v in state.items() if k not in OPTIONAL_CHECKPOINT_KEYS} if isinstance(state, dict)
+               else state, CHECKPOINT_KEYS, str(path))
     if state["format"] != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {state['format']!r}, this code reads {FORMAT_VERSION}")
     return state

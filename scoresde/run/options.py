@@ -105,9 +105,10 @@ def shape_kwargs(data_shape: tuple) -> dict:
 # ---------------------------------------------------------------------------------------- loss
 @dataclass(frozen=True)
 class LossOptions:
-    name: str                      # a name in train.losses.LOSSES: dsm | ddpm | smld | v | flow | edm | classifier
+    name: str                      # a name in train.losses.LOSSES: dsm | ddpm | smld | v | flow | edm | classifier | hybrid | vlb
     kwargs: Mapping                # the loss function's arguments (reduce, weighting, eps)
     noise_kwargs: Mapping          # the matching noise drawer's arguments
+    level_sampling: bool = False   # vlb: levels importance-sampled from their terms' history (train.level_sampler)
 
     @property
     def fn(self) -> Callable[..., torch.Tensor]:
@@ -125,7 +126,12 @@ class LossOptions:
         if self.name == "classifier":
             return ("cross-entropy -log p_phi(y | x_t, t) of the noise-conditional classifier (nats per item; "
                     "Song et al. 2021, App. I.1); lower is better")
-        if self.name in ("flow", "edm", "v"):
+        if self.name in ("hybrid", "vlb"):
+            what = {"hybrid": f"the hybrid loss L_simple + {self.kwargs.get('vlb_weight')} L_vlb (Nichol & Dhariwal "
+                              f"2021, Sec. 3.1; L_vlb in bits/dim with reduce_mean)",
+                    "vlb": "one level's term of the variational bound L_vlb (Nichol & Dhariwal 2021), weighted "
+                           "1 / (N p_t) when levels are importance-sampled"}[self.name]
+        elif self.name in ("flow", "edm", "v"):
             what = {"flow": "conditional flow matching ||v_theta - (alpha' x_0 + sigma' z)||^2 (Lipman et al. 2023)",
                     "edm": "EDM's weighted denoising loss (Karras et al. 2022, eq. 8)",
                     "v": "DDPM's loss on the v target ||v - v_theta||^2 (Salimans & Ho 2022)"}[self.name]
@@ -183,6 +189,8 @@ SAMPLING_METHODS.register("ddim", SamplingMethod(samplers.ddim_sample, lambda s:
     "steps": s.steps, "eta": s.eta, "denoise": s.denoise, "eps": s.eps, "thresholding": s.threshold}))
 SAMPLING_METHODS.register("edm", SamplingMethod(samplers.edm_sample, lambda s: {
     "steps": s.steps, "churn": s.churn, "s_noise": s.s_noise, "eps": s.eps}))
+SAMPLING_METHODS.register("ddpm", SamplingMethod(samplers.ddpm_sample, lambda s: {
+    "steps": s.steps, "variance": s.ddpm_variance}))
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,7 @@ class SamplerOptions:
     inpaint_method: str = "replacement"    # replacement | repaint
     resample: int = 1                      # repaint's U
     inpaint_data: str | None = None        # a .npz of items to inpaint / colorize; None = held-out data
+    ddpm_variance: str = "posterior"       # ddpm: posterior | forward when the model learns no variance
 
     @property
     def imputation_kwargs(self) -> dict:
@@ -249,6 +258,7 @@ class BoundOptions:
     variance: str = "forward"      # vlb / iw: forward | posterior
     decoder: str = "density"       # vlb / iw: density | discretized
     score_times: str = "log_snr"   # vlb / iw: grid (discrete-time models) | log_snr (continuous-time models)
+    chain_steps: int = 0           # vlb / iw: the chain respaced to this many levels; 0 = all N
     eps: float = 1e-5              # elbo: the bound is on log p_eps
 
 

@@ -76,6 +76,9 @@ def accelerated_score_fn(score_fn, accel: Accel, device: torch.device):
             out = score_fn(x, t)
         return out.to(x.dtype)
 
+    for name in ("variance_fn", "with_variance"):      # a learned variance travels with its score
+        if hasattr(score_fn, name):
+            setattr(score, name, getattr(score_fn, name))
     return score
 
 

@@ -10,6 +10,8 @@
   ``sde_dpm_solver``: SDE-DPM-Solver++ (``sde_dpm_solver_sample``);
   ``unipc``: UniPC (``unipc_sample``); they share ``solver``'s signature and set-up.
 - ``ddim``: DDIM with its stochastic ``eta`` (``ddim_sample``).
+- ``ddpm``: DDPM's ancestral sampler on the full or a respaced chain, fixed or learned variances
+  (``ddpm_sample``; Nichol & Dhariwal 2021).
 - ``edm``: EDM's Heun and stochastic (churn) samplers (``edm_sample``).
 - ``schedules``: every time / noise-level grid (``get_time_steps``, ``SKIP_TYPES``, ``karras_sigmas``);
   ``time_grid``: grids fitted to a score (``optimize_time_grid``).
@@ -35,6 +37,7 @@ from scoresde.likelihood import (TRACES, VLBTerms, bits_per_dim, bits_per_dim_bo
                                  iw_log_weights, log_likelihood, vlb_terms)
 from scoresde.samplers.correctors import CORRECTORS, Corrector, register_corrector
 from scoresde.samplers.ddim import ddim_sample
+from scoresde.samplers.ddpm import ddpm_sample
 from scoresde.samplers.dpm_solver import dpm_solver_sample
 from scoresde.samplers.edm import edm_sample
 from scoresde.samplers.fast import SOLVERS as FAST_SOLVERS
@@ -54,7 +57,7 @@ from scoresde.samplers.time_grid import TimeGridFit, fit_time_grids, optimize_ti
 from scoresde.samplers.unipc import UNIPC_VARIANTS, unipc_sample
 
 __all__ = ["pc_sample", "ode_sample", "ode_encode", "fast_sample", "dpm_solver_sample", "sde_dpm_solver_sample",
-           "unipc_sample", "ddim_sample", "get_time_steps", "log_likelihood", "bits_per_dim", "check_pc_options",
+           "unipc_sample", "ddim_sample", "ddpm_sample", "get_time_steps", "log_likelihood", "bits_per_dim", "check_pc_options",
            "register_predictor", "register_corrector", "PREDICTORS", "CORRECTORS", "Predictor", "Corrector",
            "SKIP_TYPES", "UNIPC_VARIANTS", "FAST_ORDERS", "ODE_METHODS", "TRACES", "edm_sample", "karras_sigmas",
            "FAST_SOLVERS", "classifier_free_guidance", "classifier_guidance", "classifier_log_prob_fn",

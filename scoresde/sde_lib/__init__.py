@@ -3,6 +3,7 @@ from scoresde.sde_lib.base import SDE, ReverseSDE
 from scoresde.sde_lib.mixture import GaussianMixture
 from scoresde.sde_lib.labelled import LabelledGaussianMixture, condition_mixture, marginal_mixture
 from scoresde.sde_lib.paths import EDMSDE, PathSDE, RectifiedFlow
+from scoresde.sde_lib.respace import RespacedSDE, respace, space_levels  # a chain on K of its N levels
 from scoresde.sde_lib.tabulated import TabulatedVPSDE  # any DDPM beta table, e.g. a diffusers scheduler's
 from scoresde.utils import Registry, append_dims
 from scoresde.sde_lib.ve import VESDE
@@ -26,4 +27,4 @@ def get_sde(name: str, **kwargs) -> SDE:
 __all__ = ["SDE", "ReverseSDE", "VPSDE", "subVPSDE", "VESDE", "CosineVPSDE", "GaussianMixture",
            "SDES", "get_sde", "Registry", "append_dims",
            "LabelledGaussianMixture", "condition_mixture", "marginal_mixture",
-           "RectifiedFlow", "EDMSDE", "PathSDE", "TabulatedVPSDE"]
+           "RectifiedFlow", "EDMSDE", "PathSDE", "TabulatedVPSDE", "RespacedSDE", "respace", "space_levels"]

@@ -19,7 +19,7 @@ from scoresde.utils import append_dims, batch_sum, check_choice, check_int, chec
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Float round-off allowed when mapping a time to its discrete index, in units of one grid step.
-_INDEX_TOL = 1e-4
+INDEX_TOL = 1e-4
 
 
 class SDE(abc.ABC):
@@ -131,8 +131,14 @@ class SDE(abc.ABC):
         The floor (as in score_sde) maps the PC grid ``linspace(T, eps, N)`` one-to-one onto
         ``N-1, ..., 0``; the small tolerance absorbs float round-off of times on the grid.
         """
-        idx = torch.floor(t.double() * (self.N - 1) / self.T + _INDEX_TOL).long()
+        idx = torch.floor(t.double() * (self.N - 1) / self.T + INDEX_TOL).long()
         return idx.clamp(0, self.N - 1)
+
+    def level_time(self, index: torch.Tensor) -> torch.Tensor:
+        """``t_i = i T / (N - 1)``: the time of chain level ``i`` (float64), where discrete models are
+        trained and where ``timestep_index`` maps back to ``i``. A respaced chain keeps its levels at the
+        original chain's times (``sde_lib.respace``)."""
+        return index.to(torch.float64) * (self.T / max(self.N - 1, 1))
 
     def _table(self, name: str, table: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """The discrete ``table`` cast to ``like``'s device and dtype, cached per (name, device, dtype)."""
@@ -178,26 +184,55 @@ class SDE(abc.ABC):
         ratio, var, _, _ = self._transition(t, x)
         return append_dims(ratio - 1, x.ndim) * x, var.sqrt()
 
+    def chain_variances(self, t: torch.Tensor, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(beta_i, beta_tilde_i)`` (``(B,)``) of the level of ``t``: the forward step's variance
+        ``sigma^2_{i|i-1}`` and the posterior's ``sigma_{i-1}^2 sigma^2_{i|i-1} / sigma_i^2``, the two ends of
+        Nichol & Dhariwal's (2021, eq. 15) learned range. ``beta_tilde_0 = 0`` is replaced by
+        ``beta_tilde_1``, as their ``posterior_log_variance_clipped`` does, so its log stays finite."""
+        if self.N < 2:
+            raise ValueError(f"the chain's variances need N >= 2 levels, got N={self.N}")
+        beta = self._transition(t, like)[1]
+        j = self.timestep_index(t).clamp(min=1)
+        (alpha_j, sigma_j), (alpha_p, sigma_p) = self.discrete_marginal(j, like), self.discrete_marginal(j - 1, like)
+        var_j = (sigma_j ** 2 - (alpha_j / alpha_p) ** 2 * sigma_p ** 2).clamp(min=0)
+        return beta, var_j * sigma_p ** 2 / sigma_j ** 2
+
+    def learned_variance(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``Sigma = exp(v log beta_i + (1 - v) log beta_tilde_i)`` (Nichol & Dhariwal 2021, eq. 15) for an
+        interpolation ``v`` in ``[0, 1]`` shaped like the data (``v = (out + 1) / 2`` of a network output
+        ``out`` in ``[-1, 1]``, their ``model_var_values``)."""
+        beta, beta_tilde = self.chain_variances(t, v)
+        log_beta, log_tilde = append_dims(torch.log(beta), v.ndim), append_dims(torch.log(beta_tilde), v.ndim)
+        return torch.exp(v * log_beta + (1.0 - v) * log_tilde)
+
     def ancestral_step(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor,
-                       variance: str = "posterior") -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std (``(B,)``) of ``x_{i-1}`` given ``x_i`` and a score, along the discrete chain.
+                       variance: str | torch.Tensor = "posterior") -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of ``x_{i-1}`` given ``x_i`` and a score, along the discrete chain.
 
         The mean is the posterior mean ``q(x_{i-1} | x_i, x_0)`` at Tweedie's
         ``x_0 = (x_i + sigma_i^2 score) / alpha_i``; for VP it equals DDPM's
         ``(x_i + beta_i score) / sqrt(1 - beta_i)`` (Ho et al. 2020, eq. 11), for VE SMLD's
         ``x_i + (sigma_i^2 - sigma_{i-1}^2) score``. ``variance="posterior"`` uses
         ``beta_tilde_i = sigma_{i-1}^2 sigma^2_{i|i-1} / sigma_i^2``; ``"forward"`` uses ``sigma^2_{i|i-1}``
-        (``beta_i`` for VP, Ho et al.'s other choice); the step to ``x_0`` adds no noise either way.
+        (``beta_i`` for VP, Ho et al.'s other choice); both give a std of shape ``(B,)``. A tensor is a
+        model's own variance ``Sigma_theta(x_i, t)`` (shape ``(B,)`` or that of ``x``, e.g. from
+        ``learned_variance``), and the std has its shape. The step to ``x_0`` adds no noise either way.
         """
-        check_choice("variance", variance, ("posterior", "forward"))
+        if not torch.is_tensor(variance):
+            check_choice("variance", variance, ("posterior", "forward"))
         ratio, var, (alpha_i, sigma_i), (alpha_prev, sigma_prev) = self._transition(t, x)
         x0 = (x + append_dims(sigma_i ** 2, x.ndim) * score) / append_dims(alpha_i, x.ndim)
         coef_x = ratio * sigma_prev ** 2 / sigma_i ** 2
         coef_x0 = alpha_prev * var / sigma_i ** 2
         mean = append_dims(coef_x, x.ndim) * x + append_dims(coef_x0, x.ndim) * x0
-        step_var = var * sigma_prev ** 2 / sigma_i ** 2 if variance == "posterior" else var
-        # the last step (to x_0, sigma_prev = 0) adds no noise with either variance (Ho et al. 2020, Alg. 2)
-        step_var = torch.where(sigma_prev > 0, step_var, torch.zeros_like(step_var))
+        if torch.is_tensor(variance):
+            step_var = variance.to(mean.dtype)
+            last = append_dims(sigma_prev > 0, step_var.ndim)
+        else:
+            step_var = var * sigma_prev ** 2 / sigma_i ** 2 if variance == "posterior" else var
+            last = sigma_prev > 0
+        # the last step (to x_0, sigma_prev = 0) adds no noise with any variance (Ho et al. 2020, Alg. 2)
+        step_var = torch.where(last, step_var, torch.zeros_like(step_var))
         return mean, step_var.sqrt()
 
     def langevin_alpha(self, t: torch.Tensor) -> torch.Tensor:

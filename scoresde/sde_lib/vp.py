@@ -91,7 +91,8 @@ class VPSDE(SDE):
 
     def marginal_coeffs(self, t) -> Tuple[torch.Tensor, torch.Tensor]:
         lmc = self.log_mean_coeff(t)
-        return lmc.exp(), (-torch.expm1(2.0 * lmc)).sqrt()
+        # clamp: round-off makes log alpha slightly positive at t = 0 on the cosine schedule (sigma NaN)
+        return lmc.exp(), (-torch.expm1(2.0 * lmc)).clamp(min=0.0).sqrt()
 
     def _time_from_integral(self, integral: torch.Tensor) -> torch.Tensor:
         """Solve ``int_0^t beta = beta_0 t + ½ (beta_1 - beta_0) t² = integral`` for ``t`` (stable root)."""

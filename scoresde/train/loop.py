@@ -35,12 +35,13 @@ from scoresde.run import checkpoint as ckpt, threads
 from scoresde.train.conditioning import draw_drop, drop_labels, loss_targets, network_fn
 from scoresde.run.drift import check_options_drift
 from scoresde.data.loader import ShardedBatchLoader
-from scoresde.run.distributed import DistContext, all_reduce_mean, barrier, wrap_model
+from scoresde.run.distributed import DistContext, all_gather_cat, all_reduce_mean, barrier, wrap_model
 from scoresde.run.generation import generate, sample_stats, write_samples
 from scoresde.evaluate.heldout import heldout_loss
 from scoresde.evaluate.features import check_feature_network
 from scoresde.evaluate.quality import QualityReference, heldout_reference, training_quality
 from scoresde.train.optim import optimize_step
+from scoresde.train.level_sampler import LevelSampler
 from scoresde.run.options import Accel, RunOptions
 from scoresde.data.pipeline import DataSpec, data_meta, load_data, to_data_space, to_model_space
 from scoresde.run.runtime import (GracefulStop, MetricsWriter, accelerated_score_fn, apply_accel, autocast,
@@ -114,6 +115,8 @@ class TrainRun:
     skips: SkipCounter | None = None
     curve_drawn: float = -math.inf            # time.monotonic() of the last loss-curve drawing
     quality_reference: QualityReference | None = None   # held-out features for training's KID / FD, once
+    level_sampler: LevelSampler | None = None  # vlb with importance sampling: the levels' term history
+    level_terms: tuple | None = None          # (levels, unweighted terms) of this rank's last batch
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -159,15 +162,17 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
     data = training_data_on(data, ctx.device)
     model = _build_network(options, data, ctx, accel)
     set_threads(train.threads, local_processes(), ctx.device)
+    sde = options.sde.build()
     run = TrainRun(
-        options=options, ctx=ctx, workdir=workdir, data=data, sde=options.sde.build(), model=model,
+        options=options, ctx=ctx, workdir=workdir, data=data, sde=sde, model=model,
         ema=ExponentialMovingAverage(model, decay=train.ema_rate), optimizer=options.optim.build(model.parameters()),
         loader=ShardedBatchLoader(len(data.train), train.batch_size, seed=options.seed, rank=ctx.rank,
                                   world_size=ctx.world_size, drop_last=True),
         generator=generator(options.seed, Stream.TRAIN, device=ctx.device), accel=accel,
         skips=SkipCounter.on(ctx.device),
         metrics=MetricsWriter(workdir / METRICS_FILE, enabled=ctx.is_main,
-                              tensorboard_dir=workdir / TENSORBOARD_DIR if train.tensorboard else None))
+                              tensorboard_dir=workdir / TENSORBOARD_DIR if train.tensorboard else None),
+        level_sampler=LevelSampler(sde.N) if options.loss.level_sampling else None)
     if ctx.is_main:
         run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temp_files(run.checkpoint_dir)
@@ -194,7 +199,8 @@ def checkpoint_state(run: TrainRun) -> dict:
     return {"format": ckpt.FORMAT_VERSION, "step": run.step, "model": run.model.state_dict(),
             "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(),
             "loader": run.loader.state_dict(), "rng": {"world_size": run.ctx.world_size, "ranks": rng},
-            "meta": data_meta(run.data), "options": run.options.to_json(), "config": run.options.config_json}
+            "meta": data_meta(run.data), "options": run.options.to_json(), "config": run.options.config_json,
+            **({} if run.level_sampler is None else {"level_sampler": run.level_sampler.state_dict()})}
 
 
 def last_good_checkpoint(run: TrainRun) -> str:
@@ -284,6 +290,11 @@ def restore_state(run: TrainRun, state: dict, path: Path) -> None:
     run.ema.load_state_dict(state["ema"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.loader.load_state_dict(state["loader"])
+    if run.level_sampler is not None:
+        if "level_sampler" not in state:
+            raise ValueError(f"{path} has no level sampler state, which training.loss='vlb' with "
+                             f"importance_sampling needs to resume exactly")
+        run.level_sampler.load_state_dict(state["level_sampler"])
     run.step = run.last_saved = int(state["step"])
     _restore_rng(run, state["rng"], path)
 
@@ -336,8 +347,9 @@ def loss_noise(run: TrainRun, x: torch.Tensor) -> dict:
     then, with label dropout, which labels become the null label (``drop``), from the same stream."""
     loss, size = run.options.loss, run.loader.global_batch_size
     gen = step_generator(run, Stream.NOISE)
+    sampler = {} if run.level_sampler is None else {"level_sampler": run.level_sampler}
     noise = loss.noise_fn(run.sde, (size,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype,
-                          **loss.noise_kwargs)
+                          **loss.noise_kwargs, **sampler)
     if run.options.train.label_dropout > 0:
         noise["drop"] = draw_drop(size, run.options.train.label_dropout, gen, x.device)
     return {k: memory_format(v[run.loader.local_rows], run.accel) for k, v in noise.items()}
@@ -350,6 +362,7 @@ def train_step(run: TrainRun, x: torch.Tensor, labels: torch.Tensor | None = Non
     if "drop" in noise:
         labels = drop_labels(labels, noise.pop("drop"), run.options.network.num_classes)
     loss = run.update(x, noise, labels)
+    record_level_terms(run)
     o = run.options.optim
     run.lr, run.grad_norm, run.skipped = optimize_step(run.optimizer, run.model.parameters(), run.step + 1, o.lr,
                                                        o.warmup, o.grad_clip, loss=loss)
@@ -357,6 +370,16 @@ def train_step(run: TrainRun, x: torch.Tensor, labels: torch.Tensor | None = Non
     run.step += 1
     run.skips.record(run.skipped, run.step)
     return loss
+
+
+def record_level_terms(run: TrainRun) -> None:
+    """Add the last batch's terms of every rank, in rank order, to the level sampler's history (the same
+    on every rank; finite terms only)."""
+    if run.level_sampler is None:
+        return
+    index, terms = (all_gather_cat(v, run.ctx) for v in run.level_terms)
+    finite = torch.isfinite(terms)
+    run.level_sampler.update(index[finite], terms[finite])
 
 
 # ---------------------------------------------------------------------------------------- the gradient step
@@ -370,6 +393,8 @@ def loss_function(run: TrainRun, cache: bool = True):
         with autocast(run.accel, device, cache=cache):
             per_sample = options.loss.fn(run.sde, fn, x, **noise, **options.loss.kwargs,
                                          **loss_targets(options, labels))
+        if run.level_sampler is not None:           # the unweighted L_t feed the sampler's history
+            run.level_terms = (noise["index"], (per_sample / noise["weight"]).detach())
         return per_sample.float().mean()
 
     return loss
@@ -479,7 +504,10 @@ def _synchronize(device: torch.device) -> None:
 
 
 def gradient_step(run: TrainRun) -> GradientStep:
-    """``training.compile``: the compiled step; else on one CUDA device the captured eager step; else eager."""
+    """``training.compile``: the compiled step; else on one CUDA device the captured eager step; else eager.
+    Importance-sampled levels run eagerly: their terms are read back after every step."""
+    if run.level_sampler is not None:
+        return GradientStep(run)
     if run.accel.compile:
         return CompiledGradientStep(run)
     if run.ctx.device.type == "cuda" and not run.ctx.distributed:

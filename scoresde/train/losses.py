@@ -15,6 +15,7 @@ same noise whatever the number of ranks).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -24,7 +25,7 @@ from scoresde.sde_lib import SDE
 from scoresde.utils import Registry, append_dims, check_choice
 from scoresde.sde_lib import predictions  # flow / v / EDM losses
 from scoresde.sde_lib.predictions import SIGMA_DATA, PathCoeffs
-from scoresde.utils import check_positive
+from scoresde.utils import check_float, check_positive
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 REDUCTIONS = ("mean", "sum")
@@ -148,6 +149,99 @@ def discrete_noise(sde: SDE, shape: tuple, *, generator: torch.Generator | None 
     """The ``index`` and ``z`` ``ddpm_loss`` / ``smld_loss`` would draw for a batch of ``shape``."""
     return {"index": _levels(sde, shape[0], generator, device),
             "z": torch.randn(shape, generator=generator, device=device, dtype=dtype)}
+
+
+# ----- Improved DDPM: the chain's variational terms with a learned variance ------------------------------
+LN2 = math.log(2.0)
+
+
+def _score_and_variance(score_fn: ScoreFn, loss: str):
+    """``score_fn.with_variance``: both outputs of a learned-variance network from one call."""
+    with_variance = getattr(score_fn, "with_variance", None)
+    if with_variance is None:
+        raise ValueError(f"training.loss {loss!r} needs a network with a learned variance "
+                         f"(model.learn_variance=True); allowed losses without one: ddpm, dsm, smld, v, ...")
+    return with_variance
+
+
+def vlb_level_terms(sde: SDE, x0: torch.Tensor, xt: torch.Tensor, index: torch.Tensor, score: torch.Tensor,
+                    variance: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
+    """``L_{i-1} = KL(q(x_{i-1} | x_i, x_0) || N(mu_theta, Sigma_theta))`` at levels ``i >= 1`` and the
+    decoder's ``L_0 = -log N(x_0; mu_theta, Sigma_theta)`` at level 0 (a density), per sample: with
+    ``reduce="mean"`` in bits per dimension as Nichol & Dhariwal's ``L_vlb`` (their ``mean_flat / log 2``),
+    with ``"sum"`` in nats. ``mu_theta`` is the ancestral step's mean from ``score``; ``variance``
+    (``Sigma_theta``) is shaped like ``x0``."""
+    check_choice("reduce", reduce, REDUCTIONS)
+    t = sde.level_time(index).to(x0.dtype)
+    alpha, sigma = sde.discrete_marginal(index, x0)
+    exact = -(xt - append_dims(alpha, x0.ndim) * x0) / append_dims(sigma ** 2, x0.ndim)
+    mean_q, std_q = sde.ancestral_step(xt, t, exact, variance="posterior")
+    mean_p, _ = sde.ancestral_step(xt, t, score, variance="posterior")
+    first = append_dims(index == 0, x0.ndim)
+    var_q = append_dims(std_q ** 2, x0.ndim).expand_as(x0)
+    var_q = torch.where(first, torch.ones_like(var_q), var_q)
+    log_var = torch.log(variance)
+    # per element: Gaussian KL (Nichol & Dhariwal's normal_kl) and, at level 0, the decoder's NLL
+    kl = 0.5 * (log_var - torch.log(var_q) + (var_q + (mean_q - mean_p) ** 2) / variance - 1.0)
+    nll = 0.5 * ((x0 - mean_p) ** 2 / variance + log_var + math.log(2 * math.pi))
+    per_element = torch.where(first, nll, kl)
+    flat = per_element.reshape(x0.shape[0], -1)
+    return flat.mean(dim=1) / LN2 if reduce == "mean" else flat.sum(dim=1)
+
+
+def _chain_point(sde: SDE, x0: torch.Tensor, index: torch.Tensor | None, z: torch.Tensor | None, generator):
+    if index is None:
+        index = _levels(sde, x0.shape[0], generator, x0.device)
+    z = _noise(x0, z, generator)
+    alpha, sigma = sde.discrete_marginal(index, x0)
+    xt = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * z
+    return index, z, xt, sigma, sde.level_time(index).to(x0.dtype)
+
+
+@LOSSES.register("hybrid")
+def hybrid_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "mean",
+                vlb_weight: float = 0.001, generator: torch.Generator | None = None,
+                index: torch.Tensor | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+    """``L_hybrid = L_simple + lambda L_vlb`` (Nichol & Dhariwal 2021, Sec. 3.1), per sample, at uniform
+    levels: ``L_simple = ||eps - eps_theta||^2`` trains the mean, and the level's variational term
+    (``vlb_level_terms``) with the mean's gradient stopped trains only the variance; ``lambda =
+    vlb_weight``. ``score_fn`` needs ``with_variance`` (``models.get_score_fn`` of a ``learn_variance``
+    network)."""
+    check_choice("reduce", reduce, REDUCTIONS)
+    vlb_weight = check_float("vlb_weight", vlb_weight, 0.0)
+    with_variance = _score_and_variance(score_fn, "hybrid")
+    index, z, xt, sigma, t = _chain_point(sde, x0, index, z, generator)
+    score, variance = with_variance(xt, t)
+    simple = _reduce((append_dims(sigma, x0.ndim) * score + z) ** 2, reduce)
+    return simple + vlb_weight * vlb_level_terms(sde, x0, xt, index, score.detach(), variance, reduce)
+
+
+@LOSSES.register("vlb")
+def vlb_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce: str = "mean",
+             generator: torch.Generator | None = None, index: torch.Tensor | None = None,
+             z: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``L_vlb``'s term of one level per sample, mean and variance both trained (Nichol & Dhariwal 2021,
+    Sec. 3.3), times ``weight`` (``1 / (N p_i)`` of importance-sampled levels, ``train.level_sampler``);
+    uniform levels when ``index`` is not given."""
+    with_variance = _score_and_variance(score_fn, "vlb")
+    index, z, xt, _, t = _chain_point(sde, x0, index, z, generator)
+    score, variance = with_variance(xt, t)
+    terms = vlb_level_terms(sde, x0, xt, index, score, variance, reduce)
+    return terms if weight is None else weight * terms
+
+
+NOISE.register("hybrid", discrete_noise)
+
+
+@NOISE.register("vlb")
+def vlb_noise(sde: SDE, shape: tuple, *, level_sampler=None, generator: torch.Generator | None = None,
+              device=None, dtype=torch.float32) -> dict:
+    """The ``index``, ``z`` (and with a ``level_sampler``, its importance ``weight``) of ``vlb_loss``."""
+    if level_sampler is None:
+        return discrete_noise(sde, shape, generator=generator, device=device, dtype=dtype)
+    index, weight = level_sampler.draw(shape[0], generator=generator, device=device, dtype=dtype)
+    return {"index": index, "z": torch.randn(shape, generator=generator, device=device, dtype=dtype),
+            "weight": weight}
 
 
 def get_noise_fn(name: str) -> Callable[..., dict]:

@@ -51,7 +51,7 @@ def tiny_digits_config():
 @pytest.mark.parametrize("path, value, message", [
     ("training.sde", "vpsdee", r"config\.training\.sde must be one of \[.*'vpsde'"),
     ("sampling.predictor", "magic", r"config\.sampling\.predictor must be one of \[.*'euler_maruyama'"),
-    ("sampling.method", "gibbs", r"config\.sampling\.method must be one of \['ddim', 'edm', 'fast', 'ode', 'pc'\]"),
+    ("sampling.method", "gibbs", r"config\.sampling\.method must be one of \['ddim', 'ddpm', 'edm', 'fast', 'ode', 'pc'\]"),
     ("sampling.order", 7, r"config\.sampling\.order must be one of \[1, 2, 3\], got 7"),
     ("sampling.ode_method", "foo", r"config\.sampling\.ode_method must be one of \[.*'dopri5'"),
     ("eval.trace", "hutch", r"config\.eval\.trace must be one of"),
@@ -110,9 +110,15 @@ def test_every_field_is_mapped_and_every_mapped_field_exists():
         config.model.hidden, config.model.n_blocks = 16, 1
         return config
 
+    def hybrid_config():                                   # the field only the hybrid loss reads
+        return tiny_config(**TOY, **{"training.loss": "hybrid", "training.continuous": False,
+                                     "training.likelihood_weighting": False, "training.importance_sampling": False,
+                                     "model.learn_variance": True, "model.embedding_type": "positional"})
+
     edm_only = {"training.p_mean", "training.p_std"}
+    hybrid_only = {"training.vlb_weight"}
     for path in sorted(fields - model_fields):
-        make = edm_config if path in edm_only else tiny_toy_config
+        make = edm_config if path in edm_only else hybrid_config if path in hybrid_only else tiny_toy_config
         base, config = plain(make()), make()
         section, _, name = path.rpartition(".")
         node = config[section] if section else config
@@ -136,7 +142,8 @@ def _another_valid_value(path, default):
             "sampling.ode_method": "rk4", "eval.trace": "gaussian", "eval.method": "bosh3",
             "optim.optimizer": "adam", "sampling.mask": "right_half", "sampling.inpaint_method": "repaint",
             "sampling.inpaint_data": "items.npz", "sampling.classifier_workdir": "classifier",
-            "model.pretrained": "model_dir", "model.pretrained_config": "config.json"}.get(path, default)
+            "model.pretrained": "model_dir", "model.pretrained_config": "config.json",
+            "sampling.ddpm_variance": "forward"}.get(path, default)
 
 
 def _combination_ok(config):

@@ -278,7 +278,7 @@ def test_export_of_a_non_vp_process_is_an_error(sde):
     ({"prediction_type": "flow_prediction"}, "flow_prediction"),
     ({"thresholding": True}, "thresholding"),
     ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
-    ({"variance_type": "learned_range"}, "learned_range"),
+    ({"variance_type": "learned"}, "'learned' is not supported"),
     ({"clip_sample": True}, "clip_sample"),
     (diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction"), "flow"),
 ])
@@ -358,3 +358,53 @@ def test_toolkit_ddpmpp_network_runs_on_a_diffusers_schedule():
     assert torch.isfinite(x).all() and nfe == 51
     exported = diffusers.DDPMScheduler.from_config(models.to_diffusers_scheduler_config(sde))
     assert torch.equal(exported.betas, scheduler.betas)
+
+
+# ----- variance_type="learned_range" (Improved DDPM, Nichol & Dhariwal 2021) ------------------------------
+def learned_unet(in_channels=3, seed=0):
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=in_channels, out_channels=2 * in_channels,
+                                 block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).double().eval()
+
+
+def test_learned_range_unet_saved_loaded_and_stepped_as_ddpm_scheduler(tmp_path):
+    """A saved 6-channel UNet with a ``learned_range`` scheduler: the score is the eps half, the variance
+    diffusers' ``exp(_get_variance)`` (levels >= 1; at level 0 diffusers clamps beta_tilde_0 = 0 to 1e-20
+    where Nichol & Dhariwal, and the adapter, use beta_tilde_1), and one ``DDPMScheduler.step`` is the
+    ancestral step with it (same noise: one randn of x's shape each)."""
+    learned_unet().save_pretrained(tmp_path / "unet")
+    diffusers.DDPMScheduler(variance_type="learned_range", clip_sample=False).save_pretrained(tmp_path / "scheduler")
+    sde, score_fn, unet, scheduler = models.load_diffusers_dir(tmp_path)
+    unet, scheduler = unet.double(), _float64(scheduler)
+    x = torch.randn(2, 3, 8, 8, generator=_gen(0), dtype=torch.float64)
+    for timestep in (999, 400, 1):
+        t = _times(sde, timestep, 2)
+        with torch.no_grad():
+            out = unet(x, timestep).sample
+            score, var = score_fn(x, t), score_fn.variance_fn(x, t)
+            expected = scheduler.step(out, timestep, x, generator=_gen(1)).prev_sample
+        sigma = sde.discrete_sigmas_marginal[timestep]
+        assert_close64(score, -out[:, :3] / sigma)
+        assert_close64(var, torch.exp(scheduler._get_variance(timestep, predicted_variance=out[:, 3:])))
+        mean, std = sde.ancestral_step(x, t, score, variance=var)
+        assert_close64(mean + std * torch.randn(x.shape, generator=_gen(1), dtype=torch.float64), expected)
+
+
+def test_learned_range_variance_is_used_in_the_bound_and_the_sampler():
+    """``ddpm_vlb`` and ``ddpm_sample`` pick up the learned variance the score function carries: the same
+    numbers as with it passed explicitly, others than with either fixed variance."""
+    scheduler = _float64(diffusers.DDPMScheduler(num_train_timesteps=20, beta_end=0.2, clip_sample=False,
+                                                 variance_type="learned_range"))
+    sde, score_fn = models.from_diffusers(learned_unet(), scheduler)
+    x = torch.rand(2, 3, 8, 8, generator=_gen(0), dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        auto = samplers.ddpm_vlb(sde, score_fn, x, generator=_gen(1))[0]
+        explicit = samplers.ddpm_vlb(sde, score_fn, x, generator=_gen(1), variance_fn=score_fn.variance_fn)[0]
+        fixed = samplers.ddpm_vlb(sde, lambda x, t: score_fn(x, t), x, generator=_gen(1))[0]
+        assert torch.equal(auto, explicit) and not torch.allclose(auto, fixed)
+        y = samplers.ddpm_sample(sde, score_fn, (2, 3, 8, 8), steps=5, generator=_gen(2), dtype=torch.float64)[0]
+        z = samplers.ddpm_sample(sde, score_fn, (2, 3, 8, 8), steps=5, generator=_gen(2), dtype=torch.float64,
+                                 variance_fn=score_fn.variance_fn)[0]
+    assert torch.equal(y, z) and bool(torch.isfinite(y).all())

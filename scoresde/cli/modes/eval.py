@@ -100,7 +100,8 @@ def bound_lines(metrics: dict, options: RunOptions) -> list[str]:
     b, lines = options.eval.bounds, []
     names = [n for n in ("elbo", "vlb") if n in b.names] + [f"iw{k}" for k in b.iw_k if "iw" in b.names]
     unit, what = ("bpd", "bits/dim") if any(f"{n}_bpd" in metrics for n in names) else ("nll", "nll (nats)")
-    chain = f"{b.variance} variance, {b.decoder} decoder, N = {options.sde.kwargs['N']} levels"
+    levels = f"K = {b.chain_steps} of N = {options.sde.kwargs['N']}" if b.chain_steps else f"N = {options.sde.kwargs['N']}"
+    chain = f"{b.variance} variance (or the model's learned one), {b.decoder} decoder, {levels} levels"
     described = {"elbo": f"ELBO (continuous, Song, Durkan et al. 2021; {b.elbo_samples} draws of (t, +-z))",
                  "vlb": f"DDPM VLB (Ho et al. 2020; {b.vlb_levels or 'all'} levels per item; {chain})"}
     for name in names:
