@@ -9,6 +9,8 @@ training loop in the layering (they use ``samplers`` and ``models``, and nothing
 from scoresde.distill.consistency import (DISTANCES, ODE_STEPS, ConsistencyFunction, ConsistencyGrid, cd_loss,
                                           consistency_grid, consistency_sample, ct_loss, ct_steps, make_target,
                                           ode_step, pseudo_huber)
+from scoresde.distill.progressive import ddim_targets, progressive_loss, student_times
 
 __all__ = ["ConsistencyFunction", "ConsistencyGrid", "consistency_grid", "cd_loss", "ct_loss", "ct_steps",
-           "make_target", "ode_step", "pseudo_huber", "consistency_sample", "ODE_STEPS", "DISTANCES"]
+           "make_target", "ode_step", "pseudo_huber", "consistency_sample", "ODE_STEPS", "DISTANCES",
+           "progressive_loss", "ddim_targets", "student_times"]
