@@ -77,7 +77,7 @@ class ConsistencyFunction(nn.Module):
         """``(c_skip alpha_eps / alpha_t, c_out alpha_eps, c_in / alpha_t)``, float64 ``(B,)``: the factors
         of ``x``, of ``F`` and of the network's input. At ``t = eps`` they are exactly ``(1, 0, .)``."""
         alpha, s = scaled_noise(self.sde, t)
-        at_eps = t.to(torch.float64) == self.eps
+        at_eps = (t == torch.tensor(self.eps, dtype=t.dtype)).to(alpha.device)  # eps as t's dtype holds it
         # Song et al. 2023, App. C, in sigma^; the boundary is pinned against the round-off of sigma^(eps)
         delta = torch.where(at_eps, torch.zeros_like(s), s - self.sigma_min)
         sd2 = self.sigma_data ** 2
