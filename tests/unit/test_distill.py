@@ -239,8 +239,9 @@ def excess_mmd(x):
 
 @pytest.fixture(scope="module")
 def cd_student():
-    """A 64-wide MLP distilled for 600 Adam steps (batch 256) from the exact mixture score on VP, one DDIM
-    step per pair on a 40-level grid, EMA target with ``mu = 0.95``; ~12 s on a loaded 2-core CPU."""
+    """A 64-wide MLP distilled for 1200 Adam steps (batch 256, lr 2e-3) from the exact mixture score on VP,
+    one DDIM step per pair on a 40-level grid, EMA target with ``mu = 0.95``; 8-15 s on a loaded 2-core CPU.
+    At 600 steps the 1-NFE excess MMD^2 still varied from 0.002 to 0.05 with the seed (measured)."""
     torch.manual_seed(0)
     sde, mix = sde_lib.VPSDE(), make_test_mixture()
     f = ConsistencyFunction(mlp(64), sde, eps=1e-3, sigma_data=1.0)
@@ -248,7 +249,7 @@ def cd_student():
     grid = consistency_grid(sde, 40)
     opt = torch.optim.Adam(f.parameters(), lr=2e-3)
     g = gen(1)
-    for _ in range(600):
+    for _ in range(1200):
         loss = cd_loss(f, target.module, mix.score_fn(sde), mix.sample(256, generator=g), grid, generator=g,
                        solver="ddim").mean()
         opt.zero_grad()
@@ -258,9 +259,10 @@ def cd_student():
     return sde, f
 
 
-@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("steps", [1, 2, 4])
 def test_consistency_distillation_reaches_the_floor(cd_student, steps):
-    """Excess MMD^2 below 4e-3 at 1 and 2 NFE (measured in docs/distillation.md; fresh data: 0 +- 4e-4)."""
+    """Excess MMD^2 below 4e-3 at 1, 2 and 4 NFE (the permutation error bar is 4e-4; measured over four
+    seeds / settings: |excess| <= 3.2e-4 at every NFE, i.e. at the floor of fresh data)."""
     sde, f = cd_student
     x, nfe = consistency_sample(sde, f, (2000, 2), steps=steps, generator=gen(7))
     mmd, err = excess_mmd(x)
