@@ -194,15 +194,18 @@ def test_lognormal_level_sampling():
 
 
 # ----- sampling ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("near", [False, True], ids=["default_levels", "levels_near_sigma_min"])
 @pytest.mark.parametrize("steps", [1, 2, 4])
 @pytest.mark.parametrize("name", ["vp", "edm"])
-def test_multistep_sampling_with_the_exact_map_draws_p_eps(name, steps):
+def test_multistep_sampling_with_the_exact_map_draws_p_eps(name, steps, near):
     """With ``f*`` every step returns ``alpha_eps (mu + sigma^_eps w)``, ``w ~ N(0, I)``: the exact ``p_eps``.
-    Mean within 5 SE, std within 5% (SE of a std from 8000 values: 0.8%); the noise re-injected at each
-    level must be ``sqrt(sigma^_n^2 - sigma_min^2)`` for the variance to come out right."""
+    Mean within 5 SE, std within 5% (SE of a std from 8000 values: 0.8%). The noise re-injected at level
+    ``sigma^_n`` must be ``sqrt(sigma^_n^2 - sigma_min^2)``: at levels 2-8 ``sigma_min`` adding ``sigma^_n``
+    instead gives a std of ``sqrt(1.25) = 1.12`` at the last level 2 ``sigma_min``."""
     sde, eps = SDES[name]()
     f = ExactMap(sde, eps)
-    x, nfe = consistency_sample(sde, f, (4000, 2), steps=steps, generator=gen(6), dtype=torch.float64)
+    levels = [2.0 ** k * f.sigma_min for k in range(steps - 1, 0, -1)] if near else None
+    x, nfe = consistency_sample(sde, f, (4000, 2), steps=steps, levels=levels, generator=gen(6), dtype=torch.float64)
     assert nfe == steps and x.shape == (4000, 2)
     w = (x / f.alpha_eps - MU) / f.sigma_min
     assert w.mean(0).abs().max().item() < 5 / math.sqrt(4000)
