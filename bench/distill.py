@@ -74,7 +74,8 @@ def train_consistency(method: str, sde, mix, iters: int, seed: int, solver: str,
 
 def train_progressive(sde, mix, iters: int, seed: int, start: int, hidden: int, blocks: int):
     torch.manual_seed(seed)
-    times, teacher, net, g = get_time_steps(sde, start, 1e-3, "logSNR"), mix.score_fn(sde), mlp(hidden, blocks), gen(100 + seed)
+    times, teacher = get_time_steps(sde, start, 1e-3, "logSNR"), mix.score_fn(sde)
+    net, g = mlp(hidden, blocks), gen(100 + seed)
     while len(times) - 1 > 4:
         student = get_score_fn(sde, net, train=True, parameterization="v")
         opt = torch.optim.Adam(net.parameters(), lr=2e-3)
@@ -111,7 +112,8 @@ def main(argv=None) -> None:
         for method in args.methods.split(","):
             start = time.time()
             if method == "pd":
-                student, times = train_progressive(sde, mix, args.pd_iters, seed, args.pd_start, args.hidden, args.blocks)
+                student, times = train_progressive(sde, mix, args.pd_iters, seed, args.pd_start, args.hidden,
+                                                   args.blocks)
                 took = time.time() - start
                 x, nfe = ddim_sample(sde, student, (2000, 2), steps=4, times=times, denoise=False, generator=gen(7))
                 print(f"pd seed {seed} ({took:.0f} s, {args.pd_start} -> 4 steps): {nfe} NFE", quality(x, mix))

@@ -30,7 +30,7 @@ Losses return per-sample terms ``(B,)``; every random draw takes ``generator=``.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
