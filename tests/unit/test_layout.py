@@ -129,3 +129,16 @@ def test_the_wheel_installs_only_scoresde():
 def test_every_mode_is_reachable_from_the_command_line(mode):
     from scoresde.cli.main import MODES
     assert mode in MODES
+
+
+# The library's lower layers, bottom first: a module may import its own layer and those below, never one
+# above (nor train / evaluate / run / data / cli, which sit above them all).
+LAYERS = [{"utils"}, {"sde_lib"}, {"score", "integrate"}, {"models", "likelihood"}, {"samplers"}, {"distill"}]
+
+
+def test_lower_layers_import_only_downward():
+    level = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+    top = lambda name: name.split(".")[1] if "." in name else name  # noqa: E731
+    upward = sorted((name, target) for name, targets in import_graph().items() if top(name) in level
+                    for target in targets if level.get(top(target), len(LAYERS)) > level[top(name)])
+    assert upward == []
