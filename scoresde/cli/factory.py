@@ -18,7 +18,8 @@ def _data(config) -> DataOptions:
                        num_test=config.eval.num_samples, centered=d.centered,
                        uniform_dequantization=d.uniform_dequantization, random_flip=d.random_flip,
                        image_size=d.image_size, channels=d.channels, resize=d.resize,
-                       labels_from_folders=d.labels_from_folders, heldout_fraction=d.heldout_fraction)
+                       labels_from_folders=d.labels_from_folders, heldout_fraction=d.heldout_fraction,
+                       first_stage=d.first_stage)
 
 
 def _sde(config) -> SDEOptions:

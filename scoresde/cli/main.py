@@ -44,6 +44,7 @@ def evaluate_model(options: RunOptions, workdir: str | Path, ctx: DistContext, o
 MODES = {"train": train, "eval": evaluate_model, "sample": sample, "inpaint": inpaint, "colorize": colorize,
          "fid": fid}
 # ml_collections loads config files with the deprecated importlib load_module(): not the user's concern
+LATENT_MODES = ("train", "sample")   # the modes that take data.first_stage
 LOAD_MODULE_WARNING = r"the load_module\(\) method is deprecated"
 
 FLAGS = flags.FLAGS
@@ -87,6 +88,9 @@ def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mod
     if mode == "train" and options.network.pretrained is not None:
         raise ValueError("config.model.pretrained applies to eval, sample, inpaint, colorize and fid (it replaces the "
                          "work directory's checkpoints); --mode train trains the config's own network")
+    if options.data.first_stage and mode not in LATENT_MODES:
+        raise ValueError(f"--mode {mode} does not take data.first_stage yet (latent diffusion runs --mode "
+                         f"{' and '.join(LATENT_MODES)}; its likelihood bound is scoresde.likelihood.latent_bound)")
     check_workdir(workdir, mode, pretrained=options.network.pretrained is not None)
     ctx = init_distributed(options.device)
     quiet_other_ranks(ctx)

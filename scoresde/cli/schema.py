@@ -127,7 +127,7 @@ INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1, "eval.iw_k": 1}
 NUMBER_TUPLES = ("model.fir_kernel",)
 # fields holding a string (a path, a name or a spec that its mode parses)
 STRINGS = ("model.pretrained", "model.pretrained_config", "sampling.classifier_workdir", "eval.inception_weights", "eval.fid_reference",
-           "sampling.inpaint_data", "sampling.mask", "sampling.label", "data.root")
+           "sampling.inpaint_data", "sampling.mask", "sampling.label", "data.root", "data.first_stage")
 
 
 # ---------------------------------------------------------------------------------------- fields

@@ -21,6 +21,7 @@ from scoresde.cli.schema import (CHOICES, CLASSIFIERS, CONTINUOUS_LOSSES, FLOATS
                                  STRINGS, VARIANCE_LOSSES, is_config, leaf_fields, network_kwargs, schema_fields, sde_kwargs,
                                  unknown_field)
 from scoresde.data.datasets import IMAGE_DATASETS, dataset_classes, item_shape
+from scoresde.data.latents import check_first_stage
 from scoresde.evaluate.heldout import BOUND_NAMES, bounds_that_apply
 from scoresde.models import MODELS, get_model
 from scoresde.run.options import shape_kwargs
@@ -313,6 +314,23 @@ def _check_labels(config, sde: SDE) -> None:
                          f"use 'positional'")
 
 
+def check_first_stage_data(config) -> None:
+    """A first stage needs image data, encoded once: no per-step dequantisation noise or flips."""
+    d = config.data
+    if not d.first_stage:
+        return
+    if d.dataset not in IMAGE_DATASETS:
+        raise ValueError(f"config.data.first_stage applies to image data sets {sorted(IMAGE_DATASETS)}, got "
+                         f"data.dataset={d.dataset!r}")
+    if d.random_flip or d.uniform_dequantization:
+        raise ValueError("config.data.random_flip and data.uniform_dequantization must be False with "
+                         "data.first_stage (the images are encoded once, at the cell centres)")
+    if config.training.eval_quality_samples or config.eval.sample_quality:
+        raise ValueError("config.training.eval_quality_samples must be 0 and eval.sample_quality False with "
+                         "data.first_stage (sample quality of latent models is not implemented)")
+    data_shape(config)      # the pairing of first stage and data set, before the network is built
+
+
 def _check_network(config) -> None:
     """The network's own argument checks, on the meta device (no memory, no compute)."""
     name, dataset = config.model.name, config.data.dataset
@@ -320,8 +338,8 @@ def _check_network(config) -> None:
     rank = MODELS.get(name).data_rank
     if len(shape) != rank:
         kind = "vector data (D,)" if rank == 1 else "images (C, H, W)"
-        raise ValueError(f"config.model.name={name!r} takes {kind}, but data.dataset={dataset!r} has "
-                         f"items of shape {shape}")
+        items = f"latents (data.first_stage) of shape {shape}" if config.data.first_stage else f"items of shape {shape}"
+        raise ValueError(f"config.model.name={name!r} takes {kind}, but data.dataset={dataset!r} has {items}")
     try:
         with torch.device("meta"):
             get_model(name, **network_kwargs(leaf_fields(config), name), **shape_kwargs(shape))
@@ -337,6 +355,7 @@ def validate_config(config) -> None:
     check_conditioning(config)
     requested_bounds(config)
     check_num_scales(config)
+    check_first_stage_data(config)
     sde = _built_sde(config)
     _check_times(config, sde)
     _check_labels(config, sde)
@@ -347,7 +366,10 @@ def validate_config(config) -> None:
 def data_shape(config) -> tuple:
     """The shape of one item of ``config.data`` (an image folder's from data.channels and data.image_size)."""
     d = config.data
-    return item_shape(d.dataset, image_size=d.image_size, channels=d.channels)
+    shape = item_shape(d.dataset, image_size=d.image_size, channels=d.channels)
+    if d.first_stage:
+        return check_first_stage(d.first_stage, d.dataset, shape, d.centered)
+    return shape
 
 
 def data_classes(config) -> int:

@@ -61,6 +61,7 @@ def _data() -> ml_collections.ConfigDict:
     d.resize = "center_crop"       # folder: center_crop (largest centred square) | resize (squash); LANCZOS
     d.labels_from_folders = False  # folder: each sub-folder is a class (sorted names); saved in checkpoints
     d.heldout_fraction = 0.05      # folder: fraction of the files held out (a fixed seeded permutation)
+    d.first_stage = ""             # latent diffusion: a models.save_autoencoder file, or a folder with autoencoder.pt; the images are encoded once (cached beside it) and the model learns the latents ("" = pixel space)
     return d
 
 

@@ -11,6 +11,7 @@ Evaluation always dequantises uniformly, which the bits/dim bound requires.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import torch
 
 from scoresde.data.datasets import (NUM_CLASSES, TOY_DATASETS, ImageDataset, ToyDistribution, data_scaler, dequantize,
                                get_image_dataset, get_toy_dataset, inverse_data_scaler)
+from scoresde.data.latents import check_first_stage, decode_latents, encoded, latent_draw, load_first_stage
 from scoresde.run.options import DataOptions
 from scoresde.data.streams import Stream, generator
 
@@ -44,6 +46,10 @@ class DataSpec:
     test_labels: torch.Tensor | None = None
     num_classes: int = 0                # how many classes the labels have
     class_names: tuple = ()             # the name of each class, when the data set names them (image folders)
+    # latent diffusion (data.first_stage): train / test hold q(z|x)'s [mean, logvar]; the model sees latents
+    first_stage: object | None = None   # the autoencoder (models.autoencoder interface)
+    first_stage_path: str = ""          # data.first_stage, as given
+    latent_shape: tuple = ()            # (c, H/f, W/f)
 
     @property
     def is_image(self) -> bool:
@@ -51,8 +57,13 @@ class DataSpec:
 
     @property
     def dim(self) -> int:
-        """D, the number of scalars per item."""
+        """D, the number of scalars per item (pixels, with a first stage too)."""
         return math.prod(self.shape)
+
+    @property
+    def model_shape(self) -> tuple:
+        """The shape of one network input: the latent shape with a first stage, else the item's."""
+        return self.latent_shape if self.first_stage is not None else self.shape
 
 
 def _toy_spec(dist: ToyDistribution, name: str, num_train: int, num_test: int, seed: int,
@@ -88,12 +99,25 @@ def _image_spec(name: str, root: str | None, num_train: int, num_test: int, with
 
 def load_data(options: DataOptions, seed: int, with_train: bool = True) -> DataSpec:
     """The training (unless ``with_train`` is False) and held-out data ``options`` describe; toy
-    points are drawn from the run's ``seed``."""
+    points are drawn from the run's ``seed``. With ``first_stage`` the images are encoded (once, cached)."""
     if options.dataset in TOY_DATASETS:
         return _toy_spec(get_toy_dataset(options.dataset), options.dataset, options.num_train, options.num_test,
                          seed, with_train)
-    return _image_spec(options.dataset, options.root, options.num_train, options.num_test, with_train,
+    spec = _image_spec(options.dataset, options.root, options.num_train, options.num_test, with_train,
                        options.centered, options.uniform_dequantization, options.random_flip, options.loader_kwargs)
+    return with_first_stage(spec, options.first_stage) if options.first_stage else spec
+
+
+def with_first_stage(spec: DataSpec, path: str) -> DataSpec:
+    """``spec`` with its items replaced by their encodings ``[mean, logvar]`` under the first stage at ``path``."""
+    latent_shape = check_first_stage(path, spec.name, spec.shape, spec.centered)
+    ae = load_first_stage(path)
+
+    def encode(items, split):
+        return encoded(ae, path, items, spec.name, split, spec.num_levels, spec.centered)
+
+    return dataclasses.replace(spec, train=encode(spec.train, "train"), test=encode(spec.test, "test"),
+                               first_stage=ae, first_stage_path=path, latent_shape=latent_shape)
 
 
 def data_meta(spec: DataSpec) -> dict:
@@ -102,15 +126,21 @@ def data_meta(spec: DataSpec) -> dict:
             "centered": spec.centered, "num_classes": spec.num_classes}
     if spec.class_names:
         meta["class_names"] = list(spec.class_names)
+    if spec.first_stage is not None:
+        meta["first_stage"] = spec.first_stage_path
+        meta["latent_shape"] = list(spec.latent_shape)
     return meta
 
 
 def spec_from_meta(meta: dict) -> DataSpec:
     """A tensor-free ``DataSpec`` from ``data_meta``'s dict: enough to build a model and write samples."""
     toy = get_toy_dataset(meta["dataset"]) if meta["dataset"] in TOY_DATASETS else None
-    return DataSpec(name=meta["dataset"], train=None, test=None, shape=tuple(int(s) for s in meta["shape"]),
+    spec = DataSpec(name=meta["dataset"], train=None, test=None, shape=tuple(int(s) for s in meta["shape"]),
                     num_levels=int(meta["num_levels"]), toy=toy, centered=bool(meta["centered"]),
                     num_classes=int(meta.get("num_classes", 0)), class_names=tuple(meta.get("class_names", ())))
+    if "first_stage" in meta:
+        spec = with_first_stage(spec, meta["first_stage"])
+    return spec
 
 
 def _flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -121,7 +151,10 @@ def _flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 
 def to_model_space(batch: torch.Tensor, spec: DataSpec, generator: torch.Generator | None = None,
                    train: bool = True) -> torch.Tensor:
-    """A batch of stored data -> network input ``x`` (float32, on the batch's device)."""
+    """A batch of stored data -> network input ``x`` (float32, on the batch's device); with a first stage
+    one latent draw ``u = scale_factor z`` of each stored posterior."""
+    if spec.first_stage is not None:
+        return latent_draw(batch, float(spec.first_stage.scale_factor), generator)
     if not spec.is_image:
         return batch.float()
     uniform = spec.uniform_dequantization or not train
@@ -150,7 +183,10 @@ def check_data_space(items, spec: DataSpec, what: str) -> None:
 
 
 def to_data_space(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
-    """Model-space samples -> data space: images in [0, 1] (clipped), points as they are."""
+    """Model-space samples -> data space: images in [0, 1] (clipped), points as they are; latents are
+    decoded first (the decoder's mean)."""
     if not spec.is_image:
         return x
+    if spec.first_stage is not None:
+        x = decode_latents(spec.first_stage, x)
     return inverse_data_scaler(spec.centered)(x).clamp(0.0, 1.0)

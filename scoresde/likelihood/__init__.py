@@ -7,6 +7,7 @@
   Ho et al. 2020) and the importance-weighted bound (``iw_bound``; Burda et al. 2016).
 - ``analytic``: the optimal reverse variance of each chain level (Bao et al. 2022, Analytic-DPM;
   ``analytic_variances``, ``score_mean_square``, ``level_variance_fn``).
+- ``latent``: the bound of a latent diffusion model through its first stage (``latent_bound``; LSGM, eq. 2).
 - ``bits``: bits per dimension from any of them (``bits_per_dim``, ``bits_per_dim_bound``).
 
 This package imports neither the samplers nor anything above them: the shared pieces (the checked
@@ -19,9 +20,10 @@ from scoresde.likelihood.chain import SCORE_TIMES, VARIANCES, VLBTerms, ddpm_vlb
 from scoresde.likelihood.chain import iw_from_log_weights, iw_log_weights, prior_kl, vlb_terms
 from scoresde.likelihood.elbo import elbo
 from scoresde.likelihood.gaussian import discretized_gaussian_log_likelihood
+from scoresde.likelihood.latent import LatentBound, latent_bound
 from scoresde.likelihood.ode import TRACES, log_likelihood
 
 __all__ = ["log_likelihood", "TRACES", "bits_per_dim", "bits_per_dim_bound", "elbo", "vlb_terms", "ddpm_vlb",
            "VLBTerms", "iw_bound", "iw_log_weights", "iw_from_log_weights", "prior_kl", "default_decoder_std",
            "discretized_gaussian_log_likelihood", "VARIANCES", "SCORE_TIMES", "analytic_variances",
-           "score_mean_square", "level_variance_fn"]
+           "score_mean_square", "level_variance_fn", "latent_bound", "LatentBound"]

@@ -78,7 +78,7 @@ def read_trained(workdir: str | Path, missing: str) -> Trained:
 
 def ema_network(trained: Trained, device: torch.device) -> nn.Module:
     """The checkpoint's EMA weights, loaded strictly into the network its stored options build (in eval mode)."""
-    shape = spec_from_meta(trained.state["meta"]).shape
+    shape = spec_from_meta(trained.state["meta"]).model_shape
     ema = ExponentialMovingAverage(trained.options.network.build(shape).to(device))
     try:
         ema.load_state_dict(trained.state["ema"])

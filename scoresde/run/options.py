@@ -47,6 +47,7 @@ class DataOptions:
     resize: str = "center_crop"    # folder: center_crop (largest centred square, LANCZOS) | resize (squash)
     labels_from_folders: bool = False  # folder: sub-folders are the classes (sorted names)
     heldout_fraction: float = 0.05  # folder: fraction of the files held out (a fixed permutation)
+    first_stage: str = ""          # latent diffusion: an autoencoder file or folder ("" = pixel space)
 
     @property
     def loader_kwargs(self) -> dict:

@@ -140,8 +140,8 @@ def check_data_size(batch_size: int, data: DataSpec) -> None:
 
 def _build_network(options: RunOptions, data: DataSpec, ctx: DistContext, accel: Accel) -> nn.Module:
     torch.manual_seed(options.seed)      # weight initialisation, the same on every rank
-    model = options.network.build(data.shape).to(ctx.device)
-    if accel.channels_last and len(data.shape) == 3:
+    model = options.network.build(data.model_shape).to(ctx.device)
+    if accel.channels_last and len(data.model_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(step_seed(options.seed, Stream.DROPOUT, 0, ctx.rank))    # dropout, distinct per rank
     return model
@@ -599,7 +599,7 @@ def eval_quality(run: TrainRun) -> dict:
         run.quality_reference = heldout_reference(run.data, options.eval.inception_weights, run.ctx.device)
     num = options.train.eval_quality_samples
     with torch.random.fork_rng(devices=_rng_devices(run)):
-        x, _ = generate(run.sde, ema_score_fn(run), num, run.data.shape, options.sampler,
+        x, _ = generate(run.sde, ema_score_fn(run), num, run.data.model_shape, options.sampler,
                         generator=generator(options.seed, Stream.TRAIN_QUALITY, run.ctx.rank, run.ctx.device),
                         ctx=run.ctx, labels=class_cycle(run, num), score_for=lambda y: ema_score_fn(run, y))
     return training_quality(x, run.data, options.train.eval_quality_metric, run.quality_reference)
@@ -611,7 +611,7 @@ def write_snapshot_samples(run: TrainRun) -> None:
     num = options.train.snapshot_num_samples
     labels = class_cycle(run, num)       # a class-conditional model: the classes in turn
     with torch.random.fork_rng(devices=_rng_devices(run)):
-        x, nfe = generate(run.sde, ema_score_fn(run), num, run.data.shape, options.sampler,
+        x, nfe = generate(run.sde, ema_score_fn(run), num, run.data.model_shape, options.sampler,
                           generator=generator(options.seed, Stream.SNAPSHOT, run.ctx.rank, run.ctx.device),
                           ctx=run.ctx, labels=labels, score_for=lambda y: ema_score_fn(run, y))
     samples = to_data_space(x.cpu(), run.data)

@@ -124,7 +124,7 @@ def sample_features(options: RunOptions, inf: Inference, space: FeatureSpace, se
     with progress_bar(n, enabled=options.train.progress_bar and ctx.is_main, unit="sample",
                       desc=f"FID samples (seed {seed}, {sampler.method})") as bar:
         for start in range(0, n, chunk):
-            x, used = generate(inf.sde, inf.score_fn, min(chunk, n - start), inf.data.shape, sampler,
+            x, used = generate(inf.sde, inf.score_fn, min(chunk, n - start), inf.data.model_shape, sampler,
                                generator=gen, ctx=ctx)
             features = space(items_from_samples(x, inf.data))
             stats.add(features)

@@ -75,7 +75,7 @@ def sample(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: s
                 guidance_note(sampler))
     start = time.perf_counter()
     with logs_above_bars():
-        x, nfe = generate(inf.sde, score_fn, num, inf.data.shape, sampler,
+        x, nfe = generate(inf.sde, score_fn, num, inf.data.model_shape, sampler,
                           generator=generator(options.seed, Stream.SAMPLING, ctx.rank, ctx.device), ctx=ctx,
                           show_progress=bars_enabled(options.train.progress_bar) and ctx.is_main,
                           labels=labels, score_for=guided_score_for(options, inf, classifier))
