@@ -102,10 +102,15 @@ def sample(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: s
         run_dir = write_results(directory, f"step{inf.step:08d}_{sampler.method}", files, options.config_json)
         logger.info("sample: %s", summary_line(info))
         logger.info("samples in %s (kept) and %s (the latest)", run_dir, directory / "samples.npz")
-    if bad:
-        raise NonFiniteResultsError(f"{bad} of {len(data)} samples hold NaN or inf values (see "
-                                    f"{directory / 'info.json'}); the model or the sampler settings are broken")
+    check_finite_samples(bad, len(data), directory)
     return info
+
+
+def check_finite_samples(bad: int, num: int, directory: Path) -> None:
+    """``NonFiniteResultsError`` when ``bad`` of the ``num`` samples hold NaN or inf (after they are written)."""
+    if bad:
+        raise NonFiniteResultsError(f"{bad} of {num} samples hold NaN or inf values (see "
+                                    f"{directory / 'info.json'}); the model or the sampler settings are broken")
 
 
 STAGE_FILES = {"cascade": ("stage1_base.png", "samples.png"),
@@ -142,7 +147,5 @@ def sample_super_resolution(options: RunOptions, workdir: str | Path, ctx: DistC
         if metrics:
             logger.info("sample: %s", sr_line(metrics))
         logger.info("samples in %s (kept) and %s (the latest)", run_dir, directory / "samples.npz")
-    if bad:
-        raise NonFiniteResultsError(f"{bad} of {len(data)} samples hold NaN or inf values (see "
-                                    f"{directory / 'info.json'}); the model or the sampler settings are broken")
+    check_finite_samples(bad, len(data), directory)
     return info
