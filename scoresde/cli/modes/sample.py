@@ -139,9 +139,10 @@ def sample_super_resolution(options: RunOptions, workdir: str | Path, ctx: DistC
     if ctx.is_main:
         guided = f", {sampler.guidance} guidance w = {sampler.guidance_scale:g}" if sampler.guidance != "none" else ""
         files = {"samples.npz": npz_bytes(samples=data.numpy(), **arrays), "info.json": json.dumps(info, indent=2) + "\n"}
-        for stage, name in zip(stages, STAGE_FILES[kind]):
-            files[name] = sample_picture(stage.samples.numpy(), sr.data, f"{stage.caption}, {sampler.method} sampler, "
-                                         f"cond_noise {sampler.cond_noise:g}{guided}")
+        for i, (stage, name) in enumerate(zip(stages, STAGE_FILES[kind])):
+            how = f", {sampler.method} sampler" if stage.nfe else ""
+            how += f", cond_noise {sampler.cond_noise:g}{guided}" if i == 1 else ""   # the super-resolved stage
+            files[name] = sample_picture(stage.samples.numpy(), sr.data, stage.caption + how)
         run_dir = write_results(directory, f"step{sr.step:08d}_{sampler.method}_{kind}", files, options.config_json)
         logger.info("sample: %s", summary_line(info))
         if metrics:
