@@ -377,6 +377,9 @@ def check_image_conditioning(config) -> None:
     if d.resolution and (d.resolution > native[-1] or native[-1] % d.resolution):
         raise ValueError(f"config.data.resolution must divide the image size {native[-1]} of data.dataset="
                          f"{d.dataset!r} (0 = native), got {d.resolution}")
+    if d.resolution and (t.eval_quality_samples or config.eval.sample_quality):
+        raise ValueError("config.training.eval_quality_samples must be 0 and eval.sample_quality False with "
+                         "data.resolution (the feature networks take the data's native size)")
     if bool(m.cond_channels) != bool(d.low_res):
         raise ValueError(f"config.model.cond_channels={m.cond_channels} and data.low_res={d.low_res} go together: an "
                          f"image-conditioned network needs the low-resolution size of its condition, and a "

@@ -123,6 +123,7 @@ def test_bad_super_resolution_configs_name_the_field(overrides, match):
     ({"training.cond_noise_max": 0.3}, r"config.training.cond_noise_max=0.3 applies to an image-conditioned model"),
     ({"sampling.cascade": "a,b"}, r"config.sampling.cascade='a,b' applies to an image-conditioned model"),
     ({"sampling.low_res_from": "heldout"}, r"config.sampling.low_res_from='heldout' applies to an image-conditioned"),
+    ({"eval.sample_quality": True}, r"eval.sample_quality False with data.resolution"),
 ])
 def test_conditioning_fields_on_an_unconditional_model_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
