@@ -37,7 +37,8 @@ from scoresde.evaluate.features import feature_space, items_at_centres
 from scoresde.evaluate.metrics import classifier_score, digits_classifier, fid_from_features
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"pixel": ("ddpmpp_vp", []), "base": ("cascade_base", []),
+FAST = ["--config.sampling.method=fast", "--config.sampling.steps=20"]   # the cascade configs' own sampler
+MODELS = {"pixel": ("ddpmpp_vp", FAST), "base": ("cascade_base", []),
           "sr_aug": ("cascade_sr", []), "sr_noaug": ("cascade_sr", ["--config.training.cond_noise_max=0.0",
                                                                      "--config.sampling.cond_noise=0.0"])}
 QUIET = ["--config.training.progress_bar=False", "--config.training.tensorboard=False",
