@@ -5,9 +5,10 @@ pixel-space model, and the super-resolution model with and without noise-conditi
     python -m bench.cascade_digits --root /tmp/cascade_bench --iters 300 --samples 100   # a quick look
 
 Models (configs in scoresde/configs/digits/), each trained ``--iters`` updates at batch 64:
-``pixel`` (ddpmpp_vp.py, 8x8), ``base`` (cascade_base.py, 4x4), ``sr_aug`` (cascade_sr.py: noise-conditioning
-augmentation, levels s ~ U[0, 0.5]) and ``sr_noaug`` (the same with training.cond_noise_max = 0). The SR
-models see the same data, steps, seed and condition dropout; only the augmentation differs.
+``pixel`` (ddpmpp_vp.py, 8x8), ``base`` (cascade_base.py, 4x4) and three SR models (cascade_sr.py): ``sr_aug``
+(noise-conditioning augmentation, levels s ~ U[0, 0.5]), ``sr_aug_small`` (s ~ U[0, 0.15]) and ``sr_noaug``
+(training.cond_noise_max = 0). The SR models see the same data, steps, seed and condition dropout; only
+the augmentation differs. Each SR model is sampled at the levels s of ``SR_ROWS``.
 
 Numbers (every sampler: DPM-Solver++ 2M, 20 steps; ``--samples`` samples; the digits classifier's features
 and predictions, ``scoresde/evaluate/metrics.py``):
@@ -39,8 +40,12 @@ from scoresde.evaluate.metrics import classifier_score, digits_classifier, fid_f
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--config.sampling.method=fast", "--config.sampling.steps=20"]   # the cascade configs' own sampler
 MODELS = {"pixel": ("ddpmpp_vp", FAST), "base": ("cascade_base", []),
-          "sr_aug": ("cascade_sr", []), "sr_noaug": ("cascade_sr", ["--config.training.cond_noise_max=0.0",
-                                                                     "--config.sampling.cond_noise=0.0"])}
+          "sr_aug": ("cascade_sr", ["--config.training.cond_noise_max=0.5"]),
+          "sr_aug_small": ("cascade_sr", ["--config.training.cond_noise_max=0.15"]),
+          "sr_noaug": ("cascade_sr", ["--config.training.cond_noise_max=0.0", "--config.sampling.cond_noise=0.0"])}
+# the SR models and the augmentation levels s each is sampled at
+SR_ROWS = {"sr_noaug": (0.0,), "sr_aug": (0.0, 0.1, 0.25), "sr_aug_small": (0.0, 0.05, 0.1)}
+SR_NAMES = {"sr_noaug": "SR without aug", "sr_aug": "SR aug s<=0.5", "sr_aug_small": "SR aug s<=0.15"}
 QUIET = ["--config.training.progress_bar=False", "--config.training.tensorboard=False",
          "--config.training.snapshot_sampling=False"]
 
@@ -99,6 +104,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1200, help="training updates per model")
     parser.add_argument("--samples", type=int, default=300, help="samples per row")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time")
+    parser.add_argument("--seed", type=int, default=42, help="sampling seed (config.seed at sampling; training uses 42)")
     args = parser.parse_args()
     root = args.root.resolve()
     torch.set_num_threads(2)
@@ -114,21 +120,21 @@ def main() -> None:
     real = unconditional_metrics(items_at_centres(spec.test, spec).numpy(), spec, reference, space)
     rows = [("held-out digits (reference)", "-", real, {})]
 
-    pixel = sample("pixel", root, "pixel_samples", args.samples)
+    seed, tag = [f"--config.seed={args.seed}"], f"_seed{args.seed}"
+    pixel = sample("pixel", root, f"pixel_samples{tag}", args.samples, *seed)
     rows.append(("8x8 pixel model", "-", unconditional_metrics(pixel["arrays"]["samples"], spec, reference, space),
                  {}))
-    cascade = f"--config.sampling.cascade={root / 'base'},{root / '{sr}'}"
-    for sr, levels in (("sr_noaug", (0.0,)), ("sr_aug", (0.0, 0.1, 0.25))):
+    for sr, levels in SR_ROWS.items():
         for s in levels:
-            got = sample(sr, root, f"cascade_{sr}_{s:g}", args.samples, cascade.format(sr=sr),
-                         f"--config.sampling.cond_noise={s}")
-            rows.append((f"cascade 4x4 -> 8x8, SR {'with' if sr == 'sr_aug' else 'without'} aug", f"{s:g}",
+            got = sample(sr, root, f"cascade_{sr}_{s:g}{tag}", args.samples, *seed,
+                         f"--config.sampling.cascade={root / 'base'},{root / sr}", f"--config.sampling.cond_noise={s}")
+            rows.append((f"cascade 4x4 -> 8x8, {SR_NAMES[sr]}", f"{s:g}",
                          unconditional_metrics(got["arrays"]["samples"], spec, reference, space), {}))
-    for sr, levels in (("sr_noaug", (0.0,)), ("sr_aug", (0.0, 0.1, 0.25))):
+    for sr, levels in SR_ROWS.items():
         for s in levels:
-            got = sample(sr, root, f"heldout_{sr}_{s:g}", args.samples, "--config.sampling.low_res_from=heldout",
-                         f"--config.sampling.cond_noise={s}")
-            rows.append((f"SR of held-out 4x4, {'with' if sr == 'sr_aug' else 'without'} aug", f"{s:g}",
+            got = sample(sr, root, f"heldout_{sr}_{s:g}{tag}", args.samples, *seed,
+                         "--config.sampling.low_res_from=heldout", f"--config.sampling.cond_noise={s}")
+            rows.append((f"SR of held-out 4x4, {SR_NAMES[sr]}", f"{s:g}",
                          unconditional_metrics(got["arrays"]["samples"], spec, reference, space), got["info"]))
 
     print(f"\n{'rows':44s} {'s':>5s} {'FD':>7s} {'cls score':>9s} {'conf':>6s} {'SR MSE':>8s} {'SR acc':>7s} "
@@ -137,7 +143,8 @@ def main() -> None:
         sr = (f"{info['sr_mse']:8.5f} {info['sr_class_accuracy']:7.3f} {info['upsampled_class_accuracy']:7.3f} "
               f"{info['original_class_accuracy']:8.3f}" if info else "")
         print(f"{name:44s} {s:>5s} {m['fd']:7.3f} {m['classifier_score']:9.3f} {m['confidence']:6.3f} {sr}")
-    print(f"\n{args.samples} samples per row, DPM-Solver++ 2M 20 steps, {args.iters} training updates per model; "
+    print(f"\n{args.samples} samples per row (seed {args.seed}), DPM-Solver++ 2M 20 steps, {args.iters} training "
+          f"updates per model; "
           f"total {time.time() - start:.0f} s")
 
 
