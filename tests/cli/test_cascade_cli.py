@@ -152,3 +152,12 @@ def test_cfg_needs_condition_dropout(tmp_path):
     run(sr_config(**{"training.label_dropout": 0.0}), tmp_path, "train")
     with pytest.raises(ValueError, match="image-conditioned model was trained without condition dropout"):
         run(sr_config(**cfg), tmp_path, "sample")
+
+
+def test_training_snapshots_super_resolve_heldout_views(tmp_path):
+    """Snapshots and the held-out loss of an SR model condition on the held-out items' low-res views."""
+    run(sr_config(**{"training.snapshot_sampling": True, "training.snapshot_freq": 2}), tmp_path, "train")
+    snapshot = np.load(tmp_path / "snapshots" / "samples_00000002.npz")["samples"]
+    assert snapshot.shape == (4, 1, 8, 8) and np.isfinite(snapshot).all()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in r and np.isfinite(r["eval_loss"]) for r in records)
