@@ -5,7 +5,7 @@ per concern (``scoresde/run/options.py``). Nothing downstream sees the config.
 from __future__ import annotations
 
 from scoresde.cli.schema import leaf_fields, network_kwargs, sde_kwargs
-from scoresde.cli.validate import label_classes, parse_label, requested_bounds, validate_config
+from scoresde.cli.validate import label_classes, parse_cascade, parse_label, requested_bounds, validate_config
 from scoresde.configs.default import get_default_config, use_ddpmpp, use_ncsnpp
 from scoresde.run.options import (Accel, BoundOptions, DataOptions, EvalOptions, LossOptions, NetworkOptions,
                                   OptimOptions, RunOptions, SamplerOptions, SDEOptions, TrainOptions,
@@ -19,7 +19,7 @@ def _data(config) -> DataOptions:
                        uniform_dequantization=d.uniform_dequantization, random_flip=d.random_flip,
                        image_size=d.image_size, channels=d.channels, resize=d.resize,
                        labels_from_folders=d.labels_from_folders, heldout_fraction=d.heldout_fraction,
-                       first_stage=d.first_stage)
+                       first_stage=d.first_stage, resolution=d.resolution, low_res=d.low_res)
 
 
 def _sde(config) -> SDEOptions:
@@ -78,7 +78,9 @@ def _sampler(config) -> SamplerOptions:
                           label=parse_label(s.label, label_classes(config)), guidance=s.guidance,
                           guidance_scale=s.guidance_scale, classifier_workdir=s.classifier_workdir or None,
                           threshold=s.threshold or None, mask=s.mask, inpaint_method=s.inpaint_method,
-                          resample=s.resample, inpaint_data=s.inpaint_data or None, ddpm_variance=s.ddpm_variance)
+                          resample=s.resample, inpaint_data=s.inpaint_data or None, ddpm_variance=s.ddpm_variance,
+                          cond_noise=s.cond_noise, cascade=parse_cascade(s.cascade),
+                          low_res_from=s.low_res_from or None)
 
 
 def _bounds(config) -> BoundOptions:
@@ -110,7 +112,7 @@ def _train(config) -> TrainOptions:
         exit_zero_on_signal=t.exit_zero_on_signal, snapshot_sampling=t.snapshot_sampling,
         snapshot_num_samples=t.snapshot_num_samples, threads=t.threads, progress_bar=t.progress_bar,
         tensorboard=t.tensorboard, label_dropout=t.label_dropout, eval_quality_samples=t.eval_quality_samples,
-        eval_quality_metric=t.eval_quality_metric,
+        eval_quality_metric=t.eval_quality_metric, cond_noise_max=t.cond_noise_max,
         accel=Accel(bf16=t.bf16, compile=t.compile, channels_last=t.channels_last, tf32=t.tf32))
 
 

@@ -47,8 +47,10 @@ _CLASSIFIER_UNET_ARGS = {arg: field for arg, field in _UNET_ARGS.items()
                          if arg not in ("progressive", "progressive_input", "progressive_combine")}
 NETWORK_ARGS = {
     "mlp": {**_MLP_ARGS, "learn_variance": "model.learn_variance"},
-    "ddpmpp": {**_UNET_ARGS, "num_classes": "model.num_classes", "learn_variance": "model.learn_variance"},
-    "ncsnpp": {**_UNET_ARGS, "num_classes": "model.num_classes", "learn_variance": "model.learn_variance"},
+    "ddpmpp": {**_UNET_ARGS, "num_classes": "model.num_classes", "learn_variance": "model.learn_variance",
+               "cond_channels": "model.cond_channels"},
+    "ncsnpp": {**_UNET_ARGS, "num_classes": "model.num_classes", "learn_variance": "model.learn_variance",
+               "cond_channels": "model.cond_channels"},
     "classifier_mlp": _MLP_ARGS,
     "classifier_unet": {**_CLASSIFIER_UNET_ARGS, "num_classes": "model.num_classes"},
 }
@@ -103,7 +105,8 @@ INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_it
         "eval.fid_samples": 4, "eval.fid_seeds": 1, "eval.fid_reference_items": 0,
         "training.eval_quality_samples": 0,
         "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
-        "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1}
+        "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1,
+        "data.low_res": 0, "data.resolution": 0, "model.cond_channels": 0}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
 _POSITIVE = dict(low=0.0, open_low=True)
 # field -> the interval of finite numbers it may hold (``utils.check_float``'s arguments)
@@ -120,14 +123,16 @@ FLOATS = {"training.eps": _OPEN_UNIT, "training.p_mean": {}, "training.p_std": _
           "sampling.s_noise": _POSITIVE, "sampling.guidance_scale": {},
           "sampling.threshold": dict(low=0.0, high=1.0),
           "eval.rtol": _POSITIVE, "eval.atol": _POSITIVE, "eval.likelihood_eps": _OPEN_UNIT,
-          "data.heldout_fraction": _OPEN_UNIT}
+          "data.heldout_fraction": _OPEN_UNIT,
+          "training.cond_noise_max": dict(low=0.0, high=1.0), "sampling.cond_noise": dict(low=0.0, high=1.0)}
 # field -> the smallest integer each entry of its tuple may hold
 INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1, "eval.iw_k": 1}
 # fields holding a non-empty tuple of finite numbers
 NUMBER_TUPLES = ("model.fir_kernel",)
 # fields holding a string (a path, a name or a spec that its mode parses)
 STRINGS = ("model.pretrained", "model.pretrained_config", "sampling.classifier_workdir", "eval.inception_weights", "eval.fid_reference",
-           "sampling.inpaint_data", "sampling.mask", "sampling.label", "data.root", "data.first_stage")
+           "sampling.inpaint_data", "sampling.mask", "sampling.label", "data.root", "data.first_stage",
+           "sampling.cascade", "sampling.low_res_from")
 
 
 # ---------------------------------------------------------------------------------------- fields
@@ -184,8 +189,11 @@ def network_kwargs(fields: dict, name: str) -> dict:
         raise ValueError(f"config.model.name={name!r} has no config mapping; available: {sorted(NETWORK_ARGS)} "
                          f"(a new network adds its arguments to NETWORK_ARGS in scoresde/cli/schema.py)")
     kwargs = {arg: fields[field] for arg, field in NETWORK_ARGS[name].items()}
-    if kwargs.get("learn_variance") is False:   # left out when off: checkpoints from before it still match
+    # left out when off: checkpoints from before they existed still match
+    if kwargs.get("learn_variance") is False:
         del kwargs["learn_variance"]
+    if kwargs.get("cond_channels") == 0:
+        del kwargs["cond_channels"]
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 

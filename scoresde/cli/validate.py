@@ -193,12 +193,15 @@ def check_conditioning(config) -> None:
         raise ValueError(f"config.model.num_classes must be {classes}, the number of classes of data.dataset="
                          f"{config.data.dataset!r}, for a {'classifier' if is_classifier else 'class-conditional model'}; "
                          f"got {m.num_classes}")
-    if t.label_dropout and (is_classifier or not m.num_classes):
+    if t.label_dropout and (is_classifier or not (m.num_classes or m.cond_channels)):
         raise ValueError(f"config.training.label_dropout={t.label_dropout} needs a class-conditional score model "
-                         f"(model.num_classes > 0, not a classifier); got model.name={m.name!r}, "
-                         f"num_classes={m.num_classes}")
+                         f"(model.num_classes > 0, not a classifier) or an image-conditioned one (model.cond_channels "
+                         f"> 0); got model.name={m.name!r}, num_classes={m.num_classes}")
     label = parse_label(s.label, label_classes(config))
-    if s.guidance != "none" and label is None:
+    if s.guidance == "classifier" and m.cond_channels:
+        raise ValueError("config.sampling.guidance='classifier' applies to class labels; an image-conditioned model "
+                         "(model.cond_channels > 0) takes 'none' or 'cfg'")
+    if s.guidance != "none" and label is None and not m.cond_channels:
         raise ValueError(f"config.sampling.guidance={s.guidance!r} steers towards a class: set sampling.label to "
                          f"a class index or 'all'")
     if s.guidance == "cfg" and not t.label_dropout:
@@ -347,12 +350,72 @@ def _check_network(config) -> None:
         raise ValueError(f"config.model ({name}): {err}") from err
 
 
+def parse_cascade(value) -> tuple | None:
+    """``config.sampling.cascade``: ``""`` -> None, ``"BASE,SR"`` -> ``("BASE", "SR")`` (two work directories)."""
+    parts = [p.strip() for p in str(value).split(",")] if str(value).strip() else []
+    if not parts:
+        return None
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"config.sampling.cascade must be 'BASE_WORKDIR,SR_WORKDIR' (two work directories), got "
+                         f"{value!r}")
+    return tuple(parts)
+
+
+LOW_RES_SOURCES = ("", "heldout")
+
+
+def check_image_conditioning(config) -> None:
+    """An image-conditioned (super-resolution) network, its low-resolution view, the augmentation levels
+    and the cascade fit together and fit the data."""
+    d, m, t, s = config.data, config.model, config.training, config.sampling
+    if d.resolution or d.low_res:
+        if d.dataset not in IMAGE_DATASETS.names() or d.first_stage:
+            field = "data.resolution" if d.resolution else "data.low_res"
+            raise ValueError(f"config.{field} applies to pixel-space image data, got data.dataset={d.dataset!r}"
+                             f"{' with data.first_stage' if d.first_stage else ''}")
+    native = item_shape(d.dataset, image_size=d.image_size, channels=d.channels) if d.resolution else None
+    if d.resolution and (d.resolution > native[-1] or native[-1] % d.resolution):
+        raise ValueError(f"config.data.resolution must divide the image size {native[-1]} of data.dataset="
+                         f"{d.dataset!r} (0 = native), got {d.resolution}")
+    if d.resolution and (t.eval_quality_samples or config.eval.sample_quality):
+        raise ValueError("config.training.eval_quality_samples must be 0 and eval.sample_quality False with "
+                         "data.resolution (the feature networks take the data's native size)")
+    if bool(m.cond_channels) != bool(d.low_res):
+        raise ValueError(f"config.model.cond_channels={m.cond_channels} and data.low_res={d.low_res} go together: an "
+                         f"image-conditioned network needs the low-resolution size of its condition, and a "
+                         f"low-resolution condition needs model.cond_channels (the data's channels)")
+    check_choice("config.sampling.low_res_from", s.low_res_from, LOW_RES_SOURCES)
+    cascade = parse_cascade(s.cascade)
+    if not m.cond_channels:
+        for path, value in (("training.cond_noise_max", t.cond_noise_max), ("sampling.cond_noise", s.cond_noise),
+                            ("sampling.cascade", s.cascade), ("sampling.low_res_from", s.low_res_from)):
+            if value:
+                raise ValueError(f"config.{path}={value!r} applies to an image-conditioned model (model.cond_channels "
+                                 f"> 0 with data.low_res)")
+        return
+    if m.name not in ("ddpmpp", "ncsnpp"):
+        raise ValueError(f"config.model.cond_channels applies to the U-Nets ddpmpp and ncsnpp, got model.name={m.name!r}")
+    shape = data_shape(config)
+    if m.cond_channels != shape[0]:
+        raise ValueError(f"config.model.cond_channels must be {shape[0]}, the channels of data.dataset="
+                         f"{d.dataset!r} (the condition is the item itself at low resolution), got {m.cond_channels}")
+    if d.low_res >= shape[-1] or shape[-1] % d.low_res:
+        raise ValueError(f"config.data.low_res must be smaller than the model's resolution {shape[-1]} and divide it "
+                         f"(an integer pooling factor), got {d.low_res}")
+    if s.cond_noise > t.cond_noise_max:
+        raise ValueError(f"config.sampling.cond_noise={s.cond_noise} must lie in [0, training.cond_noise_max="
+                         f"{t.cond_noise_max}], the augmentation levels the model was trained on")
+    if cascade and s.low_res_from:
+        raise ValueError("config.sampling.cascade and sampling.low_res_from both name the condition: set one")
+
+
 def validate_config(config) -> None:
     """Every check, in order; ``ValueError`` names the first bad field, its value and what is allowed."""
     check_field_names(config)
     check_values(config)
     check_combinations(config)
     check_conditioning(config)
+    check_image_conditioning(config)
     requested_bounds(config)
     check_num_scales(config)
     check_first_stage_data(config)
@@ -367,6 +430,8 @@ def data_shape(config) -> tuple:
     """The shape of one item of ``config.data`` (an image folder's from data.channels and data.image_size)."""
     d = config.data
     shape = item_shape(d.dataset, image_size=d.image_size, channels=d.channels)
+    if d.resolution and len(shape) == 3:
+        shape = (shape[0], d.resolution, d.resolution)
     if d.first_stage:
         return check_first_stage(d.first_stage, d.dataset, shape, d.centered)
     return shape

@@ -26,6 +26,7 @@ def _training() -> ml_collections.ConfigDict:
     t.p_mean = -1.2                # edm: mean of ln sigma (Karras et al. 2022, P_mean)
     t.p_std = 1.2                  # edm: std of ln sigma (P_std)
     t.label_dropout = 0.0          # class-conditional: probability of the null label (> 0 for classifier-free guidance)
+    t.cond_noise_max = 0.0         # image-conditioned (model.cond_channels): noise-conditioning augmentation, the condition noised to a level s ~ U[0, cond_noise_max] of the process (0 = off)
     t.log_freq = 50                # steps between metrics.jsonl lines
     t.eval_freq = 1000             # steps between held-out loss evaluations (one eval batch)
     t.eval_quality_samples = 0     # images: at every eval also draw this many samples (the config's sampler) and score them against the held-out items (0 = off)
@@ -62,6 +63,8 @@ def _data() -> ml_collections.ConfigDict:
     d.labels_from_folders = False  # folder: each sub-folder is a class (sorted names); saved in checkpoints
     d.heldout_fraction = 0.05      # folder: fraction of the files held out (a fixed seeded permutation)
     d.first_stage = ""             # latent diffusion: a models.save_autoencoder file, or a folder with autoencoder.pt; the images are encoded once (cached beside it) and the model learns the latents ("" = pixel space)
+    d.resolution = 0               # images: items average-pooled to resolution x resolution in model space (a cascade's base stage; 0 = native size)
+    d.low_res = 0                  # super-resolution (model.cond_channels): the condition is the item average-pooled to low_res x low_res (0 = none)
     return d
 
 
@@ -74,6 +77,7 @@ def _model() -> ml_collections.ConfigDict:
     m.sigma_data = 0.5             # edm parameterisation and loss: the data's standard deviation
     m.num_classes = 0              # class-conditional network or classifier: number of classes (0 = unconditional)
     m.learn_variance = False       # mlp / U-Nets: also output the reverse variance (2x channels; training.loss hybrid | vlb)
+    m.cond_channels = 0            # U-Nets: image-conditioned on a low-resolution image of this many channels (data.low_res; super-resolution), 0 = none
     m.pretrained = ""              # eval / sample / inpaint: a diffusers save_pretrained dir or a score_sde checkpoint
     m.pretrained_config = ""       # a score_sde checkpoint's training config: .json dump, or its .py file (executed)
     # the process (training.sde) reads these
@@ -142,6 +146,9 @@ def _sampling() -> ml_collections.ConfigDict:
     s.guidance = "none"            # none | cfg (classifier-free; needs training.label_dropout > 0) | classifier
     s.guidance_scale = 1.0         # w: cfg s_u + w (s_c - s_u) (Ho & Salimans' w + 1); classifier s + w grad log p(y|x)
     s.classifier_workdir = ""      # guidance = classifier: work directory of a trained noise-conditional classifier
+    s.cond_noise = 0.0             # image-conditioned: the augmentation level s of the condition at sampling (in [0, training.cond_noise_max])
+    s.cascade = ""                 # sample: "BASE_WORKDIR,SR_WORKDIR": draw from the base, super-resolve its samples with the SR model (this config is the SR model's)
+    s.low_res_from = ""            # sample, image-conditioned: heldout (super-resolve the held-out items' low-res views and score against the originals)
     s.threshold = 0.0              # fast / ddim: dynamic thresholding quantile of |x0| (Imagen: 0.995); 0 = off
     s.mask = "lower_half"          # inpaint: lower_half | right_half | centre | random:<missing fraction> | mask.npy (1 = known)
     s.inpaint_method = "replacement"  # inpaint / colorize: replacement (Song et al. 2021) | repaint (Lugmayr et al.)

@@ -19,6 +19,7 @@ import torch
 
 from scoresde.data.datasets import (NUM_CLASSES, TOY_DATASETS, ImageDataset, ToyDistribution, data_scaler, dequantize,
                                get_image_dataset, get_toy_dataset, inverse_data_scaler)
+from scoresde.models.image_cond import downsample
 from scoresde.data.latents import check_first_stage, decode_latents, encoded, latent_draw, load_first_stage
 from scoresde.run.options import DataOptions
 from scoresde.data.streams import Stream, generator
@@ -50,6 +51,7 @@ class DataSpec:
     first_stage: object | None = None   # the autoencoder (models.autoencoder interface)
     first_stage_path: str = ""          # data.first_stage, as given
     latent_shape: tuple = ()            # (c, H/f, W/f)
+    resolution: int = 0                 # images average-pooled to resolution x resolution in model space (0 = native)
 
     @property
     def is_image(self) -> bool:
@@ -63,7 +65,9 @@ class DataSpec:
     @property
     def model_shape(self) -> tuple:
         """The shape of one network input: the latent shape with a first stage, else the item's."""
-        return self.latent_shape if self.first_stage is not None else self.shape
+        if self.first_stage is not None:
+            return self.latent_shape
+        return (self.shape[0], self.resolution, self.resolution) if self.resolution else self.shape
 
 
 def _toy_spec(dist: ToyDistribution, name: str, num_train: int, num_test: int, seed: int,
@@ -105,6 +109,8 @@ def load_data(options: DataOptions, seed: int, with_train: bool = True) -> DataS
                          seed, with_train)
     spec = _image_spec(options.dataset, options.root, options.num_train, options.num_test, with_train,
                        options.centered, options.uniform_dequantization, options.random_flip, options.loader_kwargs)
+    if options.resolution:
+        spec = dataclasses.replace(spec, resolution=options.resolution)
     return with_first_stage(spec, options.first_stage) if options.first_stage else spec
 
 
@@ -126,6 +132,8 @@ def data_meta(spec: DataSpec) -> dict:
             "centered": spec.centered, "num_classes": spec.num_classes}
     if spec.class_names:
         meta["class_names"] = list(spec.class_names)
+    if spec.resolution:
+        meta["resolution"] = spec.resolution
     if spec.first_stage is not None:
         meta["first_stage"] = spec.first_stage_path
         meta["latent_shape"] = list(spec.latent_shape)
@@ -137,7 +145,8 @@ def spec_from_meta(meta: dict) -> DataSpec:
     toy = get_toy_dataset(meta["dataset"]) if meta["dataset"] in TOY_DATASETS else None
     spec = DataSpec(name=meta["dataset"], train=None, test=None, shape=tuple(int(s) for s in meta["shape"]),
                     num_levels=int(meta["num_levels"]), toy=toy, centered=bool(meta["centered"]),
-                    num_classes=int(meta.get("num_classes", 0)), class_names=tuple(meta.get("class_names", ())))
+                    num_classes=int(meta.get("num_classes", 0)), class_names=tuple(meta.get("class_names", ())),
+                    resolution=int(meta.get("resolution", 0)))
     if "first_stage" in meta:
         spec = with_first_stage(spec, meta["first_stage"])
     return spec
@@ -161,7 +170,8 @@ def to_model_space(batch: torch.Tensor, spec: DataSpec, generator: torch.Generat
     y = dequantize(batch.long(), spec.num_levels, generator=generator, uniform=uniform)
     if train and spec.random_flip:
         y = _flip(y, generator)
-    return data_scaler(spec.centered)(y)
+    x = data_scaler(spec.centered)(y)
+    return downsample(x, spec.resolution) if spec.resolution else x
 
 
 def check_data_space(items, spec: DataSpec, what: str) -> None:

@@ -30,6 +30,7 @@ class Stream(enum.IntEnum):
     SAMPLING = 21      # --mode sample, per rank
     SNAPSHOT = 22      # samples drawn at training snapshots, per rank
     IMPUTATION = 23    # --mode inpaint / colorize: the held-out items' dequantisation, random masks, sampling
+    LOW_RES = 24       # low-resolution conditions of held-out items or base samples: dequantisation, augmentation noise
     EVAL_LOSS = 31     # noise of the held-out loss (the same at every evaluation)
     LIKELIHOOD = 32    # dequantisation and Hutchinson probes of the likelihood, per rank
     ENTROPY = 33       # Monte Carlo draws of the toy data's own entropy

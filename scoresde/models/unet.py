@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from scoresde.utils import check_choice, check_float, check_int, check_positive
 
+from .image_cond import unpack_condition, upsample
 from .layers import (EMBEDDING_TYPES, AttnBlock, Combine, Downsample, NoiseEmbedding, ResnetBlockBigGAN,
                      ResnetBlockDDPM, Upsample, conv2d, group_norm, skip_add)
 from .registry import MODELS
@@ -67,7 +68,10 @@ class UNet(nn.Module):
 
     ``noise_label`` is what the embedding expects: ``999 t`` or a timestep for ``"positional"``,
     sigma (positive; the network takes its log) for ``"fourier"``. ``cond`` holds class labels when
-    ``num_classes > 0``.
+    ``num_classes > 0``, or with ``cond_channels > 0`` a packed image condition (``models.image_cond``):
+    the low-resolution image, upsampled (nearest) to ``image_size``, and its keep flag join the input
+    channels, and a positional embedding of its augmentation level ``999 s`` is added to the time
+    embedding (Ho et al. 2022, Cascaded Diffusion Models).
     """
 
     data_rank = 3               # items are images (C, H, W)
@@ -92,8 +96,13 @@ class UNet(nn.Module):
                  progressive_input: str,        # input pyramid: "none" | "input_skip" | "residual"
                  progressive_combine: str,      # "sum" | "cat"
                  num_classes: int = 0,          # class-conditional when > 0
-                 learn_variance: bool = False):  # 2 C outputs: eps and the variance interpolation v
+                 learn_variance: bool = False,  # 2 C outputs: eps and the variance interpolation v
+                 cond_channels: int = 0):       # image-conditioned (super-resolution) when > 0
         super().__init__()
+        self.cond_channels = check_int("cond_channels", cond_channels, 0)
+        if cond_channels and num_classes:
+            raise ValueError(f"cond_channels={cond_channels} (an image condition) and num_classes={num_classes} "
+                             f"(class labels) cannot both be set: cond carries one of them")
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
         _validate(in_channels, image_size, nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resblock_type,
                   embedding_type, fourier_scale, progressive, progressive_input, progressive_combine,
@@ -108,7 +117,9 @@ class UNet(nn.Module):
         self._make_factories(nf, dropout, fir, tuple(fir_kernel), skip_rescale, resamp_with_conv, init_scale,
                              progressive_combine)
         self.embed = NoiseEmbedding(embedding_type, nf, 4 * nf, fourier_scale, num_classes)
-        self.conv_in = conv2d(in_channels, nf)
+        # the image condition and its keep flag join the input channels; its level has its own embedding
+        self.conv_in = conv2d(in_channels + (cond_channels + 1 if cond_channels else 0), nf)
+        self.cond_level_embed = NoiseEmbedding("positional", nf, 4 * nf) if cond_channels else None
         skip_channels = self._build_encoder(nf, ch_mult, attn_resolutions, progressive_combine)
         ch = skip_channels[-1]
         self.mid_block_0, self.mid_attn, self.mid_block_1 = (self._resblock(in_ch=ch), self._attn(channels=ch),
@@ -206,8 +217,11 @@ class UNet(nn.Module):
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(x, noise_label)
-        temb = self.embed(noise_label, cond)
-        skips = self._encode(x, temb)
+        if self.cond_channels:
+            temb, inputs = self._image_conditioned(x, noise_label, cond)
+        else:
+            temb, inputs = self.embed(noise_label, cond), x
+        skips = self._encode(x, inputs, temb)
         h = self.mid_block_1(self.mid_attn(self.mid_block_0(skips[-1], temb)), temb)
         h, pyramid = self._decode(h, skips, temb)
         return pyramid if self.head is None else self.head(h)
@@ -219,8 +233,20 @@ class UNet(nn.Module):
         if noise_label.shape != (x.shape[0],):
             raise ValueError(f"noise_label must have shape ({x.shape[0]},), got {tuple(noise_label.shape)}")
 
-    def _encode(self, x: torch.Tensor, temb: torch.Tensor) -> list[torch.Tensor]:
-        skips = [self.conv_in(x)]
+    def _image_conditioned(self, x, noise_label, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """The time embedding plus the level's, and the input with the upsampled condition and keep flag."""
+        if cond is None:
+            raise ValueError(f"this network is image-conditioned (cond_channels={self.cond_channels}): cond must "
+                             f"be a packed condition (models.image_cond; null_condition for none), got None")
+        image, level, _ = unpack_condition(cond, self.cond_channels)
+        if cond.shape[0] != x.shape[0]:
+            raise ValueError(f"cond must have the batch size of x ({x.shape[0]}), got {cond.shape[0]}")
+        temb = self.embed(noise_label) + self.cond_level_embed(999.0 * level)
+        up = upsample(torch.cat([image, cond[:, self.cond_channels + 1:]], dim=1), self.image_size)
+        return temb, torch.cat([x, up.to(x.dtype)], dim=1)
+
+    def _encode(self, x: torch.Tensor, inputs: torch.Tensor, temb: torch.Tensor) -> list[torch.Tensor]:
+        skips = [self.conv_in(inputs)]
         pyramid = x
         for stage in self.encoder:
             for block, attn in zip(stage["blocks"], stage["attns"]):

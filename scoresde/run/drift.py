@@ -73,7 +73,8 @@ def model_leaves(options: RunOptions) -> dict:
     return {**leaves(options.sde, "sde."),
             **leaves({"name": network.name, "kwargs": network.kwargs}, "network."),
             **leaves(network.score_kwargs, "network."),
-            "data.dataset": options.data.dataset, "data.centered": options.data.centered}
+            "data.dataset": options.data.dataset, "data.centered": options.data.centered,
+            "data.resolution": options.data.resolution, "data.low_res": options.data.low_res}
 
 
 def is_free(path: str) -> bool:

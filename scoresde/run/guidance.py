@@ -9,6 +9,7 @@ import torch
 
 from scoresde import samplers
 from scoresde.models import null_label
+from scoresde.models.image_cond import null_condition
 from scoresde.run.inference import Inference, LoadedClassifier
 from scoresde.run.options import RunOptions
 
@@ -19,6 +20,11 @@ def unconditional_score(options: RunOptions, inf: Inference) -> Callable:
     model was trained is read from the options stored with its weights (``inf.trained``), never from
     the requested ones."""
     trained = inf.trained.train
+    if inf.trained.network.cond_channels and not trained.label_dropout and options.sampler.guidance != "none":
+        raise ValueError(f"this image-conditioned model was trained without condition dropout "
+                         f"(training.label_dropout={trained.label_dropout} in its checkpoint), so it has no "
+                         f"unconditional score: config.sampling.guidance={options.sampler.guidance!r} needs that "
+                         f"score: use sampling.guidance='none'")
     if inf.trained.network.num_classes and not trained.label_dropout:
         guidance = options.sampler.guidance
         fix = ("set config.sampling.label to a class index or 'all'" if guidance == "none" else
@@ -43,7 +49,8 @@ def guided_score_for(options: RunOptions, inf: Inference, classifier: LoadedClas
         if sampler.guidance == "cfg":
             if sampler.guidance_scale in (0.0, 1.0):
                 return samplers.classifier_free_guidance(uncond, inf.score_with(labels), sampler.guidance_scale)
-            null = torch.full_like(labels, null_label(inf.trained.network.num_classes))
+            null = (null_condition(labels) if inf.trained.network.cond_channels else
+                    torch.full_like(labels, null_label(inf.trained.network.num_classes)))
             return samplers.classifier_free_guidance_batched(inf.score_with(torch.cat([labels, null])),
                                                              sampler.guidance_scale)
         log_prob = samplers.classifier_log_prob_fn(classifier.logits_fn, labels)

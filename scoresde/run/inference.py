@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from scoresde.models import ExponentialMovingAverage, get_logits_fn, get_score_fn, null_label
+from scoresde.models.image_cond import null_condition
 from scoresde.sde_lib import SDE
 from scoresde.run.checkpoint import load_latest
 from scoresde.run.drift import check_options_drift
@@ -149,14 +150,15 @@ def shipped_inference(loaded: Pretrained) -> Inference:
 def marginal_score(trained: RunOptions, score_with: Callable) -> Callable:
     """The score of ``p_t(x)`` (what eval's likelihoods and unlabelled sampling use): the network's own, or
     for a class-conditional network trained with label dropout (by its ``trained`` options) its null label's."""
-    classes = trained.network.num_classes
-    if not classes:
+    classes, channels = trained.network.num_classes, trained.network.cond_channels
+    if not classes and not channels:
         return score_with(None)
     if not trained.train.label_dropout:
         def unavailable(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            raise ValueError("this class-conditional model was trained without label dropout (training.label_dropout "
-                             "= 0): it has no score of p(x) for likelihoods or unlabelled samples; sample with "
-                             "sampling.label")
+            what, fix = (("class-conditional", "sampling.label") if classes else
+                         ("image-conditioned", "sampling.cascade or sampling.low_res_from"))
+            raise ValueError(f"this {what} model was trained without label dropout (training.label_dropout = 0): it "
+                             f"has no score of p(x) for likelihoods or unconditional samples; sample with {fix}")
         return unavailable
 
     # one labels tensor and score per batch shape: the network checks a labels tensor once, not at every step
@@ -165,7 +167,11 @@ def marginal_score(trained: RunOptions, score_with: Callable) -> Callable:
     def null_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         key = (x.shape[0], x.device)
         if key not in by_batch:
-            null = torch.full((x.shape[0],), null_label(classes), dtype=torch.long, device=x.device)
+            if channels:   # the null image condition: zeros of the packed shape (B, C + 2, r, r)
+                r = trained.data.low_res
+                null = null_condition(x.new_empty((x.shape[0], channels + 2, r, r)))
+            else:
+                null = torch.full((x.shape[0],), null_label(classes), dtype=torch.long, device=x.device)
             by_batch[key] = score_with(null)
         return by_batch[key](x, t)
 

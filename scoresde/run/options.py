@@ -48,6 +48,8 @@ class DataOptions:
     labels_from_folders: bool = False  # folder: sub-folders are the classes (sorted names)
     heldout_fraction: float = 0.05  # folder: fraction of the files held out (a fixed permutation)
     first_stage: str = ""          # latent diffusion: an autoencoder file or folder ("" = pixel space)
+    resolution: int = 0            # images average-pooled to resolution x resolution in model space (0 = native)
+    low_res: int = 0               # super-resolution: the condition is the item average-pooled to low_res x low_res
 
     @property
     def loader_kwargs(self) -> dict:
@@ -88,6 +90,11 @@ class NetworkOptions:
     def num_classes(self) -> int:
         """Classes of a class-conditional network or classifier (0: unconditional)."""
         return int(self.kwargs.get("num_classes", 0))
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels of the low-resolution image an image-conditioned network takes (0: none)."""
+        return int(self.kwargs.get("cond_channels", 0))
 
     @property
     def score_kwargs(self) -> dict:
@@ -225,6 +232,9 @@ class SamplerOptions:
     resample: int = 1                      # repaint's U
     inpaint_data: str | None = None        # a .npz of items to inpaint / colorize; None = held-out data
     ddpm_variance: str = "posterior"       # ddpm: posterior | forward when the model learns no variance
+    cond_noise: float = 0.0                # image-conditioned: the condition's augmentation level s
+    cascade: tuple | None = None           # (base workdir, super-resolution workdir) of a cascade
+    low_res_from: str | None = None        # image-conditioned: "heldout" (the held-out items' low-res views)
 
     @property
     def imputation_kwargs(self) -> dict:
@@ -322,6 +332,7 @@ class TrainOptions:
     label_dropout: float = 0.0     # probability of the null label (class-conditional models)
     eval_quality_samples: int = 0  # samples drawn at every eval for a KID or FD against the held-out items (0 = off)
     eval_quality_metric: str = "kid"   # kid | fid
+    cond_noise_max: float = 0.0    # image-conditioned: augmentation levels s ~ U[0, cond_noise_max]
 
 
 # ---------------------------------------------------------------------------------------- a run

@@ -32,7 +32,8 @@ from torch import nn
 from scoresde.models import ExponentialMovingAverage
 from scoresde.sde_lib import SDE
 from scoresde.run import checkpoint as ckpt, threads
-from scoresde.train.conditioning import draw_drop, drop_labels, loss_targets, network_fn
+from scoresde.train.conditioning import (conditioned_labels, draw_condition_noise, draw_drop, heldout_conditions,
+                                         loss_targets, low_res_view, network_fn)
 from scoresde.run.drift import check_options_drift
 from scoresde.data.loader import ShardedBatchLoader
 from scoresde.run.distributed import DistContext, all_gather_cat, all_reduce_mean, barrier, wrap_model
@@ -339,6 +340,8 @@ def next_batch(run: TrainRun) -> tuple[torch.Tensor, torch.Tensor | None]:
     labels = None
     if uses_labels(run.options):
         labels = run.data.train_labels[idx.to(run.data.train_labels.device)].to(run.ctx.device)[run.loader.local_rows]
+    if run.options.network.cond_channels:     # super-resolution: conditioned on the batch's low-res view
+        labels = low_res_view(run.options, x)[run.loader.local_rows]
     return memory_format(x[run.loader.local_rows], run.accel), labels
 
 
@@ -352,6 +355,9 @@ def loss_noise(run: TrainRun, x: torch.Tensor) -> dict:
                           **loss.noise_kwargs, **sampler)
     if run.options.train.label_dropout > 0:
         noise["drop"] = draw_drop(size, run.options.train.label_dropout, gen, x.device)
+    if run.options.network.cond_channels:     # noise-conditioning augmentation of the low-res condition
+        r = run.options.data.low_res
+        noise.update(draw_condition_noise(run.options, (size, x.shape[1], r, r), gen, x.device, x.dtype))
     return {k: memory_format(v[run.loader.local_rows], run.accel) for k, v in noise.items()}
 
 
@@ -359,8 +365,7 @@ def train_step(run: TrainRun, x: torch.Tensor, labels: torch.Tensor | None = Non
     """One optimizer update on this rank's batch (and labels); returns the (detached) mean loss.
     Nothing in it waits for the device: the non-finite guard counts on the device (``SkipCounter``)."""
     noise = loss_noise(run, x)
-    if "drop" in noise:
-        labels = drop_labels(labels, noise.pop("drop"), run.options.network.num_classes)
+    labels = conditioned_labels(run.options, run.sde, labels, noise)
     loss = run.update(x, noise, labels)
     record_level_terms(run)
     o = run.options.optim
@@ -570,6 +575,8 @@ def log_eval_loss(run: TrainRun, bar=None) -> None:
     n = run.options.eval.batch_size
     items = run.data.test[:n]
     labels = run.data.test_labels[:n] if uses_labels(run.options) else None
+    if run.options.network.cond_channels:
+        labels = heldout_conditions(run.options, run.sde, run.data, len(items))[1]
     with torch.random.fork_rng(devices=_rng_devices(run)):
         loss = heldout_loss(run.sde, ema_score_fn(run), run.options.loss, items, run.data, batch_size=len(items),
                             generator=generator(run.options.seed, Stream.EVAL_LOSS, run.ctx.rank, run.ctx.device),
@@ -587,7 +594,10 @@ def log_eval_loss(run: TrainRun, bar=None) -> None:
 
 
 def class_cycle(run: TrainRun, num: int) -> torch.Tensor | None:
-    """For a class-conditional model, the classes in turn for ``num`` samples; else ``None``."""
+    """For a class-conditional model, the classes in turn for ``num`` samples; for an image-conditioned
+    one the held-out items' low-resolution conditions in turn; else ``None``."""
+    if run.options.network.cond_channels:
+        return heldout_conditions(run.options, run.sde, run.data, num)[1]
     return torch.arange(num) % run.options.network.num_classes if uses_labels(run.options) else None
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 
 from scoresde.run.distributed import DistContext
-from scoresde.run.generation import count_nonfinite, generate, label_accuracy, sample_files, sample_stats
+from scoresde.run.cascade import sr_line, super_resolution_results
+from scoresde.run.generation import (count_nonfinite, generate, label_accuracy, npz_bytes, sample_files,
+                                     sample_picture, sample_stats)
 from scoresde.run.guidance import guided_score_for, unconditional_score
 from scoresde.run.inference import load_classifier, load_for_inference
 from scoresde.run.options import RunOptions, SamplerOptions
@@ -62,7 +64,10 @@ def sample_labels(sampler: SamplerOptions, num_classes: int) -> tuple[torch.Tens
 def sample(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: str | Path | None = None) -> dict:
     """The ``sample`` mode: ``samples.npz``, a picture, ``info.json`` and the resolved ``config.json`` in
     ``outdir`` (default ``<workdir>/samples``), written once the samples exist; returns the info.
-    Samples holding NaN or inf are counted in ``info.json`` and raise ``NonFiniteResultsError``."""
+    Samples holding NaN or inf are counted in ``info.json`` and raise ``NonFiniteResultsError``. An
+    image-conditioned model is sampled on the conditions ``sampling.cascade`` / ``low_res_from`` name."""
+    if options.network.cond_channels:
+        return sample_super_resolution(options, workdir, ctx, outdir)
     inf = load_for_inference(options, workdir, ctx)
     sampler = options.sampler
     num_classes = options.network.num_classes or inf.data.num_classes
@@ -97,7 +102,51 @@ def sample(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: s
         run_dir = write_results(directory, f"step{inf.step:08d}_{sampler.method}", files, options.config_json)
         logger.info("sample: %s", summary_line(info))
         logger.info("samples in %s (kept) and %s (the latest)", run_dir, directory / "samples.npz")
+    check_finite_samples(bad, len(data), directory)
+    return info
+
+
+def check_finite_samples(bad: int, num: int, directory: Path) -> None:
+    """``NonFiniteResultsError`` when ``bad`` of the ``num`` samples hold NaN or inf (after they are written)."""
     if bad:
-        raise NonFiniteResultsError(f"{bad} of {len(data)} samples hold NaN or inf values (see "
+        raise NonFiniteResultsError(f"{bad} of {num} samples hold NaN or inf values (see "
                                     f"{directory / 'info.json'}); the model or the sampler settings are broken")
+
+
+STAGE_FILES = {"cascade": ("stage1_base.png", "samples.png"),
+               "heldout": ("low_res.png", "samples.png", "original.png")}
+
+
+def sample_super_resolution(options: RunOptions, workdir: str | Path, ctx: DistContext,
+                            outdir: str | Path | None = None) -> dict:
+    """``--mode sample`` of an image-conditioned model: a cascade (``stage1_base.png``, then the
+    super-resolved ``samples.png``) or the held-out items super-resolved (``low_res.png``, ``samples.png``,
+    ``original.png`` and the accuracy numbers); ``samples.npz`` holds ``samples`` and ``low_res`` (and
+    ``original``)."""
+    sampler = options.sampler
+    show = bars_enabled(options.train.progress_bar) and ctx.is_main
+    start = time.perf_counter()
+    with logs_above_bars():
+        sr, stages, arrays, metrics = super_resolution_results(options, workdir, ctx, show_progress=show)
+    data = stages[1].samples
+    bad = count_nonfinite(data)
+    kind = "cascade" if sampler.cascade is not None else "heldout"
+    info = {"step": sr.step, "method": sampler.method, "num_samples": int(len(data)), "nfe_per_batch": stages[1].nfe,
+            "time_s": round(time.perf_counter() - start, 3), "nonfinite_samples": bad, "conditions": kind,
+            "cond_noise": sampler.cond_noise, "guidance": sampler.guidance, "guidance_scale": sampler.guidance_scale,
+            **metrics}
+    directory = Path(outdir) if outdir is not None else Path(workdir) / SAMPLES_DIR
+    if ctx.is_main:
+        guided = f", {sampler.guidance} guidance w = {sampler.guidance_scale:g}" if sampler.guidance != "none" else ""
+        files = {"samples.npz": npz_bytes(samples=data.numpy(), **arrays), "info.json": json.dumps(info, indent=2) + "\n"}
+        for i, (stage, name) in enumerate(zip(stages, STAGE_FILES[kind])):
+            how = f", {sampler.method} sampler" if stage.nfe else ""
+            how += f", cond_noise {sampler.cond_noise:g}{guided}" if i == 1 else ""   # the super-resolved stage
+            files[name] = sample_picture(stage.samples.numpy(), sr.data, stage.caption + how)
+        run_dir = write_results(directory, f"step{sr.step:08d}_{sampler.method}_{kind}", files, options.config_json)
+        logger.info("sample: %s", summary_line(info))
+        if metrics:
+            logger.info("sample: %s", sr_line(metrics))
+        logger.info("samples in %s (kept) and %s (the latest)", run_dir, directory / "samples.npz")
+    check_finite_samples(bad, len(data), directory)
     return info
