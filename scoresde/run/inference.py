@@ -12,12 +12,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from scoresde.distill import ConsistencyFunction
 from scoresde.models import ExponentialMovingAverage, get_logits_fn, get_score_fn, null_label
 from scoresde.sde_lib import SDE
 from scoresde.run.checkpoint import load_latest
 from scoresde.run.drift import check_options_drift
 from scoresde.run.distributed import DistContext
-from scoresde.run.options import DataOptions, RunOptions
+from scoresde.run.options import DataOptions, DistillOptions, RunOptions, SamplerOptions
 from scoresde.run.pretrained import Pretrained, load_pretrained
 from scoresde.data.pipeline import DataSpec, spec_from_meta
 from scoresde.run.runtime import accelerated_score_fn, local_processes, resolve_accel, set_threads
@@ -37,6 +38,7 @@ class Inference:
     trained: RunOptions               # the options the weights were trained with (what checks of the model read)
     score_with: Callable | None = None   # score_with(cond): the score given class labels (conditional models)
     pretrained: bool = False          # model.pretrained's weights (``checkpoint`` is their path), not trained here
+    consistency: bool = False         # a consistency student: ``score_fn`` is its f(x, t), not a score
 
     @property
     def weights(self) -> str:
@@ -107,6 +109,11 @@ def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContex
     logger.info("loaded EMA weights of step %d from %s", trained.step, path)
     accel = resolve_accel(ctx.device, options.train.accel)
     network = torch.compile(module) if accel.compile else module
+    distill = check_distilled_sampler(trained.options, options.sampler, path)
+    if distill is not None and distill.is_consistency:
+        f = ConsistencyFunction(network, sde, eps=distill.eps, sigma_data=distill.sigma_data)
+        return Inference(sde=sde, model=module, score_fn=f, data=spec_from_meta(trained.state["meta"]),
+                         step=trained.step, checkpoint=path, trained=trained.options, consistency=True)
 
     def score_with(cond: torch.Tensor | None):
         score_fn = get_score_fn(sde, network, train=False, cond=cond, **options.network.score_kwargs)
@@ -115,6 +122,32 @@ def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContex
     return Inference(sde=sde, model=module, score_fn=marginal_score(trained.options, score_with),
                      data=spec_from_meta(trained.state["meta"]), step=trained.step, checkpoint=path,
                      trained=trained.options, score_with=score_with)
+
+
+def check_distilled_sampler(trained: RunOptions, sampler: SamplerOptions, path: Path) -> DistillOptions | None:
+    """A distilled student samples only as it was trained: a consistency student (distill.method cd / ct)
+    with ``sampling.method=consistency``, a progressive one with ``ddim`` on its own grid (its steps and
+    eps); a score model never with ``consistency``. Returns the student's distill options (``None``: a
+    score model of ``--mode train``)."""
+    distill = trained.distill
+    if distill is None:
+        if sampler.method == "consistency":
+            raise ValueError(f"config.sampling.method='consistency' samples a consistency student (--mode distill "
+                             f"with distill.method cd or ct); {path} holds a score model: use pc, ode, fast, ddim, "
+                             f"edm or ddpm")
+        return None
+    if distill.is_consistency and sampler.method != "consistency":
+        raise ValueError(f"{path} holds a consistency student (distill.method={distill.method!r}): it has no score; "
+                         f"sample it with --config.sampling.method=consistency --config.sampling.steps=1 (or 2, 4), "
+                         f"got sampling.method={sampler.method!r}")
+    if distill.method == "progressive":
+        eps = trained.sampler.eps
+        if (sampler.method, sampler.steps, sampler.eps) != ("ddim", distill.student_steps, eps):
+            raise ValueError(f"{path} holds a progressive-distillation student for {distill.student_steps} DDIM "
+                             f"steps: sample it with --config.sampling.method=ddim --config.sampling.steps="
+                             f"{distill.student_steps} (sampling.eps={eps:g}), got method={sampler.method!r}, "
+                             f"steps={sampler.steps}, eps={sampler.eps:g}")
+    return distill
 
 
 def pretrained_inference(options: RunOptions, ctx: DistContext) -> Inference:
@@ -170,6 +203,45 @@ def marginal_score(trained: RunOptions, score_with: Callable) -> Callable:
         return by_batch[key](x, t)
 
     return null_score
+
+
+@dataclass
+class Teacher:
+    """The EMA weights of a trained score model, as the teacher of ``--mode distill``."""
+
+    network: nn.Module                # in eval mode
+    options: RunOptions               # the options it was trained with
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    step: int
+    checkpoint: Path
+
+
+def load_teacher(workdir: str | Path, options: RunOptions, ctx: DistContext) -> Teacher:
+    """The newest checkpoint of ``workdir`` as a teacher: an unconditional score model of the data and
+    process of ``options`` (``ValueError`` naming ``config.distill.teacher_workdir`` otherwise)."""
+    what = "config.distill.teacher_workdir"
+    trained = read_trained(workdir, what + ": no checkpoint in {directory}; train the teacher there first "
+                                          "(--mode train)")
+    stored, path = trained.options, trained.path
+    if stored.loss.is_classifier or (stored.distill is not None and stored.distill.is_consistency):
+        kind = "a classifier" if stored.loss.is_classifier else "a consistency student"
+        raise ValueError(f"{what}: {path} holds {kind}, which has no score; the teacher is a score model of "
+                         f"--mode train")
+    if stored.data.dataset != options.data.dataset or stored.data.centered != options.data.centered:
+        raise ValueError(f"{what}: the teacher {path} was trained on data.dataset={stored.data.dataset!r} (centered="
+                         f"{stored.data.centered}), this config gives {options.data.dataset!r} (centered="
+                         f"{options.data.centered}); they must match")
+    if stored.sde != options.sde:
+        raise ValueError(f"{what}: the teacher {path} was trained on the process {stored.sde.name} "
+                         f"{dict(stored.sde.kwargs)}, this config gives {options.sde.name} {dict(options.sde.kwargs)}; "
+                         f"they must match (start from the teacher's config)")
+    if stored.network.num_classes:
+        raise ValueError(f"{what}: the teacher {path} is class-conditional (model.num_classes="
+                         f"{stored.network.num_classes}); distillation takes an unconditional teacher")
+    module = ema_network(trained, ctx.device)
+    score_fn = get_score_fn(stored.sde.build(), module, train=False, **stored.network.score_kwargs)
+    logger.info("teacher: EMA weights of step %d from %s", trained.step, path)
+    return Teacher(network=module, options=stored, score_fn=score_fn, step=trained.step, checkpoint=path)
 
 
 @dataclass
