@@ -169,6 +169,9 @@ def test_sampling_with_the_wrong_method_is_refused(tmp_path, teacher):
     with pytest.raises(ValueError, match=r"holds a consistency student \(distill\.method='cd'\): it has no score; "
                                          r"sample it with --config\.sampling\.method=consistency"):
         run(tiny_config(), tmp_path / "cd", "sample")
+    with pytest.raises(ValueError, match=r"holds a consistency student \(--mode distill\): it has no score, so the "
+                                         r"held-out loss and likelihoods of --mode eval do not apply"):
+        run(sample_config("cd"), tmp_path / "cd", "eval")
     with pytest.raises(ValueError, match=r"config\.sampling\.method='consistency' samples a consistency student"):
         run(sample_config("cd"), teacher, "sample", outdir=tmp_path / "out")
     run(distill_config("progressive", teacher), tmp_path / "pd", "distill")
