@@ -19,7 +19,7 @@ from scoresde.run.checkpoint import load_latest
 from scoresde.run.drift import check_options_drift
 from scoresde.run.distributed import DistContext
 from scoresde.run.options import DataOptions, DistillOptions, RunOptions, SamplerOptions
-from scoresde.run.pretrained import Pretrained, load_pretrained
+from scoresde.run.pretrained import SHIPPED, Pretrained, load_pretrained, shipped_model, shipped_network
 from scoresde.data.pipeline import DataSpec, spec_from_meta
 from scoresde.run.runtime import accelerated_score_fn, local_processes, resolve_accel, set_threads
 from scoresde.run.workdir import checkpoint_dir
@@ -111,7 +111,9 @@ def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContex
     network = torch.compile(module) if accel.compile else module
     distill = check_distilled_sampler(trained.options, options.sampler, path)
     if distill is not None and distill.is_consistency:
-        f = ConsistencyFunction(network, sde, eps=distill.eps, sigma_data=distill.sigma_data)
+        classes = trained.options.network.num_classes        # a conditional network: its unconditional model
+        f = ConsistencyFunction(network, sde, eps=distill.eps, sigma_data=distill.sigma_data,
+                                cond=null_label(classes) if classes else None)
         return Inference(sde=sde, model=module, score_fn=f, data=spec_from_meta(trained.state["meta"]),
                          step=trained.step, checkpoint=path, trained=trained.options, consistency=True)
 
@@ -216,17 +218,29 @@ class Teacher:
     checkpoint: Path
 
 
-def load_teacher(workdir: str | Path, options: RunOptions, ctx: DistContext) -> Teacher:
-    """The newest checkpoint of ``workdir`` as a teacher: an unconditional score model of the data and
-    process of ``options`` (``ValueError`` naming ``config.distill.teacher_workdir`` otherwise)."""
+def teacher_network(source: str, ctx: DistContext) -> tuple[nn.Module, RunOptions, int, Path]:
+    """``(EMA network, its options, step, file)`` of a work directory's newest checkpoint, or of the shipped
+    model ``source`` names (``distill.teacher_workdir=digits``; a local folder of that name is ``./digits``)."""
+    if source in SHIPPED:
+        module, info = shipped_network(source, ctx.device)
+        return module, shipped_model(source).options(info), int(info["step"]), shipped_model(source).weights_path
+    trained = read_trained(source, "config.distill.teacher_workdir: no checkpoint in {directory}; train the "
+                                   "teacher there first (--mode train)")
+    if trained.options.loss.is_classifier:
+        raise ValueError(f"config.distill.teacher_workdir: {trained.path} holds a classifier, which has no score; "
+                         f"the teacher is a score model of --mode train")
+    return ema_network(trained, ctx.device), trained.options, trained.step, trained.path
+
+
+def load_teacher(source: str, options: RunOptions, ctx: DistContext) -> Teacher:
+    """A work directory's newest checkpoint (or a shipped model) as a teacher: a score model of the data and
+    process of ``options``, unconditional or class-conditional with label dropout (its null label's score:
+    the unconditional model); ``ValueError`` naming ``config.distill.teacher_workdir`` otherwise."""
     what = "config.distill.teacher_workdir"
-    trained = read_trained(workdir, what + ": no checkpoint in {directory}; train the teacher there first "
-                                          "(--mode train)")
-    stored, path = trained.options, trained.path
-    if stored.loss.is_classifier or (stored.distill is not None and stored.distill.is_consistency):
-        kind = "a classifier" if stored.loss.is_classifier else "a consistency student"
-        raise ValueError(f"{what}: {path} holds {kind}, which has no score; the teacher is a score model of "
-                         f"--mode train")
+    module, stored, step, path = teacher_network(source, ctx)
+    if stored.distill is not None and stored.distill.is_consistency:
+        raise ValueError(f"{what}: {path} holds a consistency student, which has no score; the teacher is a score "
+                         f"model")
     if stored.data.dataset != options.data.dataset or stored.data.centered != options.data.centered:
         raise ValueError(f"{what}: the teacher {path} was trained on data.dataset={stored.data.dataset!r} (centered="
                          f"{stored.data.centered}), this config gives {options.data.dataset!r} (centered="
@@ -235,13 +249,17 @@ def load_teacher(workdir: str | Path, options: RunOptions, ctx: DistContext) -> 
         raise ValueError(f"{what}: the teacher {path} was trained on the process {stored.sde.name} "
                          f"{dict(stored.sde.kwargs)}, this config gives {options.sde.name} {dict(options.sde.kwargs)}; "
                          f"they must match (start from the teacher's config)")
-    if stored.network.num_classes:
-        raise ValueError(f"{what}: the teacher {path} is class-conditional (model.num_classes="
-                         f"{stored.network.num_classes}); distillation takes an unconditional teacher")
-    module = ema_network(trained, ctx.device)
-    score_fn = get_score_fn(stored.sde.build(), module, train=False, **stored.network.score_kwargs)
-    logger.info("teacher: EMA weights of step %d from %s", trained.step, path)
-    return Teacher(network=module, options=stored, score_fn=score_fn, step=trained.step, checkpoint=path)
+    if stored.network.num_classes and not stored.train.label_dropout:
+        raise ValueError(f"{what}: the teacher {path} is class-conditional without label dropout (training."
+                         f"label_dropout=0): it has no unconditional score to distil")
+    sde = stored.sde.build()
+
+    def score_with(cond: torch.Tensor | None):
+        return get_score_fn(sde, module, train=False, cond=cond, **stored.network.score_kwargs)
+
+    logger.info("teacher: weights of step %d from %s", step, path)
+    return Teacher(network=module, options=stored, score_fn=marginal_score(stored, score_with), step=step,
+                   checkpoint=path)
 
 
 @dataclass

@@ -11,7 +11,8 @@ with an ``Objective``), so it gets the same checkpoints, exact resume, signals, 
   at a round's start the student's weights become the teacher (kept in the checkpoint) and the EMA restarts.
   The student is a score model sampled with ``sampling.method=ddim``, ``steps`` its final steps.
 
-Every step's random draws come from a generator re-seeded with (seed, ``Stream.DISTILL``, step, rank), so a
+A class-conditional network (e.g. initialised from a teacher trained with label dropout) is distilled and
+sampled with its null label: the unconditional model. Every step's random draws come from a generator re-seeded with (seed, ``Stream.DISTILL``, step, rank), so a
 resumed run repeats them exactly.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 
 from scoresde.distill import (ConsistencyFunction, cd_loss, consistency_grid, ct_loss, ct_steps, make_target,
                               progressive_loss)
-from scoresde.models import ExponentialMovingAverage, get_score_fn
+from scoresde.models import ExponentialMovingAverage, get_score_fn, null_label
 from scoresde.run import checkpoint as ckpt
 from scoresde.run.options import DistillOptions, SamplerOptions
 from scoresde.samplers.schedules import DDIM_SKIP_TYPE, get_time_steps
@@ -44,6 +45,17 @@ def gradient_update(run: TrainRun, per_sample: torch.Tensor) -> torch.Tensor:
     loss = per_sample.float().mean()
     loss.backward()
     return finish_update(run, loss.detach())
+
+
+def null_class(run: TrainRun) -> int | None:
+    """The label a class-conditional student always gets (its null label); ``None`` for an unconditional one."""
+    classes = run.options.network.num_classes
+    return null_label(classes) if classes else None
+
+
+def null_labels(run: TrainRun, x: torch.Tensor) -> torch.Tensor | None:
+    cond = null_class(run)
+    return None if cond is None else torch.full((x.shape[0],), cond, dtype=torch.long, device=x.device)
 
 
 def start_from(run: TrainRun, network: nn.Module, what: str) -> None:
@@ -73,7 +85,8 @@ class ConsistencyObjective(Objective):
             self.target = make_target(run.model, self.options.target_decay)
 
     def function(self, network: nn.Module, run: TrainRun) -> ConsistencyFunction:
-        return ConsistencyFunction(network, run.sde, eps=self.options.eps, sigma_data=self.options.sigma_data)
+        return ConsistencyFunction(network, run.sde, eps=self.options.eps, sigma_data=self.options.sigma_data,
+                                   cond=null_class(run))
 
     def grid(self, run: TrainRun, n: int):
         if n not in self.grids:
@@ -133,8 +146,9 @@ class ProgressiveObjective(Objective):
             self.teacher_net.load_state_dict(run.model.state_dict())     # Salimans & Ho 2022, Alg. 2
             run.ema = ExponentialMovingAverage(run.model, decay=run.options.train.ema_rate)
         times = get_time_steps(run.sde, self.teacher_steps(run), self.eps, DDIM_SKIP_TYPE)
-        student = network_fn(run.options, run.sde, run.train_model, None, train=True)
-        teacher = get_score_fn(run.sde, self.teacher_net, train=False, **run.options.network.score_kwargs)
+        labels = null_labels(run, x)
+        student = network_fn(run.options, run.sde, run.train_model, labels, train=True)
+        teacher = get_score_fn(run.sde, self.teacher_net, train=False, cond=labels, **run.options.network.score_kwargs)
         run.optimizer.zero_grad(set_to_none=True)
         per_sample = progressive_loss(run.sde, student, teacher, x, times, generator=step_generator(run))
         return gradient_update(run, per_sample)
@@ -148,4 +162,14 @@ class ProgressiveObjective(Objective):
     def sampler(self, run: TrainRun) -> tuple[Callable, SamplerOptions]:
         """The EMA student with DDIM on its grid of the last update's round."""
         steps = self.options.pd_start_steps // 2 ** (self.round(run, max(run.step - 1, 0)) + 1)
-        return ema_score_fn(run), dataclasses.replace(run.options.sampler, method="ddim", steps=steps, eps=self.eps)
+        cond = null_class(run)
+        fn = ema_score_fn(run) if cond is None else marginal(run, cond)
+        return fn, dataclasses.replace(run.options.sampler, method="ddim", steps=steps, eps=self.eps)
+
+
+def marginal(run: TrainRun, cond: int) -> Callable:
+    """The EMA network's score with label ``cond`` for every sample (any batch size)."""
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        labels = torch.full((x.shape[0],), cond, dtype=torch.long, device=x.device)
+        return ema_score_fn(run, labels)(x, t)
+    return score

@@ -641,8 +641,11 @@ def drawing(run: TrainRun) -> tuple[Callable, SamplerOptions]:
 
 
 def class_cycle(run: TrainRun, num: int) -> torch.Tensor | None:
-    """For a class-conditional model, the classes in turn for ``num`` samples; else ``None``."""
-    return torch.arange(num) % run.options.network.num_classes if uses_labels(run.options) else None
+    """For a class-conditional model, the classes in turn for ``num`` samples; else (and for an objective's
+    student, which draws with its own function) ``None``."""
+    if run.objective is not None or not uses_labels(run.options):
+        return None
+    return torch.arange(num) % run.options.network.num_classes
 
 
 def eval_quality(run: TrainRun) -> dict:

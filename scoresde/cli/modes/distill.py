@@ -19,7 +19,8 @@ TEACHER_METHODS = ("cd", "progressive")
 
 def check_distill_run(options: RunOptions, workdir: str | Path) -> None:
     """What ``--mode distill`` needs besides a valid config: a teacher for cd / progressive (in another
-    work directory), an unconditional score network, and progressive's student starting as its teacher."""
+    work directory), a score network (a class-conditional one is distilled with its null label), and
+    progressive's student starting as its teacher."""
     d = options.distill
     if d is None:
         raise ValueError("--mode distill needs options built with distill options (options_from_config(config, "
@@ -30,10 +31,9 @@ def check_distill_run(options: RunOptions, workdir: str | Path) -> None:
     if d.teacher_workdir is not None and Path(d.teacher_workdir).resolve() == Path(workdir).resolve():
         raise ValueError(f"config.distill.teacher_workdir={d.teacher_workdir!r} is --workdir itself: the student "
                          f"needs a work directory of its own")
-    if options.network.num_classes or options.loss.is_classifier:
-        raise ValueError(f"--mode distill trains an unconditional student: config.model.num_classes must be 0 and "
-                         f"training.loss a score loss, got num_classes={options.network.num_classes}, "
-                         f"loss={options.loss.name!r}")
+    if options.loss.is_classifier:
+        raise ValueError("--mode distill trains a generator: training.loss must be a score model's loss, got "
+                         "'classifier'")
     if d.method == "progressive" and not d.init_from_teacher:
         raise ValueError("config.distill.init_from_teacher must be True for distill.method='progressive' (the "
                          "student starts as its teacher and takes its place each round)")
