@@ -68,7 +68,7 @@ class ConsistencyObjective(Objective):
     """Consistency distillation (``teacher_score`` given, ``distill.method='cd'``) or improved consistency
     training (``'ct'``, no teacher)."""
 
-    has_score = False
+    heldout_loss = False          # f is no score: options.loss does not apply
 
     def __init__(self, options: DistillOptions, teacher_net: nn.Module | None = None,
                  teacher_score: Callable | None = None, teacher_path: str = "the teacher"):
@@ -124,6 +124,8 @@ class ConsistencyObjective(Objective):
 
 class ProgressiveObjective(Objective):
     """Progressive distillation from ``teacher_net`` (the student's network, score arguments of the config)."""
+
+    heldout_loss = False          # the student is a few-step sampler's score, not a fit of every level
 
     def __init__(self, options: DistillOptions, teacher_net: nn.Module, eps: float, teacher_path: str = "the teacher"):
         self.options, self.eps, self.teacher_path = options, eps, teacher_path

@@ -93,7 +93,7 @@ class Objective:
     keeps everything else: data order, optimiser, EMA, checkpoints, resume, metrics, signals."""
 
     describe = "the objective's loss"        # what "loss" is, for the log
-    has_score = True                         # the EMA network is a score model (held-out loss applies)
+    heldout_loss = True                      # eval_freq reports options.loss on held-out items
 
     def attach(self, run: "TrainRun") -> None:
         """Set up on the fresh run, before a checkpoint (if any) is restored into it."""
@@ -610,7 +610,7 @@ def ema_score_fn(run: TrainRun, labels: torch.Tensor | None = None):
 def log_eval_loss(run: TrainRun, bar=None) -> None:
     """Held-out loss of the EMA weights on one eval batch (fixed noise, global RNG untouched), shown
     and logged; then the loss curve ``loss_curve.png`` is redrawn."""
-    if run.objective is not None and not run.objective.has_score:
+    if run.objective is not None and not run.objective.heldout_loss:
         quality = eval_quality(run) if run.options.train.eval_quality_samples else {}
         if quality:
             run.metrics.write({"step": run.step, **quality})
