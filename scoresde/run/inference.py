@@ -207,6 +207,17 @@ def marginal_score(trained: RunOptions, score_with: Callable) -> Callable:
     return null_score
 
 
+def check_companion(stored: RunOptions, options: RunOptions, who: str, other: str) -> None:
+    """A model used beside the config's (a distillation teacher, a guiding classifier) must have been trained
+    on its data and process: ``ValueError`` starting with ``who`` otherwise."""
+    if stored.data.dataset != options.data.dataset or stored.data.centered != options.data.centered:
+        raise ValueError(f"{who} was trained on data.dataset={stored.data.dataset!r} (centered={stored.data.centered}), "
+                         f"{other} on {options.data.dataset!r} (centered={options.data.centered}); they must match")
+    if stored.sde != options.sde:
+        raise ValueError(f"{who} was trained on the process {stored.sde.name} {dict(stored.sde.kwargs)}, {other} on "
+                         f"{options.sde.name} {dict(options.sde.kwargs)}; they must match")
+
+
 @dataclass
 class Teacher:
     """The EMA weights of a trained score model, as the teacher of ``--mode distill``."""
@@ -241,14 +252,7 @@ def load_teacher(source: str, options: RunOptions, ctx: DistContext) -> Teacher:
     if stored.distill is not None and stored.distill.is_consistency:
         raise ValueError(f"{what}: {path} holds a consistency student, which has no score; the teacher is a score "
                          f"model")
-    if stored.data.dataset != options.data.dataset or stored.data.centered != options.data.centered:
-        raise ValueError(f"{what}: the teacher {path} was trained on data.dataset={stored.data.dataset!r} (centered="
-                         f"{stored.data.centered}), this config gives {options.data.dataset!r} (centered="
-                         f"{options.data.centered}); they must match")
-    if stored.sde != options.sde:
-        raise ValueError(f"{what}: the teacher {path} was trained on the process {stored.sde.name} "
-                         f"{dict(stored.sde.kwargs)}, this config gives {options.sde.name} {dict(options.sde.kwargs)}; "
-                         f"they must match (start from the teacher's config)")
+    check_companion(stored, options, f"{what}: the teacher {path}", "this config")
     if stored.network.num_classes and not stored.train.label_dropout:
         raise ValueError(f"{what}: the teacher {path} is class-conditional without label dropout (training."
                          f"label_dropout=0): it has no unconditional score to distil")
@@ -279,14 +283,7 @@ def load_classifier(workdir: str | Path, options: RunOptions, ctx: DistContext) 
     if not stored.loss.is_classifier:
         raise ValueError(f"config.sampling.classifier_workdir: {path} holds a {stored.loss.name!r} model, not a "
                          f"classifier (training.loss='classifier')")
-    if stored.data.dataset != options.data.dataset or stored.data.centered != options.data.centered:
-        raise ValueError(f"config.sampling.classifier_workdir: the classifier {path} was trained on "
-                         f"{stored.data.dataset!r} (centered={stored.data.centered}), the score model on "
-                         f"{options.data.dataset!r} (centered={options.data.centered})")
-    if stored.sde != options.sde:
-        raise ValueError(f"config.sampling.classifier_workdir: the classifier {path} was trained on the process "
-                         f"{stored.sde.name} {dict(stored.sde.kwargs)}, the score model on {options.sde.name} "
-                         f"{dict(options.sde.kwargs)}; they must match")
+    check_companion(stored, options, f"config.sampling.classifier_workdir: the classifier {path}", "the score model")
     module = ema_network(trained, ctx.device)
     logger.info("loaded the classifier's EMA weights of step %d from %s", trained.step, path)
     logits_fn = get_logits_fn(stored.sde.build(), module, train=False, continuous=stored.network.continuous)

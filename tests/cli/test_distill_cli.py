@@ -143,7 +143,7 @@ def test_bad_method_is_one_line_on_the_command_line(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"distill.teacher_workdir": ""}, r"config\.distill\.teacher_workdir is required for distill\.method='cd'"),
     ({"model.beta_max": 15.0}, r"config\.distill\.teacher_workdir: the teacher .* was trained on the process vpsde "
-                               r".*'beta_max': 20\.0.*this config gives vpsde .*'beta_max': 15\.0"),
+                               r".*'beta_max': 20\.0.*this config on vpsde .*'beta_max': 15\.0"),
     ({"model.hidden": 32}, r"config\.distill\.init_from_teacher=True needs the teacher's network"),
     ({"distill.solver": "euler"}, r"config\.distill\.solver must be one of \['heun', 'ddim'\]"),
     ({"distill.pd_rounds": 4}, r"config\.distill\.pd_start_steps=8 must be divisible by 2\^distill\.pd_rounds=16"),
