@@ -78,6 +78,22 @@ def test_the_student_starts_as_the_teacher(tmp_path, teacher, method):
         assert (a == b).all()
 
 
+def test_a_class_conditional_teacher_is_distilled_with_its_null_label(tmp_path):
+    """A conditional teacher trained with label dropout: the student is its network given the null label
+    (initialised bit for bit from it) and samples unlabelled; one without label dropout is refused."""
+    conditional = {"model.num_classes": 8, "training.label_dropout": 0.2}
+    run(tiny_config(training__n_iters=2, **conditional), tmp_path / "teacher", "train")
+    run(distill_config("cd", tmp_path / "teacher", training__n_iters=0, **conditional), tmp_path / "cd", "distill")
+    student, taught = latest(tmp_path / "cd"), latest(tmp_path / "teacher")
+    assert all(torch.equal(student["model"][k], taught["ema"]["shadow"][k]) for k in student["model"])
+    run(distill_config("cd", tmp_path / "teacher", training__n_iters=2, **conditional), tmp_path / "cd", "distill")
+    info = run(sample_config("cd", **conditional), tmp_path / "cd", "sample")
+    assert info["nfe_per_batch"] == 2 and info["nonfinite_samples"] == 0 and "label" not in info
+    run(tiny_config(training__n_iters=2, model__num_classes=8), tmp_path / "no_dropout", "train")
+    with pytest.raises(ValueError, match=r"class-conditional without label dropout .* no unconditional score"):
+        run(distill_config("cd", tmp_path / "no_dropout", model__num_classes=8), tmp_path / "cd2", "distill")
+
+
 # ---------------------------------------------------------------------------------------- resume
 def signal_at(monkeypatch, cls, stop_step: int):
     """A real SIGTERM to this process right after update ``stop_step`` of the objective ``cls``."""
