@@ -188,7 +188,7 @@ def _eval() -> ml_collections.ConfigDict:
 def _distill() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     d.method = "cd"                # --mode distill: cd (consistency distillation) | ct (consistency training, no teacher) | progressive (halving DDIM steps)
-    d.teacher_workdir = ""         # cd / progressive: work directory of the trained teacher (same process, data and, to initialise from it, network)
+    d.teacher_workdir = ""         # cd / progressive: work directory of the trained teacher, or a shipped model (digits); same process and data (and network, to initialise from it)
     d.init_from_teacher = True     # start the student from the teacher's EMA weights (progressive: always)
     d.grid_size = 18               # cd: N, Karras levels the teacher steps between (Song et al. 2023: 18 on CIFAR-10)
     d.solver = "heun"              # cd: the teacher's ODE step: heun (2 evaluations) | ddim (1)
