@@ -5,6 +5,7 @@ teacher's best training-free sampler at the same NFE and at 20 NFE.
 
     python -m bench.distill_digits --root /tmp/distill_digits        # trains the three students, then the table
     python -m bench.distill_digits --root /tmp/distill_digits --skip-train   # the table of students trained before
+    python -m bench.distill_digits --root /tmp/distill_digits --methods progressive --pd-parameterizations v
 
 Quality as in ``bench/sample_quality.py``: ``--n`` samples (default 300, the held-out set's size) quantised to
 the 17 grey levels, the Fréchet distance ``FD`` of the digits classifier's 64-d features against the 300
@@ -16,7 +17,8 @@ wall-clock on whatever machine runs it (and its load).
 Teacher samplers: ``ddim`` (``ddim_sample``, steps = NFE), ``dpm2`` / ``dpm3`` (multistep DPM-Solver++, order
 min(2 or 3, steps)), each with and without the final denoising step. Students: CD / CT with
 ``consistency_sample`` at 1, 2, 4 steps from their EMA weights; PD 16 -> 8 -> 4 -> 2 -> 1 DDIM steps, the
-checkpoints at the ends of rounds 2, 3, 4 sampled with ``ddim`` on their own grid.
+checkpoints at the ends of rounds 2, 3, 4 sampled with ``ddim`` on their own grid, once for each student
+parameterisation of ``--pd-parameterizations`` (``auto``: the teacher's eps; ``v``: Salimans & Ho's choice).
 """
 from __future__ import annotations
 
@@ -46,7 +48,14 @@ EPS = 1e-3
 METHODS = ("cd", "ct", "progressive")
 
 
-def student_config(method: str, args):
+def workdirs(args) -> dict:
+    """``{name: (method, parameterization)}`` of the students: cd, ct and one progressive run per parameterisation."""
+    runs = {m: (m, "auto") for m in ("cd", "ct")}
+    runs.update({f"progressive_{p}": ("progressive", p) for p in args.pd_parameterizations.split(",")})
+    return runs
+
+
+def student_config(method: str, args, parameterization: str = "auto"):
     """``configs/digits/ddpmpp_vp_cond.py`` (the shipped model's) with the distill block and the bench's sizes."""
     config = get_config()
     t = config.training
@@ -61,17 +70,21 @@ def student_config(method: str, args):
     d = config.distill
     d.method, d.teacher_workdir, d.solver, d.grid_size = method, "digits", "heun", args.grid_size
     d.pd_start_steps, d.pd_rounds = 16, 4
+    config.model.parameterization = parameterization
     return config
 
 
 def train_students(args) -> dict:
-    times = {}
-    for method in METHODS:
+    path = args.root / "train_times.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    for name, (method, parameterization) in workdirs(args).items():
+        if method not in args.methods.split(","):
+            continue
         start = time.perf_counter()
-        result = run_mode(student_config(method, args), args.root / method, "distill")
-        times[method] = time.perf_counter() - start
-        print(f"trained {method}: {result}, {times[method]:.0f} s", flush=True)
-    (args.root / "train_times.json").write_text(json.dumps(times, indent=2))
+        result = run_mode(student_config(method, args, parameterization), args.root / name, "distill")
+        times[name] = time.perf_counter() - start
+        print(f"trained {name}: {result}, {times[name]:.0f} s", flush=True)
+        path.write_text(json.dumps(times, indent=2))
     return times
 
 
@@ -134,14 +147,17 @@ def student_rows(args, classifier, real) -> list:
         for steps in (1, 2, 4):
             rows.append(quality(lambda g: consistency_sample(sde, f, shape, steps=steps, generator=g)[0],
                                 f"{method.upper()} student", steps, classifier, real, args))
-    for round_, steps in ((2, 4), (3, 2), (4, 1)):
-        network, options = ema_at(args.root / "progressive", round_ * args.pd_iters)
-        sde = options.sde.build()
-        null = torch.full((args.n,), null_label(options.network.num_classes), dtype=torch.long)
-        score = get_score_fn(sde, network, train=False, cond=null, **options.network.score_kwargs)
-        rows.append(quality(lambda g: samplers.ddim_sample(sde, score, shape, steps=steps, eps=EPS, denoise=False,
-                                                           generator=g)[0], "PD student", steps, classifier, real,
-                            args))
+    for name, (method, parameterization) in workdirs(args).items():
+        if method != "progressive":
+            continue
+        for round_, steps in ((2, 4), (3, 2), (4, 1)):
+            network, options = ema_at(args.root / name, round_ * args.pd_iters)
+            sde = options.sde.build()
+            null = torch.full((args.n,), null_label(options.network.num_classes), dtype=torch.long)
+            score = get_score_fn(sde, network, train=False, cond=null, **options.network.score_kwargs)
+            rows.append(quality(lambda g: samplers.ddim_sample(sde, score, shape, steps=steps, eps=EPS,
+                                                               denoise=False, generator=g)[0],
+                                f"PD student ({parameterization})", steps, classifier, real, args))
     return rows
 
 
@@ -159,6 +175,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="training threads (0: auto)")
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default="cd,ct,progressive", help="the students to train")
+    parser.add_argument("--pd-parameterizations", default="auto,v", help="progressive students' model.parameterization")
     parser.add_argument("--skip-train", action="store_true")
     args = parser.parse_args(argv)
     times = json.loads((args.root / "train_times.json").read_text()) if args.skip_train else train_students(args)

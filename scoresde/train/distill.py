@@ -123,12 +123,15 @@ class ConsistencyObjective(Objective):
 
 
 class ProgressiveObjective(Objective):
-    """Progressive distillation from ``teacher_net`` (the student's network, score arguments of the config)."""
+    """Progressive distillation from ``teacher_net`` (the student's network), read with ``teacher_kwargs`` (its
+    score's arguments) in the first round and with the student's own (the config's) after a hand-over: the
+    student may change the parameterisation (Salimans & Ho 2022 distil into v-prediction)."""
 
     heldout_loss = False          # the student is a few-step sampler's score, not a fit of every level
 
-    def __init__(self, options: DistillOptions, teacher_net: nn.Module, eps: float, teacher_path: str = "the teacher"):
-        self.options, self.eps, self.teacher_path = options, eps, teacher_path
+    def __init__(self, options: DistillOptions, teacher_net: nn.Module, teacher_kwargs: dict, eps: float,
+                 teacher_path: str = "the teacher"):
+        self.options, self.teacher_kwargs, self.eps, self.teacher_path = options, teacher_kwargs, eps, teacher_path
         self.teacher_net = copy.deepcopy(teacher_net).eval().requires_grad_(False)
         self.describe = options.describe
 
@@ -150,7 +153,8 @@ class ProgressiveObjective(Objective):
         times = get_time_steps(run.sde, self.teacher_steps(run), self.eps, DDIM_SKIP_TYPE)
         labels = null_labels(run, x)
         student = network_fn(run.options, run.sde, run.train_model, labels, train=True)
-        teacher = get_score_fn(run.sde, self.teacher_net, train=False, cond=labels, **run.options.network.score_kwargs)
+        kwargs = self.teacher_kwargs if self.round(run, run.step) == 0 else run.options.network.score_kwargs
+        teacher = get_score_fn(run.sde, self.teacher_net, train=False, cond=labels, **kwargs)
         run.optimizer.zero_grad(set_to_none=True)
         per_sample = progressive_loss(run.sde, student, teacher, x, times, generator=step_generator(run))
         return gradient_update(run, per_sample)

@@ -40,13 +40,13 @@ def check_distill_run(options: RunOptions, workdir: str | Path) -> None:
 
 
 def check_same_network(options: RunOptions, teacher: Teacher) -> None:
-    """Initialising the student from the teacher needs the teacher's network and score arguments."""
+    """Initialising the student from the teacher needs the teacher's network (its output may be read
+    otherwise: a consistency function's F, or progressive's model.parameterization)."""
     mine, theirs = options.network, teacher.options.network
-    if (mine.name, dict(mine.kwargs), mine.score_kwargs) != (theirs.name, dict(theirs.kwargs), theirs.score_kwargs):
+    if (mine.name, dict(mine.kwargs)) != (theirs.name, dict(theirs.kwargs)):
         raise ValueError(f"config.distill.init_from_teacher=True needs the teacher's network: {teacher.checkpoint} is "
-                         f"{theirs.name} {dict(theirs.kwargs)} {theirs.score_kwargs}, the config gives {mine.name} "
-                         f"{dict(mine.kwargs)} {mine.score_kwargs}; start from the teacher's config or set "
-                         f"distill.init_from_teacher=False (cd / ct)")
+                         f"{theirs.name} {dict(theirs.kwargs)}, the config gives {mine.name} {dict(mine.kwargs)}; "
+                         f"start from the teacher's config or set distill.init_from_teacher=False (cd / ct)")
 
 
 def objective_for(options: RunOptions, teacher: Teacher | None) -> Objective:
@@ -54,7 +54,8 @@ def objective_for(options: RunOptions, teacher: Teacher | None) -> Objective:
     if teacher is not None and d.init_from_teacher:
         check_same_network(options, teacher)
     if d.method == "progressive":
-        return ProgressiveObjective(d, teacher.network, eps=options.sampler.eps, teacher_path=str(teacher.checkpoint))
+        return ProgressiveObjective(d, teacher.network, teacher.options.network.score_kwargs, eps=options.sampler.eps,
+                                    teacher_path=str(teacher.checkpoint))
     if teacher is None:
         return ConsistencyObjective(d)
     score = teacher.score_fn if d.method == "cd" else None
