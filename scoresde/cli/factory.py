@@ -7,7 +7,8 @@ from __future__ import annotations
 from scoresde.cli.schema import leaf_fields, network_kwargs, sde_kwargs
 from scoresde.cli.validate import label_classes, parse_cascade, parse_label, requested_bounds, validate_config
 from scoresde.configs.default import get_default_config, use_ddpmpp, use_ncsnpp
-from scoresde.run.options import (Accel, BoundOptions, DataOptions, EvalOptions, LossOptions, NetworkOptions,
+from scoresde.run.options import (Accel, BoundOptions, DataOptions, DistillOptions, EvalOptions, LossOptions,
+                                  NetworkOptions,
                                   OptimOptions, RunOptions, SamplerOptions, SDEOptions, TrainOptions,
                                   frozen_mapping)
 
@@ -116,13 +117,24 @@ def _train(config) -> TrainOptions:
         accel=Accel(bf16=t.bf16, compile=t.compile, channels_last=t.channels_last, tf32=t.tf32))
 
 
-def options_from_config(config) -> RunOptions:
+def distill_options(config) -> DistillOptions:
+    """``--mode distill``'s options (the modes other than distill leave ``RunOptions.distill`` None)."""
+    d = config.distill
+    return DistillOptions(method=d.method, teacher_workdir=d.teacher_workdir or None,
+                          init_from_teacher=d.init_from_teacher, grid_size=d.grid_size, solver=d.solver,
+                          distance=d.distance, target_decay=d.target_decay, ct_s0=d.ct_s0, ct_s1=d.ct_s1,
+                          sigma_data=d.sigma_data, eps=d.eps, pd_start_steps=d.pd_start_steps,
+                          pd_rounds=d.pd_rounds)
+
+
+def options_from_config(config, distill: bool = False) -> RunOptions:
     """Validate ``config`` completely (``ValueError`` naming the first bad field, its value and what is
-    allowed) and return its plain options."""
+    allowed) and return its plain options; ``distill``: with ``distill_options`` (``--mode distill``)."""
     validate_config(config)
     return RunOptions(seed=config.seed, device=config.device, data=_data(config), sde=_sde(config),
                       network=_network(config), loss=_loss(config), optim=_optim(config),
                       sampler=_sampler(config), eval=_eval(config), train=_train(config),
+                      distill=distill_options(config) if distill else None,
                       config_json=config.to_json(indent=2, sort_keys=True))
 
 

@@ -4,7 +4,7 @@
         [--config.training.n_iters=200 ...]
 
 ``--mode train`` writes ``<workdir>/checkpoints/`` (and resumes from the newest), ``metrics.jsonl`` and
-``snapshots/``; ``--mode eval`` writes ``<workdir>/eval/metrics.json``; ``--mode sample`` writes
+``snapshots/`` (``--mode distill`` the same for a few-step student of ``distill.teacher_workdir``); ``--mode eval`` writes ``<workdir>/eval/metrics.json``; ``--mode sample`` writes
 ``<workdir>/samples/samples.npz`` and a PNG; ``--mode inpaint`` / ``colorize`` write
 ``<workdir>/inpaint/`` / ``colorize/``; ``--mode fid`` writes ``<workdir>/fid/fid.json``. For several processes launch with ``torchrun``.
 
@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from scoresde.run.distributed import DistContext, cleanup, init_distributed
 from scoresde.evaluate.classifier import evaluate_classifier
+from scoresde.cli.modes.distill import distill
 from scoresde.cli.modes.eval import evaluate
 from scoresde.cli.modes.fid import fid
 from scoresde.cli.modes.impute import colorize, inpaint
@@ -42,7 +43,9 @@ def evaluate_model(options: RunOptions, workdir: str | Path, ctx: DistContext, o
 
 
 MODES = {"train": train, "eval": evaluate_model, "sample": sample, "inpaint": inpaint, "colorize": colorize,
-         "fid": fid}
+         "fid": fid, "distill": distill}
+# the modes that train in --workdir (and may create it)
+TRAINING_MODES = ("train", "distill")
 # ml_collections loads config files with the deprecated importlib load_module(): not the user's concern
 LATENT_MODES = ("train", "sample")   # the modes that take data.first_stage
 LOAD_MODULE_WARNING = r"the load_module\(\) method is deprecated"
@@ -71,7 +74,7 @@ def check_workdir(workdir: str | Path, mode: str, pretrained: bool = False) -> N
     for folder in (path, *path.parents):
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(f"--workdir {workdir}: {folder} is a file, not a directory")
-    if mode != "train" and not pretrained and not path.is_dir():
+    if mode not in TRAINING_MODES and not pretrained and not path.is_dir():
         raise FileNotFoundError(f"--workdir {workdir} does not exist; train a model there first (--mode train)")
 
 
@@ -81,13 +84,13 @@ def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mod
     torchrun); ``outdir`` redirects the results of eval and sample."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    if outdir is not None and mode == "train":
-        raise ValueError("--outdir applies to --mode eval, sample, inpaint, colorize and fid; training writes into "
-                         "--workdir")
-    options = config if isinstance(config, RunOptions) else options_from_config(config)
-    if mode == "train" and options.network.pretrained is not None:
-        raise ValueError("config.model.pretrained applies to eval, sample, inpaint, colorize and fid (it replaces the "
-                         "work directory's checkpoints); --mode train trains the config's own network")
+    if outdir is not None and mode in TRAINING_MODES:
+        raise ValueError(f"--outdir applies to --mode eval, sample, inpaint, colorize and fid; --mode {mode} writes "
+                         f"into --workdir")
+    options = config if isinstance(config, RunOptions) else options_from_config(config, distill=mode == "distill")
+    if mode in TRAINING_MODES and options.network.pretrained is not None:
+        raise ValueError(f"config.model.pretrained applies to eval, sample, inpaint, colorize and fid (it replaces the "
+                         f"work directory's checkpoints); --mode {mode} trains the config's own network")
     if options.data.first_stage and mode not in LATENT_MODES:
         raise ValueError(f"--mode {mode} does not take data.first_stage yet (latent diffusion runs --mode "
                          f"{' and '.join(LATENT_MODES)}; its likelihood bound is scoresde.likelihood.latent_bound)")
@@ -95,8 +98,8 @@ def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mod
     ctx = init_distributed(options.device)
     quiet_other_ranks(ctx)
     try:
-        if mode == "train":
-            return train(options, workdir, ctx)    # writes <workdir>/config.json once it may train there
+        if mode in TRAINING_MODES:
+            return MODES[mode](options, workdir, ctx)    # writes <workdir>/config.json once it may train there
         return MODES[mode](options, workdir, ctx, outdir=outdir)
     finally:
         cleanup(ctx)
@@ -155,6 +158,9 @@ modes (--mode):
            --config.sampling.label=3|all --config.sampling.guidance=cfg|classifier --config.sampling.guidance_scale=2)
   inpaint  complete held-out items (or sampling.inpaint_data) with sampling.mask missing: a PNG sheet and .npz
   colorize colour images from their grey version (3-channel data)
+  distill  a 1-4 step student of a trained teacher in --workdir (docs/distillation.md): consistency distillation
+           --config.distill.method=cd --config.distill.teacher_workdir=runs/teacher, consistency training (ct,
+           no teacher) or progressive; then --mode sample --config.sampling.method=consistency --config.sampling.steps=2
   fid      the papers' FID: eval.fid_samples samples (50000) per seed (eval.fid_seeds) against the training set's
            statistics (cached .npz, or eval.fid_reference); KID and precision / recall too: fid/fid.json
 
@@ -241,7 +247,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {argv[1:]}", 2)
     try:
-        options = options_from_config(FLAGS.config)
+        options = options_from_config(FLAGS.config, distill=FLAGS.mode == "distill")
         check_workdir(FLAGS.workdir, FLAGS.mode, pretrained=options.network.pretrained is not None)
     except (ValueError, OSError) as err:
         if _verbose():

@@ -22,7 +22,8 @@ from scoresde.data.folder import CHANNELS, RESIZE_MODES
 from scoresde.evaluate.heldout import CHAIN_DECODERS
 from scoresde.models import MODELS, PARAMETERIZATIONS
 from scoresde.run.distributed import DEVICES
-from scoresde.run.options import SAMPLING_METHODS
+from scoresde.distill import DISTANCES, ODE_STEPS
+from scoresde.run.options import DISTILL_METHODS, SAMPLING_METHODS
 from scoresde.sde_lib import SDES
 from scoresde.train.losses import LOSSES
 from scoresde.train.optim import OPTIMIZERS
@@ -92,6 +93,9 @@ CHOICES = {
     "data.resize": lambda: RESIZE_MODES,
     "data.channels": lambda: CHANNELS,
     "training.eval_quality_metric": lambda: TRAINING_QUALITY_METRICS,
+    "distill.method": lambda: DISTILL_METHODS,
+    "distill.solver": lambda: ODE_STEPS,
+    "distill.distance": lambda: DISTANCES,
 }
 # field -> the smallest integer it may hold
 INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_iters": 0,
@@ -106,7 +110,9 @@ INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_it
         "training.eval_quality_samples": 0,
         "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
         "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1,
-        "data.low_res": 0, "data.resolution": 0, "model.cond_channels": 0}
+        "data.low_res": 0, "data.resolution": 0, "model.cond_channels": 0,
+        "distill.grid_size": 2, "distill.ct_s0": 1, "distill.ct_s1": 1, "distill.pd_start_steps": 2,
+        "distill.pd_rounds": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
 _POSITIVE = dict(low=0.0, open_low=True)
 # field -> the interval of finite numbers it may hold (``utils.check_float``'s arguments)
@@ -124,7 +130,9 @@ FLOATS = {"training.eps": _OPEN_UNIT, "training.p_mean": {}, "training.p_std": _
           "sampling.threshold": dict(low=0.0, high=1.0),
           "eval.rtol": _POSITIVE, "eval.atol": _POSITIVE, "eval.likelihood_eps": _OPEN_UNIT,
           "data.heldout_fraction": _OPEN_UNIT,
-          "training.cond_noise_max": dict(low=0.0, high=1.0), "sampling.cond_noise": dict(low=0.0, high=1.0)}
+          "training.cond_noise_max": dict(low=0.0, high=1.0), "sampling.cond_noise": dict(low=0.0, high=1.0),
+          "distill.target_decay": dict(low=0.0, high=1.0), "distill.sigma_data": _POSITIVE,
+          "distill.eps": _OPEN_UNIT}
 # field -> the smallest integer each entry of its tuple may hold
 INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1, "eval.iw_k": 1}
 # fields holding a non-empty tuple of finite numbers
@@ -132,7 +140,8 @@ NUMBER_TUPLES = ("model.fir_kernel",)
 # fields holding a string (a path, a name or a spec that its mode parses)
 STRINGS = ("model.pretrained", "model.pretrained_config", "sampling.classifier_workdir", "eval.inception_weights", "eval.fid_reference",
            "sampling.inpaint_data", "sampling.mask", "sampling.label", "data.root", "data.first_stage",
-           "sampling.cascade", "sampling.low_res_from")
+           "sampling.cascade", "sampling.low_res_from",
+           "distill.teacher_workdir")
 
 
 # ---------------------------------------------------------------------------------------- fields

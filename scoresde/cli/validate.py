@@ -137,6 +137,18 @@ def check_combinations(config) -> None:
             raise ValueError(f"config.sampling (method 'pc'): {err}") from err
 
 
+def check_distill(config) -> None:
+    """The distill block's fields that must fit together (the teacher itself is checked when
+    ``--mode distill`` reads it)."""
+    d = config.distill
+    if d.ct_s1 < d.ct_s0:
+        raise ValueError(f"config.distill.ct_s1={d.ct_s1} must be >= distill.ct_s0={d.ct_s0} (the grid grows from "
+                         f"s0 + 1 to s1 + 1 levels)")
+    if d.pd_start_steps % 2 ** d.pd_rounds:
+        raise ValueError(f"config.distill.pd_start_steps={d.pd_start_steps} must be divisible by 2^distill.pd_rounds="
+                         f"{2 ** d.pd_rounds} (each round halves the steps), e.g. {2 ** (d.pd_rounds + 1)}")
+
+
 def _check_learned_variance(config) -> None:
     """A learned variance (Nichol & Dhariwal 2021) is trained by the hybrid or vlb loss, and only those."""
     t, m = config.training, config.model
@@ -419,6 +431,7 @@ def validate_config(config) -> None:
     requested_bounds(config)
     check_num_scales(config)
     check_first_stage_data(config)
+    check_distill(config)
     sde = _built_sde(config)
     _check_times(config, sde)
     _check_labels(config, sde)

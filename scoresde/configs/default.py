@@ -192,6 +192,24 @@ def _eval() -> ml_collections.ConfigDict:
     return e
 
 
+def _distill() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    d.method = "cd"                # --mode distill: cd (consistency distillation) | ct (consistency training, no teacher) | progressive (halving DDIM steps)
+    d.teacher_workdir = ""         # cd / progressive: work directory of the trained teacher, or a shipped model (digits); same process and data (and network, to initialise from it)
+    d.init_from_teacher = True     # start the student from the teacher's EMA weights (progressive: always)
+    d.grid_size = 18               # cd: N, Karras levels the teacher steps between (Song et al. 2023: 18 on CIFAR-10)
+    d.solver = "heun"              # cd: the teacher's ODE step: heun (2 evaluations) | ddim (1)
+    d.distance = "l2"              # cd: l2 | pseudo_huber
+    d.target_decay = 0.95          # cd: EMA decay mu of the target network theta^- (ct: the student itself, iCT)
+    d.ct_s0 = 10                   # ct: the grid starts with s0 + 1 levels (Song & Dhariwal 2023) ...
+    d.ct_s1 = 1280                 # ct: ... and doubles over training.n_iters up to s1 + 1
+    d.sigma_data = 0.5             # cd / ct: the data's standard deviation in c_skip, c_out, c_in
+    d.eps = 1e-3                   # cd / ct: the boundary time, f(x, eps) = x
+    d.pd_start_steps = 16          # progressive: the teacher's DDIM steps (sampling.eps, DDIM's grid) in the first round
+    d.pd_rounds = 2                # progressive: halvings, training.n_iters split evenly; the student samples with ddim, steps = pd_start_steps / 2^pd_rounds
+    return d
+
+
 def get_default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42               # every random stream of a run derives from it (scoresde/data/streams.py)
@@ -202,6 +220,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.optim = _optim()
     config.sampling = _sampling()
     config.eval = _eval()
+    config.distill = _distill()
     return config
 
 

@@ -25,6 +25,7 @@ class Stream(enum.IntEnum):
     DATA = 2           # dequantisation and flips of a step's global batch
     NOISE = 3          # the loss's times / levels and noise for a step's global batch
     DROPOUT = 4        # the global torch RNG (dropout), per rank
+    DISTILL = 5        # --mode distill: a step's levels and noise, per rank
     TOY_TRAIN = 11     # the toy training points
     TOY_TEST = 12      # the toy held-out points
     SAMPLING = 21      # --mode sample, per rank

@@ -60,14 +60,16 @@ class ConsistencyFunction(nn.Module):
     """``f(x, t) = alpha_eps [c_skip x / alpha_t + c_out F(c_in x / alpha_t, noise_label(t))]``, ``f(x, eps) = x``.
 
     ``net(x, noise_label)`` is any toolkit network (``models``); it sees ``sde.noise_label(t)`` as every
-    score network does, so a teacher's weights can initialise it.
+    score network does, so a teacher's weights can initialise it. A class-conditional network is called
+    with the class ``cond`` for every sample (``models.null_label(K)``: its unconditional model).
     """
 
     def __init__(self, net: nn.Module, sde: SDE, *,
                  eps: float = 1e-3,                  # the boundary time: f(x, eps) = x
-                 sigma_data: float = SIGMA_DATA):    # the data's standard deviation (c_skip, c_out)
+                 sigma_data: float = SIGMA_DATA,     # the data's standard deviation (c_skip, c_out)
+                 cond: int | None = None):           # a class-conditional network's label for every sample
         super().__init__()
-        self.net, self.sde = net, sde
+        self.net, self.sde, self.cond = net, sde, cond
         self.eps = check_eps(sde, eps)
         self.sigma_data = check_positive("sigma_data", sigma_data)
         alpha_eps, sigma_min = scaled_noise(sde, torch.tensor([self.eps], dtype=torch.float64))
@@ -88,7 +90,10 @@ class ConsistencyFunction(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c_x, c_f, c_in = (append_dims(c.to(x.dtype), x.ndim) for c in self.coefficients(t))
-        return c_x * x + c_f * self.net(c_in * x, self.sde.noise_label(t))
+        if self.cond is None:
+            return c_x * x + c_f * self.net(c_in * x, self.sde.noise_label(t))
+        labels = torch.full((x.shape[0],), self.cond, dtype=torch.long, device=x.device)
+        return c_x * x + c_f * self.net(c_in * x, self.sde.noise_label(t), labels)
 
 
 class ConsistencyGrid(NamedTuple):

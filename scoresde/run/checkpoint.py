@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2          # 1: before checkpoints stored their options
 CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "loader", "rng", "meta", "options", "config")
-# keys only some runs write: the vlb loss's level sampler (its terms' history)
-OPTIONAL_CHECKPOINT_KEYS = ("level_sampler",)
+# keys only some runs write: the vlb loss's level sampler (its terms' history), a distilled student's
+# objective (its target network or current teacher)
+OPTIONAL_CHECKPOINT_KEYS = ("level_sampler", "objective")
 UPGRADE_COMMAND = "python -m scoresde.cli.upgrade --workdir <workdir>"
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 _TMP_PREFIX = ".tmp-"

@@ -12,14 +12,15 @@ from typing import Callable
 import torch
 from torch import nn
 
+from scoresde.distill import ConsistencyFunction
 from scoresde.models import ExponentialMovingAverage, get_logits_fn, get_score_fn, null_label
 from scoresde.models.image_cond import null_condition
 from scoresde.sde_lib import SDE
 from scoresde.run.checkpoint import load_latest
 from scoresde.run.drift import check_options_drift
 from scoresde.run.distributed import DistContext
-from scoresde.run.options import DataOptions, RunOptions
-from scoresde.run.pretrained import Pretrained, load_pretrained
+from scoresde.run.options import DataOptions, DistillOptions, RunOptions, SamplerOptions
+from scoresde.run.pretrained import SHIPPED, Pretrained, load_pretrained, shipped_model, shipped_network
 from scoresde.data.pipeline import DataSpec, spec_from_meta
 from scoresde.run.runtime import accelerated_score_fn, local_processes, resolve_accel, set_threads
 from scoresde.run.workdir import checkpoint_dir
@@ -38,6 +39,7 @@ class Inference:
     trained: RunOptions               # the options the weights were trained with (what checks of the model read)
     score_with: Callable | None = None   # score_with(cond): the score given class labels (conditional models)
     pretrained: bool = False          # model.pretrained's weights (``checkpoint`` is their path), not trained here
+    consistency: bool = False         # a consistency student: ``score_fn`` is its f(x, t), not a score
 
     @property
     def weights(self) -> str:
@@ -108,6 +110,13 @@ def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContex
     logger.info("loaded EMA weights of step %d from %s", trained.step, path)
     accel = resolve_accel(ctx.device, options.train.accel)
     network = torch.compile(module) if accel.compile else module
+    distill = check_distilled_sampler(trained.options, options.sampler, path)
+    if distill is not None and distill.is_consistency:
+        classes = trained.options.network.num_classes        # a conditional network: its unconditional model
+        f = ConsistencyFunction(network, sde, eps=distill.eps, sigma_data=distill.sigma_data,
+                                cond=null_label(classes) if classes else None)
+        return Inference(sde=sde, model=module, score_fn=f, data=spec_from_meta(trained.state["meta"]),
+                         step=trained.step, checkpoint=path, trained=trained.options, consistency=True)
 
     def score_with(cond: torch.Tensor | None):
         score_fn = get_score_fn(sde, network, train=False, cond=cond, **options.network.score_kwargs)
@@ -116,6 +125,32 @@ def load_for_inference(options: RunOptions, workdir: str | Path, ctx: DistContex
     return Inference(sde=sde, model=module, score_fn=marginal_score(trained.options, score_with),
                      data=spec_from_meta(trained.state["meta"]), step=trained.step, checkpoint=path,
                      trained=trained.options, score_with=score_with)
+
+
+def check_distilled_sampler(trained: RunOptions, sampler: SamplerOptions, path: Path) -> DistillOptions | None:
+    """A distilled student samples only as it was trained: a consistency student (distill.method cd / ct)
+    with ``sampling.method=consistency``, a progressive one with ``ddim`` on its own grid (its steps and
+    eps); a score model never with ``consistency``. Returns the student's distill options (``None``: a
+    score model of ``--mode train``)."""
+    distill = trained.distill
+    if distill is None:
+        if sampler.method == "consistency":
+            raise ValueError(f"config.sampling.method='consistency' samples a consistency student (--mode distill "
+                             f"with distill.method cd or ct); {path} holds a score model: use pc, ode, fast, ddim, "
+                             f"edm or ddpm")
+        return None
+    if distill.is_consistency and sampler.method != "consistency":
+        raise ValueError(f"{path} holds a consistency student (distill.method={distill.method!r}): it has no score; "
+                         f"sample it with --config.sampling.method=consistency --config.sampling.steps=1 (or 2, 4), "
+                         f"got sampling.method={sampler.method!r}")
+    if distill.method == "progressive":
+        eps = trained.sampler.eps
+        if (sampler.method, sampler.steps, sampler.eps) != ("ddim", distill.student_steps, eps):
+            raise ValueError(f"{path} holds a progressive-distillation student for {distill.student_steps} DDIM "
+                             f"steps: sample it with --config.sampling.method=ddim --config.sampling.steps="
+                             f"{distill.student_steps} (sampling.eps={eps:g}), got method={sampler.method!r}, "
+                             f"steps={sampler.steps}, eps={sampler.eps:g}")
+    return distill
 
 
 def pretrained_inference(options: RunOptions, ctx: DistContext) -> Inference:
@@ -178,6 +213,65 @@ def marginal_score(trained: RunOptions, score_with: Callable) -> Callable:
     return null_score
 
 
+def check_companion(stored: RunOptions, options: RunOptions, who: str, other: str) -> None:
+    """A model used beside the config's (a distillation teacher, a guiding classifier) must have been trained
+    on its data and process: ``ValueError`` starting with ``who`` otherwise."""
+    if stored.data.dataset != options.data.dataset or stored.data.centered != options.data.centered:
+        raise ValueError(f"{who} was trained on data.dataset={stored.data.dataset!r} (centered={stored.data.centered}), "
+                         f"{other} on {options.data.dataset!r} (centered={options.data.centered}); they must match")
+    if stored.sde != options.sde:
+        raise ValueError(f"{who} was trained on the process {stored.sde.name} {dict(stored.sde.kwargs)}, {other} on "
+                         f"{options.sde.name} {dict(options.sde.kwargs)}; they must match")
+
+
+@dataclass
+class Teacher:
+    """The EMA weights of a trained score model, as the teacher of ``--mode distill``."""
+
+    network: nn.Module                # in eval mode
+    options: RunOptions               # the options it was trained with
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    step: int
+    checkpoint: Path
+
+
+def teacher_network(source: str, ctx: DistContext) -> tuple[nn.Module, RunOptions, int, Path]:
+    """``(EMA network, its options, step, file)`` of a work directory's newest checkpoint, or of the shipped
+    model ``source`` names (``distill.teacher_workdir=digits``; a local folder of that name is ``./digits``)."""
+    if source in SHIPPED:
+        module, info = shipped_network(source, ctx.device)
+        return module, shipped_model(source).options(info), int(info["step"]), shipped_model(source).weights_path
+    trained = read_trained(source, "config.distill.teacher_workdir: no checkpoint in {directory}; train the "
+                                   "teacher there first (--mode train)")
+    if trained.options.loss.is_classifier:
+        raise ValueError(f"config.distill.teacher_workdir: {trained.path} holds a classifier, which has no score; "
+                         f"the teacher is a score model of --mode train")
+    return ema_network(trained, ctx.device), trained.options, trained.step, trained.path
+
+
+def load_teacher(source: str, options: RunOptions, ctx: DistContext) -> Teacher:
+    """A work directory's newest checkpoint (or a shipped model) as a teacher: a score model of the data and
+    process of ``options``, unconditional or class-conditional with label dropout (its null label's score:
+    the unconditional model); ``ValueError`` naming ``config.distill.teacher_workdir`` otherwise."""
+    what = "config.distill.teacher_workdir"
+    module, stored, step, path = teacher_network(source, ctx)
+    if stored.distill is not None and stored.distill.is_consistency:
+        raise ValueError(f"{what}: {path} holds a consistency student, which has no score; the teacher is a score "
+                         f"model")
+    check_companion(stored, options, f"{what}: the teacher {path}", "this config")
+    if stored.network.num_classes and not stored.train.label_dropout:
+        raise ValueError(f"{what}: the teacher {path} is class-conditional without label dropout (training."
+                         f"label_dropout=0): it has no unconditional score to distil")
+    sde = stored.sde.build()
+
+    def score_with(cond: torch.Tensor | None):
+        return get_score_fn(sde, module, train=False, cond=cond, **stored.network.score_kwargs)
+
+    logger.info("teacher: weights of step %d from %s", step, path)
+    return Teacher(network=module, options=stored, score_fn=marginal_score(stored, score_with), step=step,
+                   checkpoint=path)
+
+
 @dataclass
 class LoadedClassifier:
     logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -195,14 +289,7 @@ def load_classifier(workdir: str | Path, options: RunOptions, ctx: DistContext) 
     if not stored.loss.is_classifier:
         raise ValueError(f"config.sampling.classifier_workdir: {path} holds a {stored.loss.name!r} model, not a "
                          f"classifier (training.loss='classifier')")
-    if stored.data.dataset != options.data.dataset or stored.data.centered != options.data.centered:
-        raise ValueError(f"config.sampling.classifier_workdir: the classifier {path} was trained on "
-                         f"{stored.data.dataset!r} (centered={stored.data.centered}), the score model on "
-                         f"{options.data.dataset!r} (centered={options.data.centered})")
-    if stored.sde != options.sde:
-        raise ValueError(f"config.sampling.classifier_workdir: the classifier {path} was trained on the process "
-                         f"{stored.sde.name} {dict(stored.sde.kwargs)}, the score model on {options.sde.name} "
-                         f"{dict(options.sde.kwargs)}; they must match")
+    check_companion(stored, options, f"config.sampling.classifier_workdir: the classifier {path}", "the score model")
     module = ema_network(trained, ctx.device)
     logger.info("loaded the classifier's EMA weights of step %d from %s", trained.step, path)
     logits_fn = get_logits_fn(stored.sde.build(), module, train=False, continuous=stored.network.continuous)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from scoresde import samplers
+from scoresde.distill import consistency_sample
 from scoresde.models import get_model
 from scoresde.sde_lib import SDE, get_sde
 from scoresde.utils import Registry
@@ -201,6 +202,15 @@ SAMPLING_METHODS.register("ddpm", SamplingMethod(samplers.ddpm_sample, lambda s:
     "steps": s.steps, "variance": s.ddpm_variance}))
 
 
+def draw_consistency(sde: SDE, f, shape: tuple, steps: int, progress: bool = False, **kwargs):
+    """``distill.consistency_sample`` with the sampler call's signature (``f`` is the student's
+    ``ConsistencyFunction``; ``steps`` evaluations, no progress bar of its own)."""
+    return consistency_sample(sde, f, shape, steps=steps, **kwargs)
+
+
+SAMPLING_METHODS.register("consistency", SamplingMethod(draw_consistency, lambda s: {"steps": s.steps}))
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
     method: str                    # a name in SAMPLING_METHODS
@@ -335,6 +345,49 @@ class TrainOptions:
     cond_noise_max: float = 0.0    # image-conditioned: augmentation levels s ~ U[0, cond_noise_max]
 
 
+# ---------------------------------------------------------------------------------------- distillation
+DISTILL_METHODS = ("cd", "ct", "progressive")
+CONSISTENCY_METHODS = ("cd", "ct")         # students sampled with sampling.method = consistency
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """``--mode distill``: a few-step student (``scoresde/distill``), trained by the training loop."""
+
+    method: str                    # cd (consistency distillation) | ct (consistency training) | progressive
+    teacher_workdir: str | None    # cd / progressive: the work directory of the trained teacher
+    init_from_teacher: bool        # start the student from the teacher's EMA weights
+    grid_size: int                 # cd: N, levels of the Karras grid the teacher steps between
+    solver: str                    # cd: the teacher's ODE step, heun | ddim
+    distance: str                  # cd: l2 | pseudo_huber
+    target_decay: float            # cd: EMA decay mu of the target network theta^-
+    ct_s0: int                     # ct: N(k) starts at s0 + 1 levels ...
+    ct_s1: int                     # ... and doubles up to s1 + 1
+    sigma_data: float              # cd / ct: sigma_data of c_skip, c_out, c_in
+    eps: float                     # cd / ct: the boundary time, f(x, eps) = x
+    pd_start_steps: int            # progressive: the teacher's DDIM steps in the first round
+    pd_rounds: int                 # progressive: halvings; the student takes pd_start_steps / 2^pd_rounds steps
+
+    @property
+    def is_consistency(self) -> bool:
+        return self.method in CONSISTENCY_METHODS
+
+    @property
+    def student_steps(self) -> int:
+        """progressive: the DDIM steps of the final student."""
+        return self.pd_start_steps // 2 ** self.pd_rounds
+
+    @property
+    def describe(self) -> str:
+        """What the number called "loss" is, in one line."""
+        return {"cd": f"consistency distillation d(f(x_t_n+1), f^-(x^_t_n)), d = {self.distance}, {self.solver} teacher "
+                      f"step on {self.grid_size} levels (Song et al. 2023, Alg. 2)",
+                "ct": "improved consistency training, pseudo-Huber, lognormal levels (Song & Dhariwal 2023)",
+                "progressive": f"progressive distillation {self.pd_start_steps} -> {self.student_steps} DDIM steps, "
+                               f"truncated-SNR weighted |x^ - x~|^2 (Salimans & Ho 2022, Alg. 2)"}[self.method] + \
+            "; per sample; lower is better"
+
+
 # ---------------------------------------------------------------------------------------- a run
 @dataclass(frozen=True)
 class RunOptions:
@@ -351,6 +404,7 @@ class RunOptions:
     sampler: SamplerOptions
     eval: EvalOptions
     train: TrainOptions
+    distill: DistillOptions | None = None   # --mode distill only (None: a score model trained by --mode train)
     config_json: str = field(default="{}", compare=False)
 
     def to_json(self) -> str:
@@ -396,9 +450,18 @@ def from_plain(cls: type, data, path: str):
                if name not in data and f.default is MISSING and f.default_factory is MISSING]
     if missing:
         raise ValueError(f"{path}: missing fields {missing} of {cls.__name__}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{name: from_plain(hints[name], value, f"{path}.{name}") if is_dataclass(hints[name])
-                  else plain_value(value) for name, value in data.items()})
+    hints = {name: option_class(hint) for name, hint in typing.get_type_hints(cls).items()}
+    return cls(**{name: from_plain(hints[name], value, f"{path}.{name}")
+                  if hints[name] is not None and value is not None else plain_value(value)
+                  for name, value in data.items()})
+
+
+def option_class(hint) -> type | None:
+    """The option class a field holds (``X`` of ``X`` or ``X | None``), else ``None``."""
+    if is_dataclass(hint):
+        return hint
+    found = [arg for arg in typing.get_args(hint) if is_dataclass(arg)]
+    return found[0] if len(found) == 1 and type(None) in typing.get_args(hint) else None
 
 
 def plain_value(value):

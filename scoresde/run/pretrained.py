@@ -189,22 +189,30 @@ def write_shipped(module: nn.Module, stem: str, info: dict, directory: Path | No
     return path
 
 
-def load_shipped(options: RunOptions, ctx: DistContext, name: str) -> Pretrained:
-    """The shipped model ``name``: checksum checked, weights cast to float32 and loaded strictly into the
-    network its stored options build; the requested options must agree with those in every model leaf."""
+def shipped_network(name: str, device: torch.device) -> tuple[nn.Module, dict]:
+    """The shipped model ``name``'s network (checksum checked, float32 weights loaded strictly, eval mode)
+    and its JSON info."""
     shipped = shipped_model(name)
     info = shipped.read_info()
     trained = shipped.options(info)
-    check_options_drift(trained, options, f"the shipped model {name!r}", resume=False)
-    data = spec_from_meta(info["data_meta"])
-    model = trained.network.build(data.shape)
+    model = trained.network.build(spec_from_meta(info["data_meta"]).shape)
     state = {k: v.float() if v.is_floating_point() else v for k, v in shipped.read_weights(info).items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"the shipped model {name!r}: its weights do not match the network its options build: "
                          f"{' '.join(str(err).split())}") from err
-    model = model.to(ctx.device).eval()
+    return model.to(device).eval(), info
+
+
+def load_shipped(options: RunOptions, ctx: DistContext, name: str) -> Pretrained:
+    """The shipped model ``name``: checksum checked, weights cast to float32 and loaded strictly into the
+    network its stored options build; the requested options must agree with those in every model leaf."""
+    shipped = shipped_model(name)
+    trained = shipped.options()
+    check_options_drift(trained, options, f"the shipped model {name!r}", resume=False)
+    model, info = shipped_network(name, ctx.device)
+    data = spec_from_meta(info["data_meta"])
     sde = trained.sde.build()
     score_fn = get_score_fn(sde, model, train=False, **trained.network.score_kwargs)
     if ctx.device.type == "cpu":

@@ -96,8 +96,9 @@ def write_loss_curve(workdir: str | Path, options) -> Path:
     path = Path(workdir) / METRICS_FILE
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     title = f"{options.data.dataset}, {options.sde.name}, {options.network.name}"
+    describe = options.loss.describe if options.distill is None else options.distill.describe
     target = Path(workdir) / LOSS_CURVE_FILE
-    atomic_write_bytes(target, loss_curve(records, title=title, caption=f"loss: {options.loss.describe}"))
+    atomic_write_bytes(target, loss_curve(records, title=title, caption=f"loss: {describe}"))
     return target
 
 

@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ from scoresde.evaluate.features import check_feature_network
 from scoresde.evaluate.quality import QualityReference, heldout_reference, training_quality
 from scoresde.train.optim import optimize_step
 from scoresde.train.level_sampler import LevelSampler
-from scoresde.run.options import Accel, RunOptions
+from scoresde.run.options import Accel, RunOptions, SamplerOptions
 from scoresde.data.pipeline import DataSpec, data_meta, load_data, to_data_space, to_model_space
 from scoresde.run.runtime import (GracefulStop, MetricsWriter, accelerated_score_fn, apply_accel, autocast,
                               compile_options, local_processes, logs_above_bars, memory_format, progress_bar,
@@ -88,6 +89,32 @@ class SkipCounter:
         return consecutive, first, total
 
 
+class Objective:
+    """What a run trains instead of ``options.loss`` (a distilled student, ``train/distill.py``). The loop
+    keeps everything else: data order, optimiser, EMA, checkpoints, resume, metrics, signals."""
+
+    describe = "the objective's loss"        # what "loss" is, for the log
+    heldout_loss = True                      # eval_freq reports options.loss on held-out items
+
+    def attach(self, run: "TrainRun") -> None:
+        """Set up on the fresh run, before a checkpoint (if any) is restored into it."""
+
+    def step(self, run: "TrainRun", x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """One optimizer update on the batch (``finish_update`` does the common part); the detached loss."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Tensors and plain containers the checkpoint keeps besides the run's own."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` wrote."""
+
+    def sampler(self, run: "TrainRun") -> "tuple[Callable, SamplerOptions]":
+        """The function and sampler that snapshots and training's sample quality draw with."""
+        return ema_score_fn(run), run.options.sampler
+
+
 @dataclass
 class TrainRun:
     """Everything one training run holds. ``model`` is the plain network, ``train_model`` what the
@@ -118,6 +145,7 @@ class TrainRun:
     quality_reference: QualityReference | None = None   # held-out features for training's KID / FD, once
     level_sampler: LevelSampler | None = None  # vlb with importance sampling: the levels' term history
     level_terms: tuple | None = None          # (levels, unweighted terms) of this rank's last batch
+    objective: "Objective | None" = None      # another objective than options.loss (distillation)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -149,9 +177,10 @@ def _build_network(options: RunOptions, data: DataSpec, ctx: DistContext, accel:
 
 
 def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: DataSpec | None = None,
-              found: "tuple[dict, Path] | None | bool" = True) -> TrainRun:
+              found: "tuple[dict, Path] | None | bool" = True, objective: Objective | None = None) -> TrainRun:
     """Build data (unless given, e.g. synthetic data for a benchmark), SDE, network, EMA, optimizer,
-    loader and generator; resume from ``found`` (``read_resumable``'s answer; ``True``: read it here)."""
+    loader and generator; attach ``objective``; resume from ``found`` (``read_resumable``'s answer;
+    ``True``: read it here)."""
     workdir, train = Path(workdir), options.train
     check_global_batch(train.batch_size, ctx)
     accel = resolve_accel(ctx.device, train.accel)
@@ -173,7 +202,9 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
         skips=SkipCounter.on(ctx.device),
         metrics=MetricsWriter(workdir / METRICS_FILE, enabled=ctx.is_main,
                               tensorboard_dir=workdir / TENSORBOARD_DIR if train.tensorboard else None),
-        level_sampler=LevelSampler(sde.N) if options.loss.level_sampling else None)
+        level_sampler=LevelSampler(sde.N) if options.loss.level_sampling else None, objective=objective)
+    if objective is not None:
+        objective.attach(run)
     if ctx.is_main:
         run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temp_files(run.checkpoint_dir)
@@ -201,7 +232,8 @@ def checkpoint_state(run: TrainRun) -> dict:
             "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(),
             "loader": run.loader.state_dict(), "rng": {"world_size": run.ctx.world_size, "ranks": rng},
             "meta": data_meta(run.data), "options": run.options.to_json(), "config": run.options.config_json,
-            **({} if run.level_sampler is None else {"level_sampler": run.level_sampler.state_dict()})}
+            **({} if run.level_sampler is None else {"level_sampler": run.level_sampler.state_dict()}),
+            **({} if run.objective is None else {"objective": run.objective.state_dict()})}
 
 
 def last_good_checkpoint(run: TrainRun) -> str:
@@ -296,6 +328,11 @@ def restore_state(run: TrainRun, state: dict, path: Path) -> None:
             raise ValueError(f"{path} has no level sampler state, which training.loss='vlb' with "
                              f"importance_sampling needs to resume exactly")
         run.level_sampler.load_state_dict(state["level_sampler"])
+    if run.objective is not None:
+        if "objective" not in state:
+            raise ValueError(f"{path} holds no distillation state (a --mode train checkpoint?); distil into "
+                             f"another --workdir")
+        run.objective.load_state_dict(state["objective"])
     run.step = run.last_saved = int(state["step"])
     _restore_rng(run, state["rng"], path)
 
@@ -368,6 +405,12 @@ def train_step(run: TrainRun, x: torch.Tensor, labels: torch.Tensor | None = Non
     labels = conditioned_labels(run.options, run.sde, labels, noise)
     loss = run.update(x, noise, labels)
     record_level_terms(run)
+    return finish_update(run, loss)
+
+
+def finish_update(run: TrainRun, loss: torch.Tensor) -> torch.Tensor:
+    """The update once the gradients are in: optimizer step (skipped for a non-finite loss or gradient),
+    EMA, step count and the skip counter; returns ``loss``."""
     o = run.options.optim
     run.lr, run.grad_norm, run.skipped = optimize_step(run.optimizer, run.model.parameters(), run.step + 1, o.lr,
                                                        o.warmup, o.grad_clip, loss=loss)
@@ -572,6 +615,11 @@ def ema_score_fn(run: TrainRun, labels: torch.Tensor | None = None):
 def log_eval_loss(run: TrainRun, bar=None) -> None:
     """Held-out loss of the EMA weights on one eval batch (fixed noise, global RNG untouched), shown
     and logged; then the loss curve ``loss_curve.png`` is redrawn."""
+    if run.objective is not None and not run.objective.heldout_loss:
+        quality = eval_quality(run) if run.options.train.eval_quality_samples else {}
+        if quality:
+            run.metrics.write({"step": run.step, **quality})
+        return
     n = run.options.eval.batch_size
     items = run.data.test[:n]
     labels = run.data.test_labels[:n] if uses_labels(run.options) else None
@@ -593,9 +641,18 @@ def log_eval_loss(run: TrainRun, bar=None) -> None:
         run.curve_drawn = time.monotonic()
 
 
+def drawing(run: TrainRun) -> tuple[Callable, SamplerOptions]:
+    """What snapshots and training's sample quality draw with: the EMA score and the config's sampler,
+    or the objective's."""
+    return run.objective.sampler(run) if run.objective is not None else (ema_score_fn(run), run.options.sampler)
+
+
 def class_cycle(run: TrainRun, num: int) -> torch.Tensor | None:
     """For a class-conditional model, the classes in turn for ``num`` samples; for an image-conditioned
-    one the held-out items' low-resolution conditions in turn; else ``None``."""
+    one the held-out items' low-resolution conditions in turn; else (and for an objective's student,
+    which draws with its own function) ``None``."""
+    if run.objective is not None:
+        return None
     if run.options.network.cond_channels:
         return heldout_conditions(run.options, run.sde, run.data, num)[1]
     return torch.arange(num) % run.options.network.num_classes if uses_labels(run.options) else None
@@ -608,8 +665,9 @@ def eval_quality(run: TrainRun) -> dict:
     if run.quality_reference is None:
         run.quality_reference = heldout_reference(run.data, options.eval.inception_weights, run.ctx.device)
     num = options.train.eval_quality_samples
+    fn, sampler = drawing(run)
     with torch.random.fork_rng(devices=_rng_devices(run)):
-        x, _ = generate(run.sde, ema_score_fn(run), num, run.data.model_shape, options.sampler,
+        x, _ = generate(run.sde, fn, num, run.data.model_shape, sampler,
                         generator=generator(options.seed, Stream.TRAIN_QUALITY, run.ctx.rank, run.ctx.device),
                         ctx=run.ctx, labels=class_cycle(run, num), score_for=lambda y: ema_score_fn(run, y))
     return training_quality(x, run.data, options.train.eval_quality_metric, run.quality_reference)
@@ -620,13 +678,14 @@ def write_snapshot_samples(run: TrainRun) -> None:
     options = run.options
     num = options.train.snapshot_num_samples
     labels = class_cycle(run, num)       # a class-conditional model: the classes in turn
+    fn, sampler = drawing(run)
     with torch.random.fork_rng(devices=_rng_devices(run)):
-        x, nfe = generate(run.sde, ema_score_fn(run), num, run.data.model_shape, options.sampler,
+        x, nfe = generate(run.sde, fn, num, run.data.model_shape, sampler,
                           generator=generator(options.seed, Stream.SNAPSHOT, run.ctx.rank, run.ctx.device),
                           ctx=run.ctx, labels=labels, score_for=lambda y: ema_score_fn(run, y))
     samples = to_data_space(x.cpu(), run.data)
     if run.ctx.is_main:
-        caption = f"step {run.step}, EMA weights, {options.sampler.method} sampler, {nfe} NFE"
+        caption = f"step {run.step}, EMA weights, {sampler.method} sampler, {nfe} NFE"
         write_samples(samples, run.data, run.workdir / SNAPSHOT_DIR, f"samples_{run.step:08d}", caption)
         run.metrics.write({"step": run.step, **{f"snapshot_{k}": v for k, v in sample_stats(samples, run.data).items()}})
 
@@ -666,7 +725,8 @@ def run_loop(run: TrainRun, stop: GracefulStop) -> bool:
     train = run.options.train
     with logs_above_bars(), progress_bar(train.n_iters, run.step, train.progress_bar) as bar:
         while run.step < train.n_iters:
-            loss = train_step(run, *next_batch(run))
+            batch = next_batch(run)
+            loss = train_step(run, *batch) if run.objective is None else run.objective.step(run, *batch)
             after_step(run, loss, meter, bar)
             threads.tick(run.step)
             if stop_requested(stop, run.ctx):
@@ -697,8 +757,10 @@ def workdir_lock(workdir: str | Path, ctx: DistContext):
         yield
 
 
-def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = None) -> dict:
-    """The ``train`` mode; returns ``{"step", "stopped_by_signal", "signal"}``.
+def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = None,
+          objective: Objective | None = None) -> dict:
+    """The ``train`` mode (``objective``: another than ``options.loss``, e.g. ``--mode distill``'s);
+    returns ``{"step", "stopped_by_signal", "signal"}``.
 
     No file of the work directory changes before the lock is held and the options are checked against
     its newest checkpoint; the data are loaded before that, so a run without its data creates nothing,
@@ -714,7 +776,7 @@ def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = No
         with removed_on_failure(created, ctx):
             found = read_resumable(options, workdir, data)
             write_train_config(options, workdir, ctx)
-            run = setup_run(options, workdir, ctx, data=data, found=found)
+            run = setup_run(options, workdir, ctx, data=data, found=found, objective=objective)
         return _train_locked(run)
 
 
@@ -758,7 +820,7 @@ def _train_locked(run: TrainRun) -> dict:
                     "to train longer, run again with a larger --config.training.n_iters (e.g. %d)", run.step,
                     options.train.n_iters, 2 * max(run.step, 1))
         return {"step": run.step, "stopped_by_signal": False, "signal": None, "already_finished": True}
-    logger.info("loss: %s", options.loss.describe)
+    logger.info("loss: %s", options.loss.describe if run.objective is None else run.objective.describe)
     try:
         with GracefulStop(run.checkpoint_dir) as stop:
             stopped = run_loop(run, stop)

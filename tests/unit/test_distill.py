@@ -78,6 +78,21 @@ def test_boundary_condition_is_exact(name):
         assert not torch.allclose(f(x, torch.full((64,), 2 * eps, dtype=dtype)), x)
 
 
+def test_a_class_conditional_network_gets_the_given_label():
+    """``cond=k``: every sample's network call carries label ``k`` (the boundary still exact); a different
+    label gives a different function, so the label is not dropped."""
+    sde, eps = SDES["vp"]()
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=32, n_blocks=2, embedding_type="positional", fourier_scale=16.0, num_classes=3)
+    x, t = torch.randn(8, 2, generator=gen(1)), torch.full((8,), 0.5)
+    f = ConsistencyFunction(net, sde, eps=eps, cond=3)
+    c_x, c_f, c_in = (append_dims(c.float(), 2) for c in f.coefficients(t))
+    expected = c_x * x + c_f * net(c_in * x, sde.noise_label(t), torch.full((8,), 3))
+    assert torch.equal(f(x, t), expected)
+    assert not torch.allclose(f(x, t), ConsistencyFunction(net, sde, eps=eps, cond=0)(x, t))
+    assert torch.equal(f(x, torch.full((8,), eps)), x)
+
+
 def test_coefficients_on_edm_are_song_et_al_appendix_c():
     """On EDM's process (``alpha = 1``, ``sigma^ = t``) the factors are Song et al. 2023, App. C verbatim."""
     sde = sde_lib.EDMSDE()

@@ -181,6 +181,10 @@ def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir:
     (default ``<workdir>/eval``) once everything is computed, and returns the metrics. Non-finite
     likelihoods are counted in the file and raise ``NonFiniteResultsError`` after it is written."""
     inf = load_for_inference(options, workdir, ctx)
+    if inf.consistency:
+        raise ValueError(f"{inf.checkpoint} holds a consistency student (--mode distill): it has no score, so the "
+                         f"held-out loss and likelihoods of --mode eval do not apply; score its samples with --mode fid "
+                         f"(sampling.method=consistency)")
     spec = load_data(options.data, options.seed, with_train=False)
     metrics = {"step": inf.step, "checkpoint": inf.checkpoint.name, "num_samples": int(len(spec.test))}
     logger.info("evaluating the %s on %d held-out items", inf.weights, len(spec.test))
