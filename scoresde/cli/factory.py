@@ -7,7 +7,7 @@ from __future__ import annotations
 from scoresde.cli.schema import leaf_fields, network_kwargs, sde_kwargs
 from scoresde.cli.validate import label_classes, parse_label, requested_bounds, validate_config
 from scoresde.configs.default import get_default_config, use_ddpmpp, use_ncsnpp
-from scoresde.run.options import (Accel, BoundOptions, DataOptions, EvalOptions, LossOptions, NetworkOptions,
+from scoresde.run.options import (Accel, AutoencoderOptions, BoundOptions, DataOptions, EvalOptions, LossOptions, NetworkOptions,
                                   OptimOptions, RunOptions, SamplerOptions, SDEOptions, TrainOptions,
                                   frozen_mapping)
 
@@ -114,6 +114,12 @@ def _train(config) -> TrainOptions:
         accel=Accel(bf16=t.bf16, compile=t.compile, channels_last=t.channels_last, tf32=t.tf32))
 
 
+def _autoencoder(config) -> AutoencoderOptions:
+    a = config.autoencoder
+    return AutoencoderOptions(latent_channels=a.latent_channels, downsampling=a.downsampling, channels=a.channels,
+                              beta=a.beta, decoder_std=a.decoder_std, learn_decoder_std=a.learn_decoder_std)
+
+
 def options_from_config(config) -> RunOptions:
     """Validate ``config`` completely (``ValueError`` naming the first bad field, its value and what is
     allowed) and return its plain options."""
@@ -121,6 +127,7 @@ def options_from_config(config) -> RunOptions:
     return RunOptions(seed=config.seed, device=config.device, data=_data(config), sde=_sde(config),
                       network=_network(config), loss=_loss(config), optim=_optim(config),
                       sampler=_sampler(config), eval=_eval(config), train=_train(config),
+                      autoencoder=_autoencoder(config),
                       config_json=config.to_json(indent=2, sort_keys=True))
 
 

@@ -32,6 +32,7 @@ from scoresde.cli.schema import schema_fields, unknown_field
 from scoresde.cli.shipped import flag_argv
 from scoresde.run.options import RunOptions
 from scoresde.cli.modes.sample import sample
+from scoresde.train.autoencoder import train_autoencoder
 from scoresde.train.loop import train
 
 def evaluate_model(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: str | Path | None = None) -> dict:
@@ -42,9 +43,10 @@ def evaluate_model(options: RunOptions, workdir: str | Path, ctx: DistContext, o
 
 
 MODES = {"train": train, "eval": evaluate_model, "sample": sample, "inpaint": inpaint, "colorize": colorize,
-         "fid": fid}
+         "fid": fid, "train_autoencoder": train_autoencoder}
+TRAIN_MODES = ("train", "train_autoencoder")   # write into --workdir (created if need be); no --outdir
 # ml_collections loads config files with the deprecated importlib load_module(): not the user's concern
-LATENT_MODES = ("train", "sample")   # the modes that take data.first_stage
+LATENT_MODES = ("train", "sample", "eval")   # the modes that take data.first_stage
 LOAD_MODULE_WARNING = r"the load_module\(\) method is deprecated"
 
 FLAGS = flags.FLAGS
@@ -71,7 +73,7 @@ def check_workdir(workdir: str | Path, mode: str, pretrained: bool = False) -> N
     for folder in (path, *path.parents):
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(f"--workdir {workdir}: {folder} is a file, not a directory")
-    if mode != "train" and not pretrained and not path.is_dir():
+    if mode not in TRAIN_MODES and not pretrained and not path.is_dir():
         raise FileNotFoundError(f"--workdir {workdir} does not exist; train a model there first (--mode train)")
 
 
@@ -81,22 +83,22 @@ def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mod
     torchrun); ``outdir`` redirects the results of eval and sample."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    if outdir is not None and mode == "train":
+    if outdir is not None and mode in TRAIN_MODES:
         raise ValueError("--outdir applies to --mode eval, sample, inpaint, colorize and fid; training writes into "
                          "--workdir")
     options = config if isinstance(config, RunOptions) else options_from_config(config)
-    if mode == "train" and options.network.pretrained is not None:
+    if mode in TRAIN_MODES and options.network.pretrained is not None:
         raise ValueError("config.model.pretrained applies to eval, sample, inpaint, colorize and fid (it replaces the "
                          "work directory's checkpoints); --mode train trains the config's own network")
-    if options.data.first_stage and mode not in LATENT_MODES:
+    if options.data.first_stage and mode not in LATENT_MODES + ("train_autoencoder",):   # which says why
         raise ValueError(f"--mode {mode} does not take data.first_stage yet (latent diffusion runs --mode "
                          f"{' and '.join(LATENT_MODES)}; its likelihood bound is scoresde.likelihood.latent_bound)")
     check_workdir(workdir, mode, pretrained=options.network.pretrained is not None)
     ctx = init_distributed(options.device)
     quiet_other_ranks(ctx)
     try:
-        if mode == "train":
-            return train(options, workdir, ctx)    # writes <workdir>/config.json once it may train there
+        if mode in TRAIN_MODES:
+            return MODES[mode](options, workdir, ctx)    # writes <workdir>/config.json once it may train there
         return MODES[mode](options, workdir, ctx, outdir=outdir)
     finally:
         cleanup(ctx)
@@ -150,6 +152,8 @@ def _unknown_override(argv: list[str]) -> str | None:
 HELP = """
 modes (--mode):
   train    train a model in --workdir, resuming from its newest checkpoint (Ctrl-C / SIGTERM checkpoint first)
+  train_autoencoder  train a latent diffusion first stage (config.autoencoder) the same way; writes
+           <workdir>/autoencoder.pt for --config.data.first_stage=<workdir>
   eval     held-out loss and likelihood (bits/dim or nll, next to what they compare with) of the EMA weights
   sample   draw samples from the EMA weights: samples.npz, a PNG and info.json (class-conditional and guided:
            --config.sampling.label=3|all --config.sampling.guidance=cfg|classifier --config.sampling.guidance_scale=2)

@@ -103,7 +103,8 @@ INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_it
         "eval.fid_samples": 4, "eval.fid_seeds": 1, "eval.fid_reference_items": 0,
         "training.eval_quality_samples": 0,
         "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
-        "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1}
+        "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1,
+        "autoencoder.latent_channels": 1, "autoencoder.downsampling": 1, "autoencoder.channels": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
 _POSITIVE = dict(low=0.0, open_low=True)
 # field -> the interval of finite numbers it may hold (``utils.check_float``'s arguments)
@@ -120,7 +121,8 @@ FLOATS = {"training.eps": _OPEN_UNIT, "training.p_mean": {}, "training.p_std": _
           "sampling.s_noise": _POSITIVE, "sampling.guidance_scale": {},
           "sampling.threshold": dict(low=0.0, high=1.0),
           "eval.rtol": _POSITIVE, "eval.atol": _POSITIVE, "eval.likelihood_eps": _OPEN_UNIT,
-          "data.heldout_fraction": _OPEN_UNIT}
+          "data.heldout_fraction": _OPEN_UNIT,
+          "autoencoder.beta": dict(low=0.0), "autoencoder.decoder_std": _POSITIVE}
 # field -> the smallest integer each entry of its tuple may hold
 INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1, "eval.iw_k": 1}
 # fields holding a non-empty tuple of finite numbers

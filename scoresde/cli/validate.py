@@ -331,6 +331,13 @@ def check_first_stage_data(config) -> None:
     data_shape(config)      # the pairing of first stage and data set, before the network is built
 
 
+def check_autoencoder(config) -> None:
+    """The first stage's downsampling is a power of two (``--mode train_autoencoder``)."""
+    f = config.autoencoder.downsampling
+    if f & (f - 1):
+        raise ValueError(f"config.autoencoder.downsampling must be a power of 2 (1, 2, 4, 8, ...), got {f}")
+
+
 def _check_network(config) -> None:
     """The network's own argument checks, on the meta device (no memory, no compute)."""
     name, dataset = config.model.name, config.data.dataset
@@ -356,6 +363,7 @@ def validate_config(config) -> None:
     requested_bounds(config)
     check_num_scales(config)
     check_first_stage_data(config)
+    check_autoencoder(config)
     sde = _built_sde(config)
     _check_times(config, sde)
     _check_labels(config, sde)

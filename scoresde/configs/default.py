@@ -185,6 +185,19 @@ def _eval() -> ml_collections.ConfigDict:
     return e
 
 
+def _autoencoder() -> ml_collections.ConfigDict:
+    a = ml_collections.ConfigDict()
+    # --mode train_autoencoder: the first stage of latent diffusion (models.KLAutoencoder), trained with the
+    # training.* / optim.* loop settings and written to <workdir>/autoencoder.pt for data.first_stage
+    a.latent_channels = 4          # train_autoencoder: latent channels c
+    a.downsampling = 2             # train_autoencoder: f, latents of shape (c, H/f, W/f); a power of 2 (1 = none)
+    a.channels = 32                # train_autoencoder: width of the first level, doubled per downsampling
+    a.beta = 1.0                   # train_autoencoder: loss -log p(x|z) + beta KL(q(z|x) || N(0, I)); 1 = the VAE's ELBO
+    a.decoder_std = 0.1            # train_autoencoder: s of p(x|z) = N(decode(z), s^2 I); its start value when learned
+    a.learn_decoder_std = True     # train_autoencoder: learn s with the weights
+    return a
+
+
 def get_default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42               # every random stream of a run derives from it (scoresde/data/streams.py)
@@ -195,6 +208,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.optim = _optim()
     config.sampling = _sampling()
     config.eval = _eval()
+    config.autoencoder = _autoencoder()
     return config
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from scoresde import samplers
-from scoresde.models import get_model
+from scoresde.models import KLAutoencoder, get_model
 from scoresde.sde_lib import SDE, get_sde
 from scoresde.utils import Registry
 from scoresde.train.losses import get_loss_fn, get_noise_fn
@@ -324,6 +324,25 @@ class TrainOptions:
     eval_quality_metric: str = "kid"   # kid | fid
 
 
+# ---------------------------------------------------------------------------------------- first stage
+@dataclass(frozen=True)
+class AutoencoderOptions:
+    """``--mode train_autoencoder``: the first stage (``models.KLAutoencoder``) and its loss's KL weight;
+    the loop (steps, batch, checkpoints) and the optimiser are ``TrainOptions`` / ``OptimOptions``."""
+
+    latent_channels: int = 4       # c
+    downsampling: int = 2          # f = 2^n_down: latents (c, H/f, W/f)
+    channels: int = 32             # width of the first level
+    beta: float = 1.0              # loss -log p(x|z) + beta KL(q(z|x) || N(0, I))
+    decoder_std: float = 0.1       # s of p(x|z) = N(decode(z), s^2 I) (its start value when learned)
+    learn_decoder_std: bool = True
+
+    def build(self, in_channels: int) -> KLAutoencoder:
+        return KLAutoencoder(in_channels=in_channels, latent_channels=self.latent_channels, channels=self.channels,
+                             n_down=self.downsampling.bit_length() - 1, decoder_std=self.decoder_std,
+                             learn_decoder_std=self.learn_decoder_std)
+
+
 # ---------------------------------------------------------------------------------------- a run
 @dataclass(frozen=True)
 class RunOptions:
@@ -340,6 +359,7 @@ class RunOptions:
     sampler: SamplerOptions
     eval: EvalOptions
     train: TrainOptions
+    autoencoder: AutoencoderOptions = field(default_factory=AutoencoderOptions)
     config_json: str = field(default="{}", compare=False)
 
     def to_json(self) -> str:
