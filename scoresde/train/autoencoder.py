@@ -162,7 +162,7 @@ def write_reconstructions(run: TrainRun, bar=None) -> None:
     pictures = reconstructions(run.ema.module, items, run.data)
     cols = min(GRID_COLUMNS, len(items))
     labels = ["held-out", "reconstructed"] * (len(pictures) // (2 * cols))
-    caption = (f"step {run.step}, EMA weights: held-out {run.data.name} items, each row above its reconstruction "
+    caption = (f"step {run.step}, EMA weights: held-out {run.data.name} images, each row above its reconstruction "
                f"(decoder mean at the posterior mean)")
     files = sample_files(pictures, run.data, f"reconstructions_{run.step:08d}", caption, row_labels=labels)
     directory = run.workdir / SNAPSHOT_DIR
