@@ -98,7 +98,8 @@ def _eval(config) -> EvalOptions:
                        sample_quality=e.sample_quality, quality_samples=e.quality_samples,
                        inception_weights=e.inception_weights or None, fid_samples=e.fid_samples,
                        fid_seeds=e.fid_seeds, fid_reference=e.fid_reference or None,
-                       fid_reference_items=e.fid_reference_items)
+                       fid_reference_items=e.fid_reference_items, latent_draws=e.latent_draws,
+                       latent_prior=e.latent_prior)
 
 
 def _train(config) -> TrainOptions:

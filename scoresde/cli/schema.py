@@ -20,6 +20,7 @@ from scoresde.configs import default as default_module
 from scoresde.data.datasets import dataset_names
 from scoresde.data.folder import CHANNELS, RESIZE_MODES
 from scoresde.evaluate.heldout import CHAIN_DECODERS
+from scoresde.likelihood.latent import PRIORS as LATENT_PRIORS
 from scoresde.models import MODELS, PARAMETERIZATIONS
 from scoresde.run.distributed import DEVICES
 from scoresde.run.options import SAMPLING_METHODS
@@ -90,6 +91,7 @@ CHOICES = {
     "data.resize": lambda: RESIZE_MODES,
     "data.channels": lambda: CHANNELS,
     "training.eval_quality_metric": lambda: TRAINING_QUALITY_METRICS,
+    "eval.latent_prior": lambda: LATENT_PRIORS,
 }
 # field -> the smallest integer it may hold
 INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_iters": 0,
@@ -103,7 +105,7 @@ INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_it
         "eval.fid_samples": 4, "eval.fid_seeds": 1, "eval.fid_reference_items": 0,
         "training.eval_quality_samples": 0,
         "eval.bound_items": 0, "eval.bound_rows": 1, "eval.elbo_samples": 2, "eval.vlb_levels": 0,
-        "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1,
+        "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1, "eval.latent_draws": 2,
         "autoencoder.latent_channels": 1, "autoencoder.downsampling": 1, "autoencoder.channels": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
 _POSITIVE = dict(low=0.0, open_low=True)

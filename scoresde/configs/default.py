@@ -181,6 +181,8 @@ def _eval() -> ml_collections.ConfigDict:
     e.iw_repeats = 1               # iw: independent IW_K estimates per item at the largest K (max(iw_k) x iw_repeats paths of N levels)
     e.chain_variance = "forward"   # vlb / iw: the reverse step's variance: forward (beta_i) | posterior (beta_tilde_i) (Ho et al. 2020); a model's learned variance replaces it
     e.chain_steps = 0              # vlb / iw: the chain respaced to this many of its N levels (Nichol & Dhariwal 2021, Sec. 4); 0 = all N
+    e.latent_draws = 8             # latent models (data.first_stage): K draws z ~ q(z|x) per item of the latent bound, on eval.bound_items items
+    e.latent_prior = "ode"         # latent models: log p_theta(z) by the probability-flow ODE (eval.method, trace, tolerances) | elbo (eval.elbo_samples draws; a further bound)
     e.chain_decoder = "density"    # vlb / iw: density (Gaussian at dequantised x, bits/dim as bpd) | discretized (images: Ho et al. eq. 13 at the cell centres)
     return e
 

@@ -282,6 +282,8 @@ class EvalOptions:
     fid_seeds: int = 1             # --mode fid: sample sets, seeds seed .. seed + fid_seeds - 1
     fid_reference: str | None = None   # --mode fid: the reference statistics .npz (None: cached in the work directory)
     fid_reference_items: int = 0   # --mode fid: training items the reference statistics are computed from (0 = all)
+    latent_draws: int = 8          # latent models: draws z ~ q(z|x) per item of the latent bound
+    latent_prior: str = "ode"      # latent models: log p_theta(z) by the ODE or the ELBO (likelihood/latent.py)
 
     @property
     def likelihood_kwargs(self) -> dict:
