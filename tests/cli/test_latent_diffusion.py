@@ -13,6 +13,7 @@ from helpers.tiny import tiny_config
 from scoresde.cli import main
 from scoresde.cli.factory import options_from_config
 from scoresde.data.datasets import dequantize, get_image_dataset
+from scoresde.data.latents import write_first_stage_json
 from scoresde.data.streams import Stream, generator
 from scoresde.likelihood.latent import latent_bound
 from scoresde.models.autoencoder import KLAutoencoder, load_autoencoder, save_autoencoder
@@ -116,3 +117,31 @@ def test_eval_of_a_latent_model_with_the_elbo_prior_and_sample_quality(tmp_path)
     assert metrics["latent_prior"] == "elbo" and np.isfinite(metrics["latent_bpd"])
     # decoded samples scored against the pixel held-out digits in the digits classifier's features
     assert np.isfinite(metrics["fd"]) and metrics["quality_samples"] == 8 and "classifier_score" in metrics
+
+
+def test_a_diffusers_autoencoder_folder_works_as_a_first_stage_end_to_end(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
+                                  layers_per_block=1, latent_channels=2, norm_num_groups=4,
+                                  sample_size=8, scaling_factor=0.7).eval()
+    folder = tmp_path / "vae"
+    vae.save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"is a diffusers folder without first_stage.json"):
+        main.run(latent_config(folder), tmp_path / "run", "train")
+    write_first_stage_json(folder, dataset="digits", shape=(1, 8, 8), centered=True, decoder_std=0.2)
+    config = latent_config(folder, **EVAL)
+    main.run(config, tmp_path / "run", "train")
+    # the cached latents are the VAE's own posterior at the cell centres of the training digits
+    cached = torch.load(next((folder / "latents").glob("digits_train_*.pt")), weights_only=True)
+    images = get_image_dataset("digits", None, split="train").images[:4]
+    with torch.no_grad():
+        dist = vae.encode(2 * dequantize(images.long(), 17, uniform=False) - 1).latent_dist
+    torch.testing.assert_close(cached[:4], torch.cat([dist.mean, dist.logvar], dim=1))
+    main.run(config, tmp_path / "run", "sample")
+    samples = np.load(tmp_path / "run" / "samples" / "samples.npz")["samples"]
+    assert samples.shape == (4, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 1
+    metrics = main.run(config, tmp_path / "run", "eval")
+    # the bound of p(x|z) = N(decode(z), 0.2^2 I) with the VAE config's scaling factor 0.7
+    assert np.isfinite(metrics["latent_bpd"]) and metrics["latent_scale_factor"] == pytest.approx(0.7)
