@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.data import tiny_diffusers_vae
 from helpers.tiny import tiny_config
 from scoresde.cli import main
 from scoresde.cli.factory import options_from_config
@@ -120,12 +121,8 @@ def test_eval_of_a_latent_model_with_the_elbo_prior_and_sample_quality(tmp_path)
 
 
 def test_a_diffusers_autoencoder_folder_works_as_a_first_stage_end_to_end(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
-                                  layers_per_block=1, latent_channels=2, norm_num_groups=4,
-                                  sample_size=8, scaling_factor=0.7).eval()
+    pytest.importorskip("diffusers")
+    vae = tiny_diffusers_vae(scaling_factor=0.7)
     folder = tmp_path / "vae"
     vae.save_pretrained(folder)
     with pytest.raises(ValueError, match=r"is a diffusers folder without first_stage.json"):
