@@ -6,7 +6,9 @@
 ``--mode train`` writes ``<workdir>/checkpoints/`` (and resumes from the newest), ``metrics.jsonl`` and
 ``snapshots/``; ``--mode eval`` writes ``<workdir>/eval/metrics.json``; ``--mode sample`` writes
 ``<workdir>/samples/samples.npz`` and a PNG; ``--mode inpaint`` / ``colorize`` write
-``<workdir>/inpaint/`` / ``colorize/``; ``--mode fid`` writes ``<workdir>/fid/fid.json``. For several processes launch with ``torchrun``.
+``<workdir>/inpaint/`` / ``colorize/``; ``--mode fid`` writes ``<workdir>/fid/fid.json``;
+``--mode train_autoencoder`` trains a latent diffusion first stage like ``train`` and writes
+``<workdir>/autoencoder.pt`` (for ``--config.data.first_stage=<workdir>``). For several processes launch with ``torchrun``.
 
 The config stops here: ``scoresde.cli.factory.options_from_config`` validates every field and turns the
 config into plain options, which the modes take.
