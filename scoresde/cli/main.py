@@ -94,7 +94,7 @@ def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mod
                          "work directory's checkpoints); --mode train trains the config's own network")
     if options.data.first_stage and mode not in LATENT_MODES + ("train_autoencoder",):   # which says why
         raise ValueError(f"--mode {mode} does not take data.first_stage yet (latent diffusion runs --mode "
-                         f"{' and '.join(LATENT_MODES)}; its likelihood bound is scoresde.likelihood.latent_bound)")
+                         f"{', '.join(LATENT_MODES)}; --mode eval reports its likelihood bound)")
     check_workdir(workdir, mode, pretrained=options.network.pretrained is not None)
     ctx = init_distributed(options.device)
     quiet_other_ranks(ctx)
