@@ -27,7 +27,7 @@ from scoresde.data.latents import FIRST_STAGE_FILE
 from scoresde.data.pipeline import DataSpec, to_model_space
 from scoresde.data.streams import Stream, generator
 from scoresde.likelihood.bits import bits_per_dim_bound
-from scoresde.models.autoencoder import KLAutoencoder, measure_scale_factor, save_autoencoder
+from scoresde.models.autoencoder import KLAutoencoder, load_autoencoder, measure_scale_factor, save_autoencoder
 from scoresde.run.checkpoint import atomic_write_bytes
 from scoresde.run.distributed import DistContext, barrier
 from scoresde.run.generation import sample_files
@@ -175,7 +175,7 @@ def export_first_stage(run: TrainRun) -> dict:
     """``<workdir>/autoencoder.pt`` (rank 0): the EMA weights, the scale factor ``1 / std(z)`` of
     posterior draws over the whole training set (cell centres, seeded) and the data it was trained on."""
     path = Path(run.workdir) / FIRST_STAGE_FILE
-    if run.ctx.is_main:
+    if run.ctx.is_main and exported_step(path) != run.step:    # a finished run's file is kept as it is
         data = run.data
         ae = copy.deepcopy(run.ema.module).cpu().eval()
         batches = (cell_centres(chunk, data) for chunk in data.train.cpu().split(SCALE_BATCH))
@@ -188,6 +188,13 @@ def export_first_stage(run: TrainRun) -> dict:
                     len(data.train), path, run.workdir)
     barrier(run.ctx)
     return {"first_stage": str(path)}
+
+
+def exported_step(path: Path) -> int | None:
+    """The training step ``autoencoder.pt`` at ``path`` was exported at (``None``: no such file)."""
+    if not path.is_file():
+        return None
+    return load_autoencoder(path)[1].get("step")
 
 
 AUTOENCODER_HOOKS = TrainHooks(step=autoencoder_step, evaluate=log_heldout, snapshot=write_reconstructions,

@@ -41,6 +41,10 @@ def test_trains_writes_what_training_writes_and_a_first_stage_file(tmp_path):
     pictures = np.load(tmp_path / "snapshots" / "reconstructions_00000004.npz")["samples"]
     assert pictures.shape == (16, 1, 8, 8)          # 8 held-out digits, then their 8 reconstructions
 
+    # a second run of the finished work directory keeps the file, byte for byte (its latent caches stay valid)
+    before = (tmp_path / "autoencoder.pt").read_bytes()
+    assert main.run(ae_config(), tmp_path, "train_autoencoder")["already_finished"]
+    assert (tmp_path / "autoencoder.pt").read_bytes() == before
     ae, meta = load_autoencoder(tmp_path / "autoencoder.pt")
     assert meta == {"dataset": "digits", "shape": [1, 8, 8], "centered": True, "num_levels": 17, "step": 4}
     state, _ = ckpt.load_latest(tmp_path / "checkpoints")
