@@ -7,8 +7,8 @@ from __future__ import annotations
 from scoresde.cli.schema import leaf_fields, network_kwargs, sde_kwargs
 from scoresde.cli.validate import label_classes, parse_cascade, parse_label, requested_bounds, validate_config
 from scoresde.configs.default import get_default_config, use_ddpmpp, use_ncsnpp
-from scoresde.run.options import (Accel, BoundOptions, DataOptions, DistillOptions, EvalOptions, LossOptions,
-                                  NetworkOptions,
+from scoresde.run.options import (Accel, AutoencoderOptions, BoundOptions, DataOptions, DistillOptions, EvalOptions,
+                                  LossOptions, NetworkOptions,
                                   OptimOptions, RunOptions, SamplerOptions, SDEOptions, TrainOptions,
                                   frozen_mapping)
 
@@ -101,7 +101,8 @@ def _eval(config) -> EvalOptions:
                        sample_quality=e.sample_quality, quality_samples=e.quality_samples,
                        inception_weights=e.inception_weights or None, fid_samples=e.fid_samples,
                        fid_seeds=e.fid_seeds, fid_reference=e.fid_reference or None,
-                       fid_reference_items=e.fid_reference_items)
+                       fid_reference_items=e.fid_reference_items, latent_draws=e.latent_draws,
+                       latent_prior=e.latent_prior)
 
 
 def _train(config) -> TrainOptions:
@@ -127,6 +128,12 @@ def distill_options(config) -> DistillOptions:
                           pd_rounds=d.pd_rounds)
 
 
+def _autoencoder(config) -> AutoencoderOptions:
+    a = config.autoencoder
+    return AutoencoderOptions(latent_channels=a.latent_channels, downsampling=a.downsampling, channels=a.channels,
+                              beta=a.beta, decoder_std=a.decoder_std, learn_decoder_std=a.learn_decoder_std)
+
+
 def options_from_config(config, distill: bool = False) -> RunOptions:
     """Validate ``config`` completely (``ValueError`` naming the first bad field, its value and what is
     allowed) and return its plain options; ``distill``: with ``distill_options`` (``--mode distill``)."""
@@ -135,6 +142,7 @@ def options_from_config(config, distill: bool = False) -> RunOptions:
                       network=_network(config), loss=_loss(config), optim=_optim(config),
                       sampler=_sampler(config), eval=_eval(config), train=_train(config),
                       distill=distill_options(config) if distill else None,
+                      autoencoder=_autoencoder(config),
                       config_json=config.to_json(indent=2, sort_keys=True))
 
 

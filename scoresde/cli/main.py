@@ -6,7 +6,9 @@
 ``--mode train`` writes ``<workdir>/checkpoints/`` (and resumes from the newest), ``metrics.jsonl`` and
 ``snapshots/`` (``--mode distill`` the same for a few-step student of ``distill.teacher_workdir``); ``--mode eval`` writes ``<workdir>/eval/metrics.json``; ``--mode sample`` writes
 ``<workdir>/samples/samples.npz`` and a PNG; ``--mode inpaint`` / ``colorize`` write
-``<workdir>/inpaint/`` / ``colorize/``; ``--mode fid`` writes ``<workdir>/fid/fid.json``. For several processes launch with ``torchrun``.
+``<workdir>/inpaint/`` / ``colorize/``; ``--mode fid`` writes ``<workdir>/fid/fid.json``;
+``--mode train_autoencoder`` trains a latent diffusion first stage like ``train`` and writes
+``<workdir>/autoencoder.pt`` (for ``--config.data.first_stage=<workdir>``). For several processes launch with ``torchrun``.
 
 The config stops here: ``scoresde.cli.factory.options_from_config`` validates every field and turns the
 config into plain options, which the modes take.
@@ -33,6 +35,7 @@ from scoresde.cli.schema import schema_fields, unknown_field
 from scoresde.cli.shipped import flag_argv
 from scoresde.run.options import RunOptions
 from scoresde.cli.modes.sample import sample
+from scoresde.train.autoencoder import train_autoencoder
 from scoresde.train.loop import train
 
 def evaluate_model(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: str | Path | None = None) -> dict:
@@ -43,11 +46,11 @@ def evaluate_model(options: RunOptions, workdir: str | Path, ctx: DistContext, o
 
 
 MODES = {"train": train, "eval": evaluate_model, "sample": sample, "inpaint": inpaint, "colorize": colorize,
-         "fid": fid, "distill": distill}
-# the modes that train in --workdir (and may create it)
-TRAINING_MODES = ("train", "distill")
+         "fid": fid, "distill": distill, "train_autoencoder": train_autoencoder}
+# the modes that train in --workdir (and may create it; no --outdir)
+TRAINING_MODES = ("train", "distill", "train_autoencoder")
 # ml_collections loads config files with the deprecated importlib load_module(): not the user's concern
-LATENT_MODES = ("train", "sample")   # the modes that take data.first_stage
+LATENT_MODES = ("train", "sample", "eval")   # the modes that take data.first_stage
 LOAD_MODULE_WARNING = r"the load_module\(\) method is deprecated"
 
 FLAGS = flags.FLAGS
@@ -91,9 +94,9 @@ def run(config: ml_collections.ConfigDict | RunOptions, workdir: str | Path, mod
     if mode in TRAINING_MODES and options.network.pretrained is not None:
         raise ValueError(f"config.model.pretrained applies to eval, sample, inpaint, colorize and fid (it replaces the "
                          f"work directory's checkpoints); --mode {mode} trains the config's own network")
-    if options.data.first_stage and mode not in LATENT_MODES:
+    if options.data.first_stage and mode not in LATENT_MODES + ("train_autoencoder",):   # which says why
         raise ValueError(f"--mode {mode} does not take data.first_stage yet (latent diffusion runs --mode "
-                         f"{' and '.join(LATENT_MODES)}; its likelihood bound is scoresde.likelihood.latent_bound)")
+                         f"{', '.join(LATENT_MODES)}; --mode eval reports its likelihood bound)")
     check_workdir(workdir, mode, pretrained=options.network.pretrained is not None)
     ctx = init_distributed(options.device)
     quiet_other_ranks(ctx)
@@ -153,6 +156,8 @@ def _unknown_override(argv: list[str]) -> str | None:
 HELP = """
 modes (--mode):
   train    train a model in --workdir, resuming from its newest checkpoint (Ctrl-C / SIGTERM checkpoint first)
+  train_autoencoder  train a latent diffusion first stage (config.autoencoder) the same way; writes
+           <workdir>/autoencoder.pt for --config.data.first_stage=<workdir>
   eval     held-out loss and likelihood (bits/dim or nll, next to what they compare with) of the EMA weights
   sample   draw samples from the EMA weights: samples.npz, a PNG and info.json (class-conditional and guided:
            --config.sampling.label=3|all --config.sampling.guidance=cfg|classifier --config.sampling.guidance_scale=2)

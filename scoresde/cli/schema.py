@@ -20,6 +20,7 @@ from scoresde.configs import default as default_module
 from scoresde.data.datasets import dataset_names
 from scoresde.data.folder import CHANNELS, RESIZE_MODES
 from scoresde.evaluate.heldout import CHAIN_DECODERS
+from scoresde.likelihood.latent import PRIORS as LATENT_PRIORS
 from scoresde.models import MODELS, PARAMETERIZATIONS
 from scoresde.run.distributed import DEVICES
 from scoresde.distill import DISTANCES, ODE_STEPS
@@ -96,6 +97,7 @@ CHOICES = {
     "distill.method": lambda: DISTILL_METHODS,
     "distill.solver": lambda: ODE_STEPS,
     "distill.distance": lambda: DISTANCES,
+    "eval.latent_prior": lambda: LATENT_PRIORS,
 }
 # field -> the smallest integer it may hold
 INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_iters": 0,
@@ -112,7 +114,8 @@ INTS = {"seed": 0, "data.num_train": 0, "training.batch_size": 1, "training.n_it
         "eval.iw_repeats": 1, "eval.chain_steps": 0, "data.image_size": 1,
         "data.low_res": 0, "data.resolution": 0, "model.cond_channels": 0,
         "distill.grid_size": 2, "distill.ct_s0": 1, "distill.ct_s1": 1, "distill.pd_start_steps": 2,
-        "distill.pd_rounds": 1}
+        "distill.pd_rounds": 1,
+        "eval.latent_draws": 2, "autoencoder.latent_channels": 1, "autoencoder.downsampling": 1, "autoencoder.channels": 1}
 _OPEN_UNIT = dict(low=0.0, high=1.0, open_low=True, open_high=True)
 _POSITIVE = dict(low=0.0, open_low=True)
 # field -> the interval of finite numbers it may hold (``utils.check_float``'s arguments)
@@ -132,7 +135,8 @@ FLOATS = {"training.eps": _OPEN_UNIT, "training.p_mean": {}, "training.p_std": _
           "data.heldout_fraction": _OPEN_UNIT,
           "training.cond_noise_max": dict(low=0.0, high=1.0), "sampling.cond_noise": dict(low=0.0, high=1.0),
           "distill.target_decay": dict(low=0.0, high=1.0), "distill.sigma_data": _POSITIVE,
-          "distill.eps": _OPEN_UNIT}
+          "distill.eps": _OPEN_UNIT,
+          "autoencoder.beta": dict(low=0.0), "autoencoder.decoder_std": _POSITIVE}
 # field -> the smallest integer each entry of its tuple may hold
 INT_TUPLES = {"model.ch_mult": 1, "model.attn_resolutions": 1, "eval.iw_k": 1}
 # fields holding a non-empty tuple of finite numbers

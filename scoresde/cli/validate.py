@@ -340,10 +340,21 @@ def check_first_stage_data(config) -> None:
     if d.random_flip or d.uniform_dequantization:
         raise ValueError("config.data.random_flip and data.uniform_dequantization must be False with "
                          "data.first_stage (the images are encoded once, at the cell centres)")
-    if config.training.eval_quality_samples or config.eval.sample_quality:
-        raise ValueError("config.training.eval_quality_samples must be 0 and eval.sample_quality False with "
-                         "data.first_stage (sample quality of latent models is not implemented)")
+    if config.training.eval_quality_samples:
+        raise ValueError("config.training.eval_quality_samples must be 0 with data.first_stage (training's KID / FD "
+                         "of latent models is not implemented; --mode eval with eval.sample_quality=True scores them)")
+    if requested_bounds(config):
+        raise ValueError(f"config.eval.bounds={config.eval.bounds!r} applies to pixel-space models; with "
+                         f"data.first_stage, --mode eval reports the latent bound (eval.latent_prior, "
+                         f"eval.latent_draws): set eval.bounds=''")
     data_shape(config)      # the pairing of first stage and data set, before the network is built
+
+
+def check_autoencoder(config) -> None:
+    """The first stage's downsampling is a power of two (``--mode train_autoencoder``)."""
+    f = config.autoencoder.downsampling
+    if f & (f - 1):
+        raise ValueError(f"config.autoencoder.downsampling must be a power of 2 (1, 2, 4, 8, ...), got {f}")
 
 
 def _check_network(config) -> None:
@@ -432,6 +443,7 @@ def validate_config(config) -> None:
     check_num_scales(config)
     check_first_stage_data(config)
     check_distill(config)
+    check_autoencoder(config)
     sde = _built_sde(config)
     _check_times(config, sde)
     _check_labels(config, sde)

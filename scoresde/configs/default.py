@@ -188,6 +188,8 @@ def _eval() -> ml_collections.ConfigDict:
     e.iw_repeats = 1               # iw: independent IW_K estimates per item at the largest K (max(iw_k) x iw_repeats paths of N levels)
     e.chain_variance = "forward"   # vlb / iw: the reverse step's variance: forward (beta_i) | posterior (beta_tilde_i) (Ho et al. 2020); a model's learned variance replaces it
     e.chain_steps = 0              # vlb / iw: the chain respaced to this many of its N levels (Nichol & Dhariwal 2021, Sec. 4); 0 = all N
+    e.latent_draws = 8             # latent models (data.first_stage): K draws z ~ q(z|x) per item of the latent bound, on eval.bound_items items
+    e.latent_prior = "ode"         # latent models: log p_theta(z) by the probability-flow ODE (eval.method, trace, tolerances) | elbo (eval.elbo_samples draws; a further bound)
     e.chain_decoder = "density"    # vlb / iw: density (Gaussian at dequantised x, bits/dim as bpd) | discretized (images: Ho et al. eq. 13 at the cell centres)
     return e
 
@@ -210,6 +212,19 @@ def _distill() -> ml_collections.ConfigDict:
     return d
 
 
+def _autoencoder() -> ml_collections.ConfigDict:
+    a = ml_collections.ConfigDict()
+    # --mode train_autoencoder: the first stage of latent diffusion (models.KLAutoencoder), trained with the
+    # training.* / optim.* loop settings and written to <workdir>/autoencoder.pt for data.first_stage
+    a.latent_channels = 4          # train_autoencoder: latent channels c
+    a.downsampling = 2             # train_autoencoder: f, latents of shape (c, H/f, W/f); a power of 2 (1 = none)
+    a.channels = 32                # train_autoencoder: width of the first level, doubled per downsampling
+    a.beta = 1.0                   # train_autoencoder: loss -log p(x|z) + beta KL(q(z|x) || N(0, I)); 1 = the VAE's ELBO
+    a.decoder_std = 0.1            # train_autoencoder: s of p(x|z) = N(decode(z), s^2 I); its start value when learned
+    a.learn_decoder_std = True     # train_autoencoder: learn s with the weights
+    return a
+
+
 def get_default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42               # every random stream of a run derives from it (scoresde/data/streams.py)
@@ -221,6 +236,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.sampling = _sampling()
     config.eval = _eval()
     config.distill = _distill()
+    config.autoencoder = _autoencoder()
     return config
 
 

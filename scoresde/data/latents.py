@@ -1,5 +1,7 @@
 """Latent data for latent diffusion (Rombach et al. 2022): a data set encoded once by a first stage
-(``data.first_stage``, a ``models.save_autoencoder`` file or a folder holding ``autoencoder.pt``).
+(``data.first_stage``, a ``models.save_autoencoder`` file or a folder holding ``autoencoder.pt``, or a
+diffusers ``AutoencoderKL`` ``save_pretrained`` folder described by ``first_stage.json``, which
+``write_first_stage_json`` writes).
 
 The stored items are the posterior parameters ``[mean, logvar]`` of ``q(z|x)`` at the dequantisation
 cell centres, ``(N, 2c, h, w)`` float32, cached next to the first stage; a batch reaches model space as
@@ -9,6 +11,7 @@ decoder's mean (``to_data_space``).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -17,26 +20,67 @@ from typing import Tuple
 import torch
 
 from scoresde.data.datasets import data_scaler, dequantize
-from scoresde.models.autoencoder import load_autoencoder, sample_posterior
+from scoresde.models.autoencoder import DiffusersAutoencoder, load_autoencoder, sample_posterior
 
 FIRST_STAGE_FILE = "autoencoder.pt"
+DIFFUSERS_JSON = "first_stage.json"      # beside a diffusers AutoencoderKL's config.json: the data it models
+DIFFUSERS_KEYS = ("dataset", "shape", "centered", "decoder_std")
 CACHE_DIR = "latents"
 ENCODE_BATCH = 256
 
 
+def is_diffusers_folder(path: str) -> bool:
+    """Whether ``path`` is a diffusers ``save_pretrained`` folder (``config.json``, no ``autoencoder.pt``)."""
+    folder = Path(path)
+    return folder.is_dir() and (folder / "config.json").is_file() and not (folder / FIRST_STAGE_FILE).is_file()
+
+
 def first_stage_file(path: str) -> Path:
-    """The autoencoder file ``data.first_stage`` names: the file itself, or ``<folder>/autoencoder.pt``."""
+    """The file that identifies the first stage ``data.first_stage`` names: the autoencoder file itself,
+    ``<folder>/autoencoder.pt``, or a diffusers folder's ``first_stage.json``."""
     found = Path(path)
+    if is_diffusers_folder(path):
+        found = found / DIFFUSERS_JSON
+        if not found.is_file():
+            raise ValueError(f"config.data.first_stage={path!r} is a diffusers folder without {DIFFUSERS_JSON}, which "
+                             f"states the data its VAE models and its decoder's std: write it with scoresde.data."
+                             f"latents.write_first_stage_json(folder, dataset=..., shape=..., centered=..., "
+                             f"decoder_std=...)")
+        return found
     if found.is_dir():
         found = found / FIRST_STAGE_FILE
     if not found.is_file():
         raise ValueError(f"config.data.first_stage={path!r}: no autoencoder there (a models.save_autoencoder file, "
-                         f"or a folder holding {FIRST_STAGE_FILE})")
+                         f"a folder holding {FIRST_STAGE_FILE}, or a diffusers AutoencoderKL folder)")
     return found
 
 
+def write_first_stage_json(folder, *, dataset: str, shape, centered: bool, decoder_std: float,
+                           scale_factor: float | None = None) -> Path:
+    """``<folder>/first_stage.json`` for a diffusers ``AutoencoderKL`` folder: the data set, item shape
+    and scaling it models, the std ``s`` of its decoder ``p(x|z) = N(decode(z), s^2 I)`` (a modelling
+    choice: diffusers' VAEs have none) and optionally the latent scale factor (else the VAE config's
+    ``scaling_factor``)."""
+    meta = {"dataset": dataset, "shape": [int(s) for s in shape], "centered": bool(centered),
+            "decoder_std": float(decoder_std)}
+    if scale_factor is not None:
+        meta["scale_factor"] = float(scale_factor)
+    path = Path(folder) / DIFFUSERS_JSON
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
 def first_stage_header(path: str) -> Tuple[dict, dict]:
-    """The first stage's constructor arguments and metadata (``dataset``, ``shape``, ``centered``)."""
+    """The first stage's ``latent_channels`` and ``n_down`` (with its other constructor arguments) and its
+    metadata (``dataset``, ``shape``, ``centered``)."""
+    if is_diffusers_folder(path):
+        meta = json.loads(first_stage_file(path).read_text())
+        missing = [k for k in DIFFUSERS_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f"config.data.first_stage={path!r}: {DIFFUSERS_JSON} lacks {missing} (write it with "
+                             f"scoresde.data.latents.write_first_stage_json)")
+        vae = json.loads((Path(path) / "config.json").read_text())
+        return {"latent_channels": vae["latent_channels"], "n_down": len(vae["block_out_channels"]) - 1}, meta
     payload = torch.load(first_stage_file(path), map_location="cpu", weights_only=True)
     return payload["config"], payload["metadata"]
 
@@ -58,7 +102,13 @@ def check_first_stage(path: str, dataset: str, shape: tuple, centered: bool) -> 
 
 
 def _cache_path(file: Path, dataset: str, split: str, count: int, centered: bool) -> Path:
-    digest = hashlib.sha1(file.read_bytes()).hexdigest()[:12]
+    """``<folder>/latents/<dataset>_<split>_<count>_c<centered>_<hash>.pt``, the hash of the autoencoder file
+    (of a diffusers folder: of its files, weights and first_stage.json)."""
+    files = sorted(p for p in file.parent.iterdir() if p.is_file()) if file.name == DIFFUSERS_JSON else [file]
+    sha = hashlib.sha1()
+    for part in files:
+        sha.update(part.name.encode() + b"\0" + part.read_bytes())
+    digest = sha.hexdigest()[:12]
     return file.parent / CACHE_DIR / f"{dataset}_{split}_{count}_c{int(centered)}_{digest}.pt"
 
 
@@ -91,6 +141,10 @@ def encode_items(first_stage, items: torch.Tensor, num_levels: int, centered: bo
 
 def load_first_stage(path: str):
     """The first stage (eval mode, CPU) from ``data.first_stage``."""
+    if is_diffusers_folder(path):
+        _, meta = first_stage_header(path)
+        return DiffusersAutoencoder.from_pretrained(path, decoder_std=meta["decoder_std"],
+                                                    scale_factor=meta.get("scale_factor")).eval()
     ae, _ = load_autoencoder(first_stage_file(path))
     return ae.eval()
 

@@ -42,6 +42,8 @@ class Stream(enum.IntEnum):
     QUALITY = 38       # the samples of eval's sample-quality metrics, per rank
     FID = 39           # --mode fid: the samples of one seed, per rank
     TRAIN_QUALITY = 40 # the samples of training's KID / FD at every eval (the same at every eval), per rank
+    LATENT_BOUND = 51  # the latent bound's posterior draws z ~ q(z|x) in --mode eval, per rank
+    SCALE_FACTOR = 50  # the posterior draws that measure a trained first stage's latent scale factor
 
 
 def stream_seed(seed: int, stream: Stream, rank: int = 0) -> int:

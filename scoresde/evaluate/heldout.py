@@ -13,6 +13,7 @@ import torch
 
 from scoresde import samplers
 from scoresde.sde_lib import SDE, respace
+from scoresde.likelihood.latent import latent_bound
 from scoresde.data.datasets import data_scaler, dequantize, scaler_log_det
 from scoresde.run import threads
 from scoresde.run.distributed import DistContext, all_gather_cat, shard_range
@@ -179,6 +180,35 @@ def _iw_bounds(sde: SDE, score_fn: Callable, x: torch.Tensor, options: BoundOpti
                                         columns=(paths,))
     return {f"iw{k}": BoundDraws(*samplers.iw_from_log_weights(log_w, k), nfe, seconds, discrete=discrete)
             for k in options.iw_k}
+
+
+def latent_bound_draws(first_stage, sde: SDE, score_fn: Callable, items: torch.Tensor, spec: DataSpec,
+                       options: EvalOptions, *, generators: dict, ctx: DistContext,
+                       show_progress: bool = False) -> tuple[BoundDraws, dict]:
+    """The latent bound ``E_q[log p(x|z) + log p_theta(z) - log q(z|x)]`` (``likelihood/latent.py``) of a
+    latent diffusion model on the first ``options.bounds.items`` held-out images (``spec`` in pixel space),
+    uniformly dequantised once, with ``options.latent_draws`` draws per item and ``options.latent_prior``
+    for ``log p_theta(z)``; and the means of its three terms over the items (nats per item).
+    ``generators``: ``"data"``, ``"latent"`` (the draws), ``"likelihood"`` (Hutchinson probes), ``"elbo"``."""
+    bounds, k = options.bounds, options.latent_draws
+    x = bound_inputs(items, spec, bounds, generator=generators["data"], ctx=ctx)["dequantized"]
+    if options.latent_prior == "ode":
+        prior_kwargs = {"ode_kwargs": {**options.likelihood_kwargs, "generator": generators["likelihood"]}}
+    else:
+        prior_kwargs = {"elbo_kwargs": {"n_samples": bounds.elbo_samples, "eps": options.eps,
+                                        "generator": generators["elbo"]}}
+    terms = {"recon": [], "prior": [], "entropy": []}
+
+    def estimate(batch):
+        out = latent_bound(first_stage, sde, score_fn, batch, k, prior=options.latent_prior,
+                           generator=generators["latent"], **prior_kwargs)
+        for name, values in terms.items():
+            values.append(getattr(out, name).double())
+        return out.bound, out.stderr, out.nfe
+
+    name = f"latent bound ({k} draws, {options.latent_prior} prior)"
+    draws = BoundDraws(*_run_bound(name, x, max(1, bounds.rows // k), estimate, ctx, show_progress))
+    return draws, {name: float(_gathered(values, ctx, ()).mean()) for name, values in terms.items()}
 
 
 def bound_summary(draws: BoundDraws, spec: DataSpec) -> dict:

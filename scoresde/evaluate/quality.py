@@ -27,10 +27,11 @@ KID_SUBSETS, KID_SUBSET_SIZE = 100, 200
 
 
 def sample_quality_metrics(options: RunOptions, inf: Inference, spec: DataSpec, ctx: DistContext) -> dict:
-    """FD, KID, precision / recall (and for digits the classifier score) of fresh samples against ``spec.test``."""
+    """FD, KID, precision / recall (and for digits the classifier score) of fresh samples against ``spec.test``
+    (images; a latent model's samples are decoded by its first stage, ``inf.data``)."""
     n = options.eval.quality_samples
     start = time.perf_counter()
-    x, nfe = generate(inf.sde, inf.score_fn, n, spec.model_shape, options.sampler,
+    x, nfe = generate(inf.sde, inf.score_fn, n, inf.data.model_shape, options.sampler,
                       generator=generator(options.seed, Stream.QUALITY, ctx.rank, ctx.device), ctx=ctx)
     space = feature_space(spec, options.eval.inception_weights, ctx.device)
     fake = items_from_samples(x, inf.data)

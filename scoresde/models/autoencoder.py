@@ -117,13 +117,23 @@ class KLAutoencoder(nn.Module):
     def decoder_log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return isotropic_log_prob(x, self.decode(z), self.log_decoder_std)
 
-    def loss(self, x: torch.Tensor, beta: float = 1.0, generator: torch.Generator | None = None) -> AutoencoderLoss:
+    def loss(self, x: torch.Tensor, beta: float = 1.0, generator: torch.Generator | None = None,
+             noise: torch.Tensor | None = None) -> AutoencoderLoss:
         """``-log p(x|z) + beta KL(q(z|x) || N(0, I))`` per sample at one draw ``z ~ q(z|x)``; with
-        ``beta = 1`` its mean is the negative ELBO of the VAE (Kingma & Welling 2014)."""
+        ``beta = 1`` its mean is the negative ELBO of the VAE (Kingma & Welling 2014). ``noise``: the
+        standard normal draw of ``z = mean + std * noise`` (latent-shaped), else drawn from ``generator``."""
         mean, logvar = self.encode(x)
-        recon = self.decoder_log_prob(x, sample_posterior(mean, logvar, generator))
+        if noise is None:
+            z = sample_posterior(mean, logvar, generator)
+        else:
+            z = mean + torch.exp(0.5 * logvar) * noise
+        recon = self.decoder_log_prob(x, z)
         kl = gaussian_kl_standard(mean, logvar)
         return AutoencoderLoss(-recon + beta * kl, recon, kl)
+
+    def forward(self, x: torch.Tensor, beta: float = 1.0, noise: torch.Tensor | None = None) -> AutoencoderLoss:
+        """``loss`` (the training forward pass, so that a ``DistributedDataParallel`` wrapper syncs it)."""
+        return self.loss(x, beta, noise=noise)
 
 
 def _latent_shape(image_shape, in_channels: int, latent_channels: int, f: int) -> Tuple[int, int, int]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from scoresde import samplers
 from scoresde.distill import consistency_sample
-from scoresde.models import get_model
+from scoresde.models import KLAutoencoder, get_model
 from scoresde.sde_lib import SDE, get_sde
 from scoresde.utils import Registry
 from scoresde.train.losses import get_loss_fn, get_noise_fn
@@ -302,6 +302,8 @@ class EvalOptions:
     fid_seeds: int = 1             # --mode fid: sample sets, seeds seed .. seed + fid_seeds - 1
     fid_reference: str | None = None   # --mode fid: the reference statistics .npz (None: cached in the work directory)
     fid_reference_items: int = 0   # --mode fid: training items the reference statistics are computed from (0 = all)
+    latent_draws: int = 8          # latent models: draws z ~ q(z|x) per item of the latent bound
+    latent_prior: str = "ode"      # latent models: log p_theta(z) by the ODE or the ELBO (likelihood/latent.py)
 
     @property
     def likelihood_kwargs(self) -> dict:
@@ -388,6 +390,25 @@ class DistillOptions:
             "; per sample; lower is better"
 
 
+# ---------------------------------------------------------------------------------------- first stage
+@dataclass(frozen=True)
+class AutoencoderOptions:
+    """``--mode train_autoencoder``: the first stage (``models.KLAutoencoder``) and its loss's KL weight;
+    the loop (steps, batch, checkpoints) and the optimiser are ``TrainOptions`` / ``OptimOptions``."""
+
+    latent_channels: int = 4       # c
+    downsampling: int = 2          # f = 2^n_down: latents (c, H/f, W/f)
+    channels: int = 32             # width of the first level
+    beta: float = 1.0              # loss -log p(x|z) + beta KL(q(z|x) || N(0, I))
+    decoder_std: float = 0.1       # s of p(x|z) = N(decode(z), s^2 I) (its start value when learned)
+    learn_decoder_std: bool = True
+
+    def build(self, in_channels: int) -> KLAutoencoder:
+        return KLAutoencoder(in_channels=in_channels, latent_channels=self.latent_channels, channels=self.channels,
+                             n_down=self.downsampling.bit_length() - 1, decoder_std=self.decoder_std,
+                             learn_decoder_std=self.learn_decoder_std)
+
+
 # ---------------------------------------------------------------------------------------- a run
 @dataclass(frozen=True)
 class RunOptions:
@@ -405,6 +426,7 @@ class RunOptions:
     eval: EvalOptions
     train: TrainOptions
     distill: DistillOptions | None = None   # --mode distill only (None: a score model trained by --mode train)
+    autoencoder: AutoencoderOptions = field(default_factory=AutoencoderOptions)
     config_json: str = field(default="{}", compare=False)
 
     def to_json(self) -> str:

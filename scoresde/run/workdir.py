@@ -88,17 +88,18 @@ class WorkdirLock:
             self._file = None
 
 
-def write_loss_curve(workdir: str | Path, options) -> Path:
+def write_loss_curve(workdir: str | Path, options, title: str | None = None, caption: str | None = None) -> Path:
     """``<workdir>/loss_curve.png``: training and held-out loss, and the eval likelihood where it was
-    measured, against step, from ``metrics.jsonl``; ``options`` (``RunOptions``) names the run."""
+    measured, against step, from ``metrics.jsonl``; ``options`` (``RunOptions``) names the run (a score
+    model's data, process, network and loss) unless ``title`` and ``caption`` say what else it is."""
     from scoresde.run.plots import loss_curve     # matplotlib only when a figure is drawn
 
     path = Path(workdir) / METRICS_FILE
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    title = f"{options.data.dataset}, {options.sde.name}, {options.network.name}"
-    describe = options.loss.describe if options.distill is None else options.distill.describe
+    title = title or f"{options.data.dataset}, {options.sde.name}, {options.network.name}"
+    caption = caption or (options.loss.describe if options.distill is None else options.distill.describe)
     target = Path(workdir) / LOSS_CURVE_FILE
-    atomic_write_bytes(target, loss_curve(records, title=title, caption=f"loss: {describe}"))
+    atomic_write_bytes(target, loss_curve(records, title=title, caption=f"loss: {caption}"))
     return target
 
 

@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -115,6 +115,21 @@ class Objective:
         return ema_score_fn(run), run.options.sampler
 
 
+@dataclass(frozen=True)
+class TrainHooks:
+    """What one kind of training does that the loop does not: one update on this rank's next batch
+    (``step``, returning the detached mean loss), the held-out evaluation at ``eval_freq``, the snapshot at
+    ``snapshot_freq`` (after its checkpoint; both given the progress bar) and what its loss means. A
+    score model's are ``SCORE_HOOKS``; a first stage's are in ``train/autoencoder.py``."""
+
+    step: Callable[["TrainRun"], torch.Tensor]
+    evaluate: Callable[["TrainRun", Any], None]
+    snapshot: Callable[["TrainRun", Any], None]
+    describe: Callable[[RunOptions], str]          # the loss, in one line
+    title: Callable[[RunOptions], str]             # the loss curve's title
+    finish: Callable[["TrainRun"], dict] = lambda run: {}   # once training ends or is stopped: what to add
+
+
 @dataclass
 class TrainRun:
     """Everything one training run holds. ``model`` is the plain network, ``train_model`` what the
@@ -146,6 +161,7 @@ class TrainRun:
     level_sampler: LevelSampler | None = None  # vlb with importance sampling: the levels' term history
     level_terms: tuple | None = None          # (levels, unweighted terms) of this rank's last batch
     objective: "Objective | None" = None      # another objective than options.loss (distillation)
+    hooks: TrainHooks | None = None           # None: a score model's (SCORE_HOOKS)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -177,10 +193,12 @@ def _build_network(options: RunOptions, data: DataSpec, ctx: DistContext, accel:
 
 
 def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: DataSpec | None = None,
-              found: "tuple[dict, Path] | None | bool" = True, objective: Objective | None = None) -> TrainRun:
+              found: "tuple[dict, Path] | None | bool" = True, objective: Objective | None = None,
+              model: nn.Module | None = None, hooks: TrainHooks | None = None) -> TrainRun:
     """Build data (unless given, e.g. synthetic data for a benchmark), SDE, network, EMA, optimizer,
     loader and generator; attach ``objective``; resume from ``found`` (``read_resumable``'s answer;
-    ``True``: read it here)."""
+    ``True``: read it here). ``model`` and ``hooks`` train another network another way (a first stage);
+    by default the score network ``options`` describe."""
     workdir, train = Path(workdir), options.train
     check_global_batch(train.batch_size, ctx)
     accel = resolve_accel(ctx.device, train.accel)
@@ -190,7 +208,7 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
     if found is True:
         found = read_resumable(options, workdir, data)
     data = training_data_on(data, ctx.device)
-    model = _build_network(options, data, ctx, accel)
+    model = _build_network(options, data, ctx, accel) if model is None else model.to(ctx.device)
     set_threads(train.threads, local_processes(), ctx.device)
     sde = options.sde.build()
     run = TrainRun(
@@ -202,7 +220,8 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
         skips=SkipCounter.on(ctx.device),
         metrics=MetricsWriter(workdir / METRICS_FILE, enabled=ctx.is_main,
                               tensorboard_dir=workdir / TENSORBOARD_DIR if train.tensorboard else None),
-        level_sampler=LevelSampler(sde.N) if options.loss.level_sampling else None, objective=objective)
+        level_sampler=LevelSampler(sde.N) if options.loss.level_sampling and hooks is None else None,
+        objective=objective, hooks=hooks)
     if objective is not None:
         objective.attach(run)
     if ctx.is_main:
@@ -211,7 +230,8 @@ def setup_run(options: RunOptions, workdir: str | Path, ctx: DistContext, data: 
     barrier(ctx)
     resume(run, found)
     run.train_model = wrap_model(run.model, run.ctx)
-    run.update = gradient_step(run)
+    if hooks is None:
+        run.update = gradient_step(run)
     return run
 
 
@@ -636,8 +656,18 @@ def log_eval_loss(run: TrainRun, bar=None) -> None:
                 "".join(f", {k} {v:.4g}" for k, v in quality.items() if "@" in k))
     if bar is not None and not bar.disable:
         bar.set_postfix_str(f"{getattr(bar, 'postfix', None) or ''} held_out={loss:.4g}".strip())
-    if run.ctx.is_main and time.monotonic() - run.curve_drawn >= LOSS_CURVE_EVERY_S:
-        write_loss_curve(run.workdir, run.options)
+    redraw_loss_curve(run)
+
+
+def hooks_of(run: TrainRun) -> TrainHooks:
+    return run.hooks or SCORE_HOOKS
+
+
+def draw_loss_curve(run: TrainRun) -> None:
+    """``loss_curve.png`` now (rank 0), labelled by the kind of training."""
+    if run.ctx.is_main:
+        hooks = hooks_of(run)
+        write_loss_curve(run.workdir, run.options, title=hooks.title(run.options), caption=hooks.describe(run.options))
         run.curve_drawn = time.monotonic()
 
 
@@ -645,6 +675,12 @@ def drawing(run: TrainRun) -> tuple[Callable, SamplerOptions]:
     """What snapshots and training's sample quality draw with: the EMA score and the config's sampler,
     or the objective's."""
     return run.objective.sampler(run) if run.objective is not None else (ema_score_fn(run), run.options.sampler)
+
+
+def redraw_loss_curve(run: TrainRun) -> None:
+    """``draw_loss_curve`` at most every ``LOSS_CURVE_EVERY_S`` (the end of training draws it anyway)."""
+    if time.monotonic() - run.curve_drawn >= LOSS_CURVE_EVERY_S:
+        draw_loss_curve(run)
 
 
 def class_cycle(run: TrainRun, num: int) -> torch.Tensor | None:
@@ -690,25 +726,44 @@ def write_snapshot_samples(run: TrainRun) -> None:
         run.metrics.write({"step": run.step, **{f"snapshot_{k}": v for k, v in sample_stats(samples, run.data).items()}})
 
 
+def snapshot_samples(run: TrainRun, bar) -> None:
+    """A score model's snapshot: ``write_snapshot_samples``, announced on the bar (a classifier has none)."""
+    if run.options.loss.is_classifier:
+        return
+    what = f"drawing {run.options.train.snapshot_num_samples} snapshot samples ({run.options.sampler.method})"
+    bar.set_description_str(what)
+    if bar.disable:
+        logger.info("step %d: %s", run.step, what)
+    write_snapshot_samples(run)
+    bar.set_description_str("")
+
+
+def score_step(run: TrainRun) -> torch.Tensor:
+    batch = next_batch(run)
+    return train_step(run, *batch) if run.objective is None else run.objective.step(run, *batch)
+
+
+def score_title(options: RunOptions) -> str:
+    return f"{options.data.dataset}, {options.sde.name}, {options.network.name}"
+
+
+SCORE_HOOKS = TrainHooks(step=score_step, evaluate=log_eval_loss, snapshot=snapshot_samples,
+                         describe=lambda options: options.loss.describe, title=score_title)
+
+
 def after_step(run: TrainRun, loss: torch.Tensor, meter: LossMeter, bar) -> None:
-    """Logging, held-out loss, checkpoints and snapshot samples, each at its own frequency."""
-    o, step = run.options.train, run.step
+    """Logging, held-out evaluation, checkpoints and snapshots, each at its own frequency."""
+    o, step, hooks = run.options.train, run.step, hooks_of(run)
     meter.add(loss, run.skipped)
     bar.update(1)
     if step % o.log_freq == 0:
         log_metrics(run, meter, bar)
     if step % o.eval_freq == 0:
-        log_eval_loss(run, bar)
+        hooks.evaluate(run, bar)
     if step % o.checkpoint_freq == 0 or step % o.snapshot_freq == 0:
         save_checkpoint(run)
-    if (step % o.snapshot_freq == 0 and o.snapshot_sampling and o.snapshot_num_samples > 0
-            and not run.options.loss.is_classifier):
-        what = f"drawing {o.snapshot_num_samples} snapshot samples ({run.options.sampler.method})"
-        bar.set_description_str(what)
-        if bar.disable:
-            logger.info("step %d: %s", step, what)
-        write_snapshot_samples(run)
-        bar.set_description_str("")
+    if step % o.snapshot_freq == 0 and o.snapshot_sampling and o.snapshot_num_samples > 0:
+        hooks.snapshot(run, bar)
 
 
 def stop_requested(stop: GracefulStop, ctx: DistContext) -> bool:
@@ -725,8 +780,7 @@ def run_loop(run: TrainRun, stop: GracefulStop) -> bool:
     train = run.options.train
     with logs_above_bars(), progress_bar(train.n_iters, run.step, train.progress_bar) as bar:
         while run.step < train.n_iters:
-            batch = next_batch(run)
-            loss = train_step(run, *batch) if run.objective is None else run.objective.step(run, *batch)
+            loss = hooks_of(run).step(run)
             after_step(run, loss, meter, bar)
             threads.tick(run.step)
             if stop_requested(stop, run.ctx):
@@ -758,9 +812,12 @@ def workdir_lock(workdir: str | Path, ctx: DistContext):
 
 
 def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = None,
-          objective: Objective | None = None) -> dict:
-    """The ``train`` mode (``objective``: another than ``options.loss``, e.g. ``--mode distill``'s);
-    returns ``{"step", "stopped_by_signal", "signal"}``.
+          objective: Objective | None = None, *, hooks: TrainHooks | None = None,
+          model_for: Callable[[RunOptions, DataSpec], nn.Module] | None = None) -> dict:
+    """The ``train`` mode; returns ``{"step", "stopped_by_signal", "signal"}``. ``objective``: another
+    than ``options.loss`` (``--mode distill``'s). ``hooks`` and ``model_for(options, data)`` (the network,
+    before it is moved to the device) train another kind of network (``train/autoencoder.py``); by default
+    the score network.
 
     No file of the work directory changes before the lock is held and the options are checked against
     its newest checkpoint; the data are loaded before that, so a run without its data creates nothing,
@@ -769,15 +826,17 @@ def train(options: RunOptions, workdir: str | Path, ctx: DistContext | None = No
     check_global_batch(options.train.batch_size, ctx)
     data = load_data(options.data, options.seed)
     check_data_size(options.train.batch_size, data)
-    if options.train.eval_quality_samples:
+    if options.train.eval_quality_samples and hooks is None:
         check_feature_network(data, options.eval.inception_weights)    # before the first eval, not at it
+    model = model_for(options, data) if model_for is not None else None
     created = first_missing(Path(workdir))
     with workdir_lock(workdir, ctx):
         with removed_on_failure(created, ctx):
             found = read_resumable(options, workdir, data)
             write_train_config(options, workdir, ctx)
-            run = setup_run(options, workdir, ctx, data=data, found=found, objective=objective)
-        return _train_locked(run)
+            run = setup_run(options, workdir, ctx, data=data, found=found, objective=objective, model=model,
+                            hooks=hooks)
+        return train_locked(run)
 
 
 def first_missing(path: Path) -> Path | None:
@@ -812,27 +871,30 @@ def write_train_config(options: RunOptions, workdir: str | Path, ctx: DistContex
     return path
 
 
-def _train_locked(run: TrainRun) -> dict:
+def train_locked(run: TrainRun) -> dict:
+    """Train ``run`` (set up, its work directory locked) to ``n_iters`` or a stop signal; the last
+    checkpoint, the loss curve and the ``"finished"`` / ``"stopped"`` record are written on the way out."""
     options = run.options
     if run.step >= options.train.n_iters and run.last_saved == run.step:
         run.metrics.close()
         logger.info("training is already finished: the newest checkpoint is at step %d and training.n_iters=%d; "
                     "to train longer, run again with a larger --config.training.n_iters (e.g. %d)", run.step,
                     options.train.n_iters, 2 * max(run.step, 1))
-        return {"step": run.step, "stopped_by_signal": False, "signal": None, "already_finished": True}
-    logger.info("loss: %s", options.loss.describe if run.objective is None else run.objective.describe)
+        return {"step": run.step, "stopped_by_signal": False, "signal": None, "already_finished": True,
+                **hooks_of(run).finish(run)}
+    logger.info("loss: %s", hooks_of(run).describe(options) if run.objective is None else run.objective.describe)
     try:
         with GracefulStop(run.checkpoint_dir) as stop:
             stopped = run_loop(run, stop)
             if run.last_saved != run.step:
                 save_checkpoint(run)
         run.metrics.write({"step": run.step, "event": "stopped" if stopped else "finished"})
-        if run.ctx.is_main:
-            write_loss_curve(run.workdir, run.options)
+        draw_loss_curve(run)
     finally:
         run.metrics.close()
     if stopped:
         logger.warning("%s received: checkpoint written at step %d; exiting", stop.signal_name or "signal", run.step)
     else:
         logger.info("training finished at step %d", run.step)
-    return {"step": run.step, "stopped_by_signal": stopped, "signal": stop.signum if stopped else None}
+    return {"step": run.step, "stopped_by_signal": stopped, "signal": stop.signum if stopped else None,
+            **hooks_of(run).finish(run)}

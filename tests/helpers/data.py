@@ -19,3 +19,14 @@ def write_cifar(folder, n_per_batch=3, seed=0):
         rows.append(data)
         labels.append(lab)
     return rows, labels
+
+
+def tiny_diffusers_vae(scaling_factor=0.7):
+    """A random diffusers ``AutoencoderKL`` for 1x8x8 images: 2 latent channels, f = 2 (seeded)."""
+    import diffusers
+    import torch
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
+                                   layers_per_block=1, latent_channels=2, norm_num_groups=4,
+                                   sample_size=8, scaling_factor=scaling_factor).eval()

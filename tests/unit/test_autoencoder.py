@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from helpers.data import tiny_diffusers_vae
 from scoresde.models.autoencoder import (DiffusersAutoencoder, KLAutoencoder, gaussian_kl_standard,
                                          isotropic_log_prob, load_autoencoder, measure_scale_factor,
                                          sample_posterior, save_autoencoder)
@@ -73,12 +74,8 @@ def test_measured_scale_factor_is_one_over_latent_std():
 
 
 def test_tiny_diffusers_autoencoder_round_trips_through_the_adapter(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
-                                  layers_per_block=1, latent_channels=2, norm_num_groups=4,
-                                  sample_size=8, scaling_factor=0.7).eval()
+    pytest.importorskip("diffusers")
+    vae = tiny_diffusers_vae(scaling_factor=0.7)
     vae.save_pretrained(tmp_path / "vae")
     ae = DiffusersAutoencoder.from_pretrained(tmp_path / "vae", decoder_std=0.2)
     x = torch.randn(2, 1, 8, 8)
@@ -94,3 +91,16 @@ def test_tiny_diffusers_autoencoder_round_trips_through_the_adapter(tmp_path):
     assert math.isclose(float(ae.scale_factor), 0.7, rel_tol=1e-6)
     with pytest.raises(ValueError, match="config.json"):
         DiffusersAutoencoder.from_pretrained(tmp_path)
+
+
+def test_forward_is_the_loss_at_the_given_noise():
+    # z = mean + exp(logvar / 2) noise; the same noise drawn from a generator gives the same terms
+    # (catches a forward that ignores the noise or uses the variance instead of the std)
+    ae = small_ae()
+    x = torch.randn(3, 1, 8, 8)
+    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(5))
+    terms = ae(x, 0.5, noise)
+    mean, logvar = ae.encode(x)
+    torch.testing.assert_close(terms.recon, ae.decoder_log_prob(x, mean + torch.exp(0.5 * logvar) * noise))
+    same = ae.loss(x, beta=0.5, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(terms.loss, same.loss)

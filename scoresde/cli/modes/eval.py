@@ -11,10 +11,18 @@
   Song, Durkan, Murray & Ermon 2021), ``vlb_bpd`` (DDPM's variational bound, Ho et al. 2020) and
   ``iw{K}_bpd`` (importance-weighted, Burda et al. 2016), ``_nll`` for continuous data; each with
   ``_stderr`` (over items, Monte-Carlo noise included), ``_mc_stderr`` (the Monte-Carlo part),
-  ``{name}_nfe`` (score evaluations per item) and ``{name}_time_s``.
+  ``{name}_nfe`` (score evaluations per item) and ``{name}_time_s``;
+- for a latent diffusion model (``data.first_stage``) instead of ``bpd``: the latent bound
+  ``E_q[log p(x|z) + log p_theta(z) - log q(z|x)]`` (``scoresde/likelihood/latent.py``) in bits/dim of the
+  pixels, ``latent_bpd`` (an upper bound on the model's bits/dim) with ``_stderr`` and ``_mc_stderr`` as the
+  bounds have them, on the first ``eval.bound_items`` held-out images with ``eval.latent_draws`` draws of
+  ``z ~ q(z|x)`` each; ``log p_theta(z)`` by the ODE or the ELBO (``eval.latent_prior``); the means of its
+  three terms (``latent_recon_nats``, ``latent_prior_nats``, ``latent_entropy_nats``, nats per image),
+  ``latent_nfe`` (score evaluations per draw) and ``latent_time_s``. The held-out loss is on the latents.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,7 +35,8 @@ from scoresde import samplers
 from scoresde.data.datasets import scaler_log_det
 from scoresde.run.distributed import DistContext
 from scoresde.evaluate.quality import quality_line, sample_quality_metrics
-from scoresde.evaluate.heldout import bound_summary, heldout_loss, likelihood_bounds, log_likelihoods
+from scoresde.evaluate.heldout import (bound_summary, heldout_loss, latent_bound_draws, likelihood_bounds,
+                                       log_likelihoods)
 from scoresde.run.inference import Inference, load_for_inference
 from scoresde.run.options import RunOptions
 from scoresde.run.runtime import bars_enabled, logs_above_bars
@@ -95,6 +104,46 @@ def _bound_metrics(options: RunOptions, inf: Inference, spec: DataSpec, ctx: Dis
     return metrics
 
 
+def _latent_metrics(options: RunOptions, inf: Inference, spec: DataSpec, pixels: DataSpec, ctx: DistContext) -> dict:
+    """The latent bound of a latent diffusion model in bits/dim of the pixels (``latent_bound_draws``)."""
+    streams = {"data": Stream.BOUND_DATA, "latent": Stream.LATENT_BOUND, "likelihood": Stream.LIKELIHOOD,
+               "elbo": Stream.ELBO}
+    first_stage = spec.first_stage.to(ctx.device)
+    draws, terms = latent_bound_draws(first_stage, inf.sde, inf.score_fn, pixels.test, pixels, options.eval,
+                                      generators={k: generator(options.seed, s, ctx.rank, ctx.device)
+                                                  for k, s in streams.items()}, ctx=ctx,
+                                      show_progress=bars_enabled(options.train.progress_bar) and ctx.is_main)
+    summary = bound_summary(draws, pixels)
+    metrics = {"latent_bpd": summary["bpd"], "latent_bpd_stderr": summary["stderr"],
+               "latent_bpd_mc_stderr": summary["mc_stderr"], "latent_items": int(len(draws.logp)),
+               "latent_draws": options.eval.latent_draws, "latent_prior": options.eval.latent_prior,
+               "latent_nfe": draws.nfe, "latent_time_s": round(draws.time_s, 3),
+               "latent_scale_factor": float(first_stage.scale_factor),
+               **{f"latent_{name}_nats": value for name, value in terms.items()}}
+    if summary.get("nonfinite_items"):
+        metrics["latent_nonfinite_items"] = summary["nonfinite_items"]
+    return metrics
+
+
+def latent_line(metrics: dict, options: RunOptions) -> str:
+    """The latent bound beside what it is made of and what it cost."""
+    e = options.eval
+    prior = (f"probability-flow ODE, {e.trace} trace, {e.method}" if metrics["latent_prior"] == "ode"
+             else f"continuous ELBO, {options.eval.bounds.elbo_samples} draws of (t, +-z)")
+    label = (f"latent bound E_q[log p(x|z) + log p_theta(z) - log q(z|x)] ({metrics['latent_draws']} draws of z ~ "
+             f"q(z|x) per image; log p_theta(z) by the {prior})")
+    cost = (f"{metrics['latent_nfe']} score evaluations per draw, {metrics['latent_items']} items, "
+            f"{metrics['latent_time_s']:.1f} s")
+    if metrics["latent_bpd"] is None:
+        return f"{label}: {metrics.get('latent_nonfinite_items')} items non-finite ({cost})"
+    mc = metrics["latent_bpd_mc_stderr"]
+    return (f"{label}: bits/dim <= {metrics['latent_bpd']:.4f} +- {metrics['latent_bpd_stderr']:.4f}"
+            f"{f', Monte Carlo {mc:.4f}' if mc is not None else ''} (an upper bound; lower is tighter; a uniform "
+            f"model over the levels scores {metrics['uniform_bpd']:.3f}); per image: log p(x|z) "
+            f"{metrics['latent_recon_nats']:.2f}, log p_theta(z) {metrics['latent_prior_nats']:.2f}, entropy of "
+            f"q(z|x) {metrics['latent_entropy_nats']:.2f} nats ({cost})")
+
+
 def bound_lines(metrics: dict, options: RunOptions) -> list[str]:
     """One line per bound: its value beside what it bounds and what it cost."""
     b, lines = options.eval.bounds, []
@@ -160,6 +209,8 @@ def summary_lines(metrics: dict, options: RunOptions) -> list[str]:
                      f"levels scores {metrics['uniform_bpd']:.3f}; lower is better) ({how})")
     if metrics.get("nonfinite_items"):
         lines.append(f"{metrics['nonfinite_items']} items had a non-finite likelihood")
+    if "latent_bpd" in metrics:
+        lines.append(latent_line(metrics, options))
     if "fd" in metrics:
         lines.append(quality_line(metrics))
     return lines + bound_lines(metrics, options)
@@ -176,6 +227,14 @@ def record_in_training_metrics(workdir: Path, metrics: dict, options: RunOptions
     write_loss_curve(workdir, options)
 
 
+def pixel_spec(options: RunOptions, spec: DataSpec) -> DataSpec:
+    """``spec`` itself, or for a latent model the held-out images in pixel space (what its likelihood and
+    sample quality are measured on)."""
+    if spec.first_stage is None:
+        return spec
+    return load_data(dataclasses.replace(options.data, first_stage=""), options.seed, with_train=False)
+
+
 def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir: str | Path | None = None) -> dict:
     """The ``eval`` mode; writes ``metrics.json`` and the resolved ``config.json`` into ``outdir``
     (default ``<workdir>/eval``) once everything is computed, and returns the metrics. Non-finite
@@ -186,6 +245,7 @@ def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir:
                          f"held-out loss and likelihoods of --mode eval do not apply; score its samples with --mode fid "
                          f"(sampling.method=consistency)")
     spec = load_data(options.data, options.seed, with_train=False)
+    pixels = pixel_spec(options, spec)
     metrics = {"step": inf.step, "checkpoint": inf.checkpoint.name, "num_samples": int(len(spec.test))}
     logger.info("evaluating the %s on %d held-out items", inf.weights, len(spec.test))
     with logs_above_bars():
@@ -193,14 +253,16 @@ def evaluate(options: RunOptions, workdir: str | Path, ctx: DistContext, outdir:
                                        batch_size=options.eval.batch_size,
                                        generator=generator(options.seed, Stream.EVAL_LOSS, ctx.rank, ctx.device),
                                        ctx=ctx)
-        if options.eval.likelihood:
+        if options.eval.likelihood and spec.first_stage is not None:
+            metrics.update(_latent_metrics(options, inf, spec, pixels, ctx))
+        elif options.eval.likelihood:
             metrics.update(_likelihood_metrics(options, inf, spec, ctx))
         if options.eval.bounds.names:
             metrics.update(_bound_metrics(options, inf, spec, ctx))
         if options.eval.sample_quality:
-            metrics.update(sample_quality_metrics(options, inf, spec, ctx))
+            metrics.update(sample_quality_metrics(options, inf, pixels, ctx))
     metrics.update(true_nll(spec, options.eval.true_nll_samples, options.seed))
-    metrics.update(comparisons(metrics, spec))
+    metrics.update(comparisons(metrics, pixels))
     metrics["loss_meaning"] = options.loss.describe
     directory = Path(outdir) if outdir is not None else Path(workdir) / EVAL_DIR
     if ctx.is_main:
