@@ -63,14 +63,14 @@ def test_trains_writes_what_training_writes_and_a_first_stage_file(tmp_path):
 def test_resume_after_sigterm_is_bit_identical_and_exports_the_same_file(tmp_path, monkeypatch):
     config = ae_config(training__n_iters=6, training__checkpoint_freq=4, training__snapshot_freq=1000)
     main.run(config, tmp_path / "straight", "train_autoencoder")
-    original = ae_mode.apply_update
+    original = ae_mode.finish_update
 
     def update_then_signal(run, loss):
         original(run, loss)
         if run.step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(ae_mode, "apply_update", update_then_signal)
+    monkeypatch.setattr(ae_mode, "finish_update", update_then_signal)
     stopped = main.run(config, tmp_path / "split", "train_autoencoder")
     assert stopped["stopped_by_signal"] and stopped["step"] == 3
     monkeypatch.undo()
