@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import tempfile
+from pathlib import Path
 from typing import Dict, Generic, Iterable, TypeVar
 
 import torch
@@ -111,3 +114,16 @@ def check_finite(name: str, x: torch.Tensor) -> None:
     """``ValueError`` when the tensor ``x`` holds NaN or infinite values (one host sync)."""
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def save_atomic(obj, path) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder and a rename: a reader sees
+    the old file or the whole new one, never a torn write."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)

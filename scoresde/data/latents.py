@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Tuple
 
@@ -21,6 +19,7 @@ import torch
 
 from scoresde.data.datasets import data_scaler, dequantize
 from scoresde.models.autoencoder import DiffusersAutoencoder, load_autoencoder, sample_posterior
+from scoresde.utils import save_atomic
 
 FIRST_STAGE_FILE = "autoencoder.pt"
 DIFFUSERS_JSON = "first_stage.json"      # beside a diffusers AutoencoderKL's config.json: the data it models
@@ -129,13 +128,7 @@ def encode_items(first_stage, items: torch.Tensor, num_levels: int, centered: bo
     params = torch.cat(out)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=cache.stem, suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(params, temporary)
-            os.replace(temporary, cache)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        save_atomic(params, cache)
     return params
 
 

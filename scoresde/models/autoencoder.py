@@ -15,15 +15,13 @@ is a bound on ``log p(x)`` in the same units as the pixel-space likelihoods.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, NamedTuple, Tuple
 
 import torch
 from torch import nn
 
-from scoresde.utils import batch_sum, check_choice, check_int, check_positive
+from scoresde.utils import batch_sum, check_choice, check_int, check_positive, save_atomic
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -163,14 +161,7 @@ def save_autoencoder(path, ae: KLAutoencoder, **metadata) -> None:
     dataset it was trained on) in one file, written to a temporary file and renamed."""
     path = Path(path)
     payload = {"config": dict(ae.config), "state_dict": ae.state_dict(), "metadata": dict(metadata)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_atomic(payload, path)
 
 
 def load_autoencoder(path, map_location="cpu") -> Tuple[KLAutoencoder, dict]:
