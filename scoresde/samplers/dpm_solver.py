@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 
 from scoresde.samplers.schedules import DEFAULT_SKIP_TYPE, TimeGrid
-from scoresde.samplers.solver import (check_order, data_prediction, first_order_update, solve, step_order,
-                                      step_size)
-from scoresde.score import ScoreFn, progress_iter
+from scoresde.samplers.solver import Update, check_order, first_order_update, multistep_loop, solve, step_size
+from scoresde.score import ScoreFn
 from scoresde.sde_lib import SDE
-
-Update = Callable[[torch.Tensor, List[torch.Tensor], TimeGrid, int], torch.Tensor]
-
 
 def update_2m(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) -> torch.Tensor:
     """Multistep DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): ``D1 = (x0_i - x0_{i-1}) / r0``."""
@@ -56,18 +52,6 @@ def update_3m(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) ->
 UPDATES: Dict[int, Update] = {1: first_order_update, 2: update_2m, 3: update_3m}
 
 
-def multistep_loop(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, order: int, lower_order_final: bool,
-                   show: bool, updates: Dict[int, Update] = UPDATES) -> torch.Tensor:
-    """Multistep DPM-Solver++ (Lu et al. 2022b, Alg. 2): one score evaluation per step; ``updates`` maps an
-    order to its step (the ODE's, or SDE-DPM-Solver++'s)."""
-    steps = len(grid.t) - 1
-    history: List[torch.Tensor] = []
-    for i in progress_iter(range(steps), show, "dpm-solver++", total=steps):
-        history = (history + [data_prediction(score, x, grid, i)])[-order:]
-        x = updates[step_order(i, steps, order, lower_order_final)](x, history, grid, i)
-    return x
-
-
 @torch.no_grad()
 def dpm_solver_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order: int = 2, eps: float = 1e-3,
                       denoise: bool = True, z: torch.Tensor | None = None, device=None,
@@ -79,6 +63,7 @@ def dpm_solver_sample(sde: SDE, score_fn: ScoreFn, shape, steps: int = 10, order
     (Lu et al. 2022b, Alg. 2); ``fast_sample(solver="dpmsolver++")``, with the same arguments and
     ``(x, nfe)`` result."""
     order = check_order(order)
-    loop = partial(multistep_loop, order=order, lower_order_final=bool(lower_order_final), show=progress)
+    loop = partial(multistep_loop, order=order, lower_order_final=bool(lower_order_final), show=progress,
+                   updates=UPDATES)
     return solve(name, loop, sde, score_fn, shape, steps, eps, denoise, z, device, generator, skip_type, dtype,
                  thresholding, times)

@@ -1,6 +1,6 @@
 """SDE-DPM-Solver++(1) and (2M) (Lu et al. 2022b, DPM-Solver++; ``"sde-dpmsolver++"`` in
 LuChengTHU/dpm-solver, k-diffusion's ``sample_dpmpp_2m_sde``): the reverse SDE in data-prediction form,
-on the multistep loop of ``samplers.dpm_solver``. Order 1 is DDIM with ``eta = 1``.
+on the multistep loop of ``samplers.solver``. Order 1 is DDIM with ``eta = 1``.
 """
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from typing import Dict, List
 
 import torch
 
-from scoresde.samplers.dpm_solver import Update, multistep_loop
 from scoresde.samplers.schedules import DEFAULT_SKIP_TYPE, TimeGrid
-from scoresde.samplers.solver import check_order, solve, step_size
+from scoresde.samplers.solver import Update, check_order, multistep_loop, solve, step_size
 from scoresde.score import ScoreFn
 from scoresde.sde_lib import SDE
 

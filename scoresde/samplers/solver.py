@@ -1,5 +1,5 @@
 """What the few-step solvers share (DPM-Solver++, SDE-DPM-Solver++, UniPC, DDIM): one set-up and finish
-(``solve``), the data prediction on a grid, the first-order step and the order schedule.
+(``solve``), the data prediction on a grid, the first-order step, the order schedule and the multistep loop.
 
 All of them work in the half log-SNR ``lambda_t = log(alpha_t / sigma_t)`` with the data prediction
 ``x0(x, t) = (x + sigma_t^2 score(x, t)) / alpha_t``, in which the probability-flow ODE of any linear SDE
@@ -22,13 +22,13 @@ own options and hands ``solve`` a loop ``loop(score, x, grid) -> x``.
 from __future__ import annotations
 
 import math
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import torch
 
 from scoresde.samplers.guidance import dynamic_thresholding
 from scoresde.samplers.schedules import TimeGrid, solver_grid
-from scoresde.score import CountingScore, ScoreFn, batch_time, initial_noise, tweedie_denoise
+from scoresde.score import CountingScore, ScoreFn, batch_time, initial_noise, progress_iter, tweedie_denoise
 from scoresde.sde_lib import SDE
 from scoresde.utils import check_choice
 
@@ -39,6 +39,8 @@ LOWER_ORDER_FINAL_BELOW = 15
 
 # A solver's steps over the whole grid: (counting score, x_T, grid) -> x at the grid's last time.
 Loop = Callable[[CountingScore, torch.Tensor, TimeGrid], torch.Tensor]
+# One step of a multistep solver: (x_i, the last data predictions, grid, i) -> x_{i+1}.
+Update = Callable[[torch.Tensor, List[torch.Tensor], TimeGrid, int], torch.Tensor]
 
 
 # ----- one step ----------------------------------------------------------------------------------
@@ -66,6 +68,19 @@ def step_order(i: int, steps: int, order: int, lower_order_final: bool) -> int:
     if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
         k = min(k, steps - i)
     return k
+
+
+def multistep_loop(score: ScoreFn, x: torch.Tensor, grid: TimeGrid, order: int, lower_order_final: bool,
+                   show: bool, updates: Dict[int, Update]) -> torch.Tensor:
+    """The multistep loop of DPM-Solver++ (Lu et al. 2022b, Alg. 2): one score evaluation per step, the last
+    ``order`` data predictions kept; ``updates`` maps an order to its step (``dpm_solver.UPDATES`` for the
+    ODE, ``sde_dpm_solver.sde_updates`` for the reverse SDE)."""
+    steps = len(grid.t) - 1
+    history: List[torch.Tensor] = []
+    for i in progress_iter(range(steps), show, "dpm-solver++", total=steps):
+        history = (history + [data_prediction(score, x, grid, i)])[-order:]
+        x = updates[step_order(i, steps, order, lower_order_final)](x, history, grid, i)
+    return x
 
 
 # ----- argument checks ---------------------------------------------------------------------------
