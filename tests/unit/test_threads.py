@@ -1,7 +1,9 @@
 """The thread follower, driven by a fake load and a fake clock (no real timing)."""
 import logging
+import threading
 
 import pytest
+import torch
 
 from scoresde.run import runtime, threads
 from scoresde.run.threads import CpuLoad, ThreadFollower, read_cpu_seconds
@@ -49,11 +51,19 @@ def test_a_neighbour_lowers_the_threads_at_once_and_its_leaving_raises_them_afte
 def test_between_readings_tick_reads_only_the_clock():
     f, load, clock, applied = follower(4, [3.0])
     for _ in range(100):
-        clock.now += 0.01
+        clock.now += 0.004                 # 0.4 s in all, under the half-second interval
         f.tick()
     assert load.calls == 0 and applied == []
-    clock.now += 2.0
+    clock.now += 0.1
     assert f.tick() == 1 and load.calls == 1
+
+
+def test_by_default_a_neighbour_is_met_within_half_a_second_and_its_leaving_after_two():
+    """Readings every 0.5 s: the first reading that sees the neighbour lowers the threads; raising waits
+    until the readings have asked for more for 2 s (five readings), so a one-reading lull changes nothing."""
+    f, load, clock, applied = follower(2, [0.0, 1.2, 0.0, 1.1, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert ticks(f, clock, 9, every=0.5) == [2, 1, 1, 1, 1, 1, 1, 1, 2]
+    assert applied == [1, 2] and load.calls == 9
 
 
 def test_a_small_background_load_costs_no_thread_and_never_fewer_than_one():
@@ -96,6 +106,27 @@ def test_the_module_tick_drives_the_installed_follower_only():
         threads.tick(8)                    # nothing installed: a no-op
     finally:
         threads.follow(None)
+
+
+def test_a_module_call_ticks_so_a_neighbour_is_met_within_a_step():
+    """While a follower is installed every module call of the main thread ticks (a step with too many
+    threads beside a neighbour can take seconds, so between steps is too late); none after it goes."""
+    f, load, clock, applied = follower(2, [1.5])
+    layer = torch.nn.Linear(2, 2)
+    try:
+        threads.follow(f)
+        clock.now += 0.5
+        other = threading.Thread(target=layer, args=(torch.zeros(1, 2),))
+        other.start()
+        other.join()
+        assert load.calls == 0                       # only the main thread ticks
+        layer(torch.zeros(1, 2))
+        assert applied == [1] and load.calls == 1
+    finally:
+        threads.follow(None)
+    clock.now += 0.5
+    layer(torch.zeros(1, 2))
+    assert load.calls == 1
 
 
 def test_cpu_load_subtracts_this_processes_own_time(tmp_path, monkeypatch):
