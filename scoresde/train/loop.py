@@ -892,6 +892,7 @@ def train_locked(run: TrainRun) -> dict:
         draw_loss_curve(run)
     finally:
         run.metrics.close()
+        threads.follow(None)          # the caller's own modules run without the run's per-layer tick
     if stopped:
         logger.warning("%s received: checkpoint written at step %d; exiting", stop.signal_name or "signal", run.step)
     else:

@@ -175,3 +175,23 @@ def test_the_training_loop_ticks_once_per_step_and_sampling_once_per_batch(tmp_p
                                                   training__snapshot_num_samples=16)), tmp_path)
     assert [s for s in steps if s is not None] == [1, 2, 3, 4]
     assert steps.count(None) == 1                           # the snapshot's one batch of samples
+
+
+def test_a_training_run_follows_the_load_while_it_runs_and_leaves_no_hook_behind(tmp_path, monkeypatch):
+    """A run with the automatic thread count installs the follower (and its per-module tick) and removes
+    both on the way out, so a notebook's own modules run as before after ``train`` returns."""
+    from helpers.tiny import tiny_config                    # tests/ is on the path
+    from scoresde.cli.factory import options_from_config
+    from scoresde.train import loop
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 1)
+    monkeypatch.setattr(runtime, "busy_cores", lambda window_s=0.3: 0.0)
+    installed = []
+    monkeypatch.setattr(loop.threads, "tick", lambda step=None: installed.append(threads._Following.hook is not None))
+    try:
+        loop.train(options_from_config(tiny_config(training__n_iters=2)), tmp_path)
+        assert installed and all(installed)
+        assert threads.following() is None and threads._Following.hook is None
+    finally:
+        threads.follow(None)
