@@ -6,8 +6,9 @@
 Traces every Python call made while the mode runs (after the imports) and keeps those whose code lives
 in the project (not tests, not bench). A *hop* is a call from one project file into another; the walk
 prints each distinct hop (caller file -> callee file) numbered in the order first taken, and counts the
-files entered, the distinct hops, and the hops *back* into a file still on the call stack (a lower layer
-calling up, e.g. through a callback). ``--repo`` runs another checkout (its
+files entered, the distinct hops, the *re-entries* (distinct hops into a file the walk had already entered
+and left: the hops beyond the one that first enters each file), and the hops *back* into a file still on
+the call stack (a lower layer calling up, e.g. through a callback). ``--repo`` runs another checkout (its
 ``main.py``), so that an older layout can be measured with the same code.
 """
 from __future__ import annotations
@@ -57,20 +58,27 @@ class Walk:
             self.stack.pop()
 
     def report(self, title: str) -> dict:
-        """Files entered, distinct hops (caller file -> callee file, in the order first taken), and
-        back-calls: distinct hops into a file that is still on the call stack (a callback up the layers)."""
-        edges, back = {}, set()
+        """Files entered, distinct hops (caller file -> callee file, in the order first taken),
+        re-entries (distinct hops into a file entered before) and back-calls (distinct hops into a file
+        that is still on the call stack: a callback up the layers)."""
+        edges, back, entered, reentries = {}, set(), set(), 0
         for caller, callee, on_stack in self.hops:
-            edges.setdefault((caller, callee), len(edges) + 1)
+            entered.add(caller)
+            if (caller, callee) not in edges:
+                edges[(caller, callee)] = len(edges) + 1
+                reentries += callee in entered
+            entered.add(callee)
             if on_stack:
                 back.add((caller, callee))
         files = {f for edge in edges for f in edge}
-        print(f"{title}: {len(files)} files, {len(edges)} distinct hops, {len(back)} back into a file "
-              f"still on the call stack; {len(self.hops)} calls across files in all")
+        print(f"{title}: {len(files)} files, {len(edges)} distinct hops ({reentries} into a file entered "
+              f"before), {len(back)} back into a file still on the call stack; {len(self.hops)} calls across "
+              f"files in all")
         for (caller, callee), i in edges.items():
             mark = "   <- back" if (caller, callee) in back else ""
             print(f"  {i:3d}. {caller} -> {callee}{mark}")
-        return {"files": len(files), "hops": len(edges), "back": len(back), "calls": len(self.hops)}
+        return {"files": len(files), "hops": len(edges), "reentries": reentries, "back": len(back),
+                "calls": len(self.hops)}
 
 
 def run_main(repo: Path, argv: list[str], walk: Walk | None) -> None:
