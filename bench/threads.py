@@ -11,8 +11,9 @@ Printed: steps/s of each phase and its ratio to the policy's quiet speed (the fi
 ``arrives``), and the thread count at the end of each phase. Target: beside the neighbour (arrives)
 and after it left (leaves) at least 60 % of the quiet speed. Each run trains ``--warmup_s`` seconds
 before its first phase (a cold start would make the quiet speed look low and every ratio high); with
-``--repeats`` the policies take turns and each cell is the median over the repeats. The neighbour is a subprocess doing a
-2-thread matmul loop (``--neighbour matmul``) or two busy-loop processes (``--neighbour spin``).
+``--repeats`` the policies take turns and each cell is the median over the repeats. The neighbour is a
+subprocess doing a 2-thread matmul loop (``--neighbour matmul``) or two busy-loop processes
+(``--neighbour spin``).
 On a machine shared with other work the numbers move with it: compare with ``uptime``.
 """
 from __future__ import annotations

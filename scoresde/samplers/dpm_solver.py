@@ -17,6 +17,7 @@ from scoresde.samplers.solver import Update, check_order, first_order_update, mu
 from scoresde.score import ScoreFn
 from scoresde.sde_lib import SDE
 
+
 def update_2m(x: torch.Tensor, m: List[torch.Tensor], grid: TimeGrid, i: int) -> torch.Tensor:
     """Multistep DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): ``D1 = (x0_i - x0_{i-1}) / r0``."""
     h = step_size(grid, i)
