@@ -129,6 +129,23 @@ def test_a_module_call_ticks_so_a_neighbour_is_met_within_a_step():
     assert load.calls == 1
 
 
+def test_the_module_tick_stays_out_of_compiled_graphs():
+    """While ``torch.compile`` traces, the per-module tick does nothing, so a network compiles to one graph
+    without breaks even with a follower installed (traced, the tick's thread check and load reading would
+    break the graph at every module)."""
+    f, load, clock, applied = follower(2, [0.0] * 10)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    try:
+        threads.follow(f)
+        clock.now += 1.0                             # a reading is due at the next tick
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(net)(torch.zeros(3, 2))
+    finally:
+        threads.follow(None)
+        torch._dynamo.reset()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
 def test_cpu_load_subtracts_this_processes_own_time(tmp_path, monkeypatch):
     stat = tmp_path / "stat"
     own = iter([0.0, 1.5])
